@@ -1,0 +1,3 @@
+from memedit_cli.cli import main
+
+main()

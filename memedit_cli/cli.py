@@ -1,0 +1,290 @@
+"""The `memedit` command line: thin commands over the `Repo` object.
+
+Only `init`, `apply`, `forget`, `checkout`, `export`, `ask` and `fsck` import
+torch (lazily, inside the command); `log`, `status`, `show` and `--help` start
+fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from memedit_cli import __version__
+from memedit_cli.errors import EXIT_DAMAGED, MemeditError, UserError
+from memedit_cli.repo import Repo, find_workdir
+
+
+class MemeditGroup(click.Group):
+    """Turns MemeditError into one line on stderr and its exit code (errors.py)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MemeditError as e:
+            click.echo(f"memedit: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+def _repo(ctx) -> Repo:
+    return Repo.open(ctx.obj["dir"])
+
+
+def _json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+@click.group(cls=MemeditGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "directory", metavar="DIR", help="Run as if started in DIR (also: MEMEDIT_DIR).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.version_option(__version__, prog_name="memedit")
+@click.pass_context
+def cli(ctx, directory, quiet):
+    """Git for model edits: apply facts to a language model, forget them, check
+    out any earlier state, and export a plain merged model.
+
+    \b
+      memedit init                       # the default model, SmolLM2-135M-Instruct
+      memedit apply facts.jsonl --method ft
+      memedit forget 3f9a1c
+      memedit checkout HEAD~1
+      memedit export --merged ./out
+
+    Exit codes: 0 ok, 1 user error, 2 usage, 3 damaged repository (run
+    `memedit fsck`), 4 repository locked by another process.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["dir"] = directory
+    if quiet:
+        os.environ["MEMEDIT_QUIET"] = "1"
+
+
+@cli.command()
+@click.option("--model", "model", metavar="PATH_OR_ID", help="A local Hugging Face folder or a hub id. Default: the embedded SmolLM2-135M-Instruct.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when present; a model too big for one GPU is spread with device_map=auto.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the base model's own modeling code (off unless you pass this).")
+@click.pass_context
+def init(ctx, model, dtype, device, trust_remote_code):
+    """Create .memedit/ in the current directory (or -C DIR)."""
+    from memedit_cli import FORMAT_VERSION, models
+
+    workdir = find_workdir(ctx.obj["dir"])
+    if (workdir / ".memedit").exists():
+        raise UserError(f"{workdir / '.memedit'} already exists; this directory already holds a memedit repository")
+    if not workdir.is_dir():
+        raise UserError(f"{workdir} is not a directory")
+    entry = models.describe(model, trust_remote_code)
+    config = {"format_version": FORMAT_VERSION, "model": entry, "dtype": dtype, "device": device}
+    repo = Repo.create(workdir, config)
+    name = entry.get("name") or entry.get("path") or entry.get("id")
+    click.echo(f"Initialized memedit repository in {repo.root} (model: {name}, {dtype}, device {device})")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--method", default="ft", show_default=True, help="Edit method (see `memedit methods`).")
+@click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False), help="JSON object of hyperparameters.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one hyperparameter (repeatable).")
+@click.option("--batch-size", type=int, help="Facts per edit batch (default: all in one batch).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed recorded with the edit; replays reuse it.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"revision": ..., "facts": [...]}.')
+@click.pass_context
+def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
+    """Apply the facts in FILE (JSONL, or a JSON array in EasyEdit, ZsRE or
+    CounterFact layout). The whole file is checked before anything changes."""
+    from memedit_cli import apply as apply_mod
+    from memedit_cli import hparams
+    from memedit_cli.facts import load_facts
+
+    repo = _repo(ctx)
+    facts = load_facts(file)
+    overrides = {**(hparams.read_file(hparams_file) if hparams_file else {}), **hparams.parse_set(list(sets))}
+    apply_mod.prepare(method, facts, overrides, file, batch_size)
+    rec = apply_mod.apply(repo, facts, method, overrides, batch_size, seed, file)
+    if as_json:
+        _json({"revision": rec["id"], "facts": rec["facts"], "timings": rec["timings"]})
+    else:
+        t = rec["timings"]
+        click.echo(f"[{rec['id'][:12]}] applied {len(facts)} fact(s) with {method} ({t['per_fact_s']:.2f} s/fact)")
+        for f in rec["facts"]:
+            click.echo(f"  {f['id']}  {f['prompt']} -> {f['target_new']}")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def forget(ctx, ids, as_json):
+    """Remove facts from the current state: fact ids or apply-record ids (unique prefixes work)."""
+    from memedit_cli import forget as forget_mod
+
+    rec = forget_mod.forget(_repo(ctx), list(ids))
+    if as_json:
+        _json({"revision": rec["id"], "forgot": rec["forgot"], "timings": rec["timings"]})
+    else:
+        click.echo(f"[{rec['id'][:12]}] forgot {len(rec['forgot'])} fact(s): {', '.join(rec['forgot'])} "
+                   f"({rec['timings']['replayed_segments']} segment(s) replayed, {rec['timings']['total_s']:.1f} s)")
+
+
+@cli.command()
+@click.argument("rev")
+@click.pass_context
+def checkout(ctx, rev):
+    """Make REV the current state: an id prefix, HEAD~N, or base."""
+    repo = _repo(ctx)
+    with repo.lock("checkout"):
+        rid = repo.resolve(rev)
+        for seg in repo.segments_at(rid):  # refuse to point HEAD at a state we could not rebuild
+            for h in seg["objects"].values():
+                repo.objects.read_bytes(h)
+        repo.set_head(rid, f"checkout {rev}")
+    n = len(repo.facts_at(rid))
+    click.echo(f"HEAD is now at {rid[:12] if rid else 'base'} ({n} fact(s) applied)")
+
+
+def _summary(rec) -> dict:
+    return {k: rec[k] for k in ("id", "parent", "op", "method", "facts", "time") if k in rec}
+
+
+@cli.command(name="log")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of records, newest first.")
+@click.option("-n", "limit", type=int, help="Show at most N records.")
+@click.option("--all", "show_all", is_flag=True, help="Every record in the log, not only HEAD's history.")
+@click.pass_context
+def log_cmd(ctx, as_json, limit, show_all):
+    """The history of the current state, newest first."""
+    repo = _repo(ctx)
+    recs = list(reversed(repo.records if show_all else repo.chain(repo.head())))[:limit]
+    if as_json:
+        return _json(recs)
+    for rec in recs:
+        ids = [f["id"] for f in rec["facts"]]
+        shown = ", ".join(ids[:5]) + (f", … ({len(ids)})" if len(ids) > 5 else "")
+        click.echo(f"{rec['id'][:12]}  {rec['time']}  {rec['op']:<6} {rec['method']:<6} {shown}")
+    if not recs:
+        click.echo("no edits yet: HEAD is the base model")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show(ctx, ref, as_json):
+    """Show a record (id prefix, HEAD~N) or an applied fact (its id)."""
+    from memedit_cli.errors import RevisionError
+
+    repo = _repo(ctx)
+    facts = {f["id"]: (f, r["id"]) for r in repo.records if r["op"] == "apply" for f in r["facts"]}
+    try:
+        rid = repo.resolve(ref)
+    except RevisionError:
+        if ref not in facts:
+            raise
+        fact, rid_ = facts[ref]
+        return _json({"fact": fact, "applied_in": rid_}) if as_json else click.echo(
+            f"fact {ref} (applied in {rid_[:12]})\n" + json.dumps(fact, indent=2, ensure_ascii=False))
+    if rid is None:
+        raise UserError("base is the unedited model; it has no record. `memedit status` describes it")
+    rec = repo.record(rid)
+    if as_json:
+        return _json(rec)
+    click.echo(f"record {rec['id']}\nparent {rec['parent'] or 'base'}\nop     {rec['op']} ({rec['method']})\ntime   {rec['time']}")
+    if rec["op"] == "apply":
+        click.echo(f"seed   {rec['seed']}\nhparams {json.dumps(rec['hparams'], sort_keys=True)}")
+    else:
+        click.echo(f"forgot {', '.join(rec['forgot'])}; kept {rec['keep']} segment(s), rebuilt {len(rec['rebuilt'])}")
+    click.echo(f"timings {json.dumps(rec['timings'])}")
+    for f in rec["facts"]:
+        click.echo(f"  {f['id']}  {f['prompt']} -> {f['target_new']}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx, as_json):
+    """The repository, its base model and what the current state carries."""
+    repo = _repo(ctx)
+    cfg = repo.config
+    head = repo.head()
+    facts = repo.facts_at(head)
+    by_method: dict = {}
+    for seg in repo.segments_at(head):
+        by_method[seg["method"]] = by_method.get(seg["method"], 0) + len(seg["facts"])
+    tip = repo.records[-1]["id"] if repo.records else None
+    info = {"repository": str(repo.root), "model": cfg["model"], "dtype": cfg["dtype"], "device": cfg["device"],
+            "head": head or "base", "records": len(repo.records), "facts": list(facts), "by_method": by_method,
+            "head_is_newest": head == tip}
+    if as_json:
+        return _json(info)
+    m = cfg["model"]
+    click.echo(f"repository {repo.root}\nmodel      {m.get('name') or m.get('path') or m.get('id')} ({cfg['dtype']}, device {cfg['device']})")
+    click.echo(f"HEAD       {head[:12] if head else 'base'}" + ("" if head == tip else "  (not the newest record; `memedit log --all`)"))
+    click.echo(f"facts      {len(facts)}" + "".join(f"\n  {k}: {v}" for k, v in sorted(by_method.items())))
+
+
+@cli.command()
+@click.option("--merged", "out_dir", required=True, metavar="OUT_DIR", help="Write a Hugging Face model folder here.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it is not empty.")
+@click.pass_context
+def export(ctx, out_dir, force):
+    """Write the current state as a plain Hugging Face model folder."""
+    from memedit_cli.export import export_merged
+
+    t0 = time.perf_counter()
+    info = export_merged(_repo(ctx), out_dir, force)
+    click.echo(f"exported {info['revision'][:12]} ({len(info['facts'])} fact(s)) to {info['out']} in {time.perf_counter() - t0:.1f} s")
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=20, show_default=True)
+@click.pass_context
+def ask(ctx, prompt, max_new_tokens):
+    """Greedy continuation of PROMPT from the current state."""
+    from memedit_cli.generate import greedy
+    from memedit_cli.state import materialize
+
+    repo = _repo(ctx)
+    model, tok = materialize(repo, repo.segments_at(repo.head()))
+    click.echo(greedy(model, tok, prompt, max_new_tokens))
+
+
+@cli.command()
+@click.pass_context
+def fsck(ctx):
+    """Check the log chain, HEAD and every object; name what is damaged."""
+    from memedit_cli.fsck import fsck as run_fsck
+
+    problems, notes = run_fsck(_repo(ctx))
+    for n in notes:
+        click.echo(f"note: {n}")
+    for p in problems:
+        click.echo(f"damaged: {p}", err=True)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) found; docs/repair.md says how to repair", err=True)
+        ctx.exit(EXIT_DAMAGED)
+    click.echo("ok")
+
+
+@cli.command()
+def methods():
+    """List the edit methods."""
+    from memedit_cli.methods import names
+
+    for name in names():
+        click.echo(name)
+
+
+def main():
+    cli(prog_name="memedit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

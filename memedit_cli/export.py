@@ -1,0 +1,53 @@
+"""`memedit export --merged OUT_DIR`: the current state as a plain Hugging Face folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from memedit_cli import methods
+from memedit_cli.errors import UserError
+
+
+def export_merged(repo, out_dir: str, force: bool = False) -> dict:
+    from memedit_cli.state import materialize
+
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory; choose another OUT_DIR")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} is not empty; choose an empty or new OUT_DIR, or pass --force to replace it")
+    if (out / ".memedit").exists() or out == repo.root.parent:
+        raise UserError(f"{out} holds a memedit repository; export somewhere else")
+    head = repo.head()
+    segments = repo.segments_at(head)
+    model, tok = materialize(repo, segments)
+    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        auto_map = {}
+        for name in sorted({s["method"] for s in segments}):
+            extra = methods.get(name).export_extras(model, tmp)
+            if extra:
+                auto_map.update(extra.get("auto_map", {}))
+        if auto_map:
+            model.config.auto_map = auto_map
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        provenance = {
+            "revision": head or "base",
+            "base_model": repo.config["model"],
+            "facts": list(repo.facts_at(head)),
+            "methods": sorted({s["method"] for s in segments}),
+        }
+        (tmp / "memedit.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out), **provenance}

@@ -1,0 +1,83 @@
+"""`memedit forget`: remove facts from the current state, exactly.
+
+The forgotten facts leave their segment; every later segment is recomputed
+from the log with its recorded method, hparams and seed on top of the
+segments before it. The result equals a fresh repository in which the same
+facts, minus the forgotten ones, were applied in the same order with the same
+seeds. The log keeps everything: the forget record names the untouched prefix
+(`keep`) and the rebuilt segments.
+"""
+
+from __future__ import annotations
+
+import time
+
+from memedit_cli import hparams as hparams_mod
+from memedit_cli import log as logmod
+from memedit_cli import methods
+from memedit_cli.errors import RevisionError, UserError
+from memedit_cli.facts import Fact
+from memedit_cli.progress import bar
+
+
+def resolve_ids(repo, ids: list[str], head) -> list[str]:
+    """Fact ids (or unique prefixes) and apply-record id prefixes -> active fact ids, in order."""
+    active = repo.facts_at(head)
+    chain = repo.chain(head)
+    chosen: set = set()
+    for arg in ids:
+        if arg in active:
+            chosen.add(arg)
+            continue
+        facts = [fid for fid in active if fid.startswith(arg)]
+        recs = [r for r in chain if r["op"] == "apply" and len(arg) >= 4 and r["id"].startswith(arg)]
+        if len(facts) + len(recs) > 1:
+            names = [f"fact {f}" for f in facts] + [f"apply record {r['id'][:12]}" for r in recs]
+            raise RevisionError(f"{arg!r} is ambiguous: it matches {', '.join(names[:5])}; give more characters")
+        if facts:
+            chosen.add(facts[0])
+        elif recs:
+            still = [f["id"] for f in recs[0]["facts"] if f["id"] in active]
+            if not still:
+                raise UserError(f"every fact of apply record {recs[0]['id'][:12]} is already forgotten")
+            chosen.update(still)
+        else:
+            known = any(f["id"] == arg for r in chain if r["op"] == "apply" for f in r["facts"])
+            why = "it was already forgotten" if known else "no active fact or apply record has that id"
+            raise UserError(f"cannot forget {arg!r}: {why}; `memedit status` and `memedit log` list what is applied")
+    return [fid for fid in active if fid in chosen]
+
+
+def forget(repo, ids: list[str]) -> dict:
+    from memedit_cli.state import materialize, run_segment
+
+    t0 = time.perf_counter()
+    with repo.lock("forget"):
+        head = repo.head()
+        gone = resolve_ids(repo, ids, head)
+        gone_set = set(gone)
+        segments = repo.segments_at(head)
+        first = next(i for i, s in enumerate(segments) if gone_set & set(s["facts"]))
+        facts = {fid: Fact.from_json(f) for r in repo.chain(head) if r["op"] == "apply" for f in r["facts"] for fid in [f["id"]]}
+        model, tok = materialize(repo, segments[:first])
+        rebuilt = []
+        for seg in bar(segments[first:], desc="forget: replay", unit="segment"):
+            keep = [facts[fid] for fid in seg["facts"] if fid not in gone_set]
+            if not keep:
+                continue
+            method = methods.get(seg["method"])
+            hp = hparams_mod.from_json(method.hparams_class, seg["hparams"])
+            rebuilt.append(run_segment(repo, model, tok, method, hp, keep, seg["seed"]))
+        names = sorted({seg["method"] for seg in segments if gone_set & set(seg["facts"])})
+        return repo.append({
+            "parent": head,
+            "op": "forget",
+            "method": ",".join(names),
+            "forgot": gone,
+            "facts": [facts[fid].to_json() for fid in gone],
+            "keep": first,
+            "rebuilt": rebuilt,
+            "versions": logmod.versions(),
+            "timings": {"total_s": round(time.perf_counter() - t0, 3), "replayed_segments": len(rebuilt)},
+            "time": logmod.now(),
+        })

@@ -1,0 +1,57 @@
+"""`memedit fsck`: check the whole repository and name everything damaged."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from memedit_cli import log as logmod
+from memedit_cli.jsonutil import loads_strict
+
+
+def fsck(repo) -> tuple[list[str], list[str]]:
+    """Return (problems, notes). Problems make the exit code non-zero; notes are harmless."""
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        json.loads((repo.root / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        problems.append(f"config.json: cannot be read ({e})")
+    try:
+        records, log_problems = logmod.scan(repo.read_log_bytes())
+    except Exception as e:  # a missing log is itself the finding
+        records, log_problems = [], [str(e)]
+    problems += log_problems
+    ids = {r["id"] for r in records}
+    referenced = set()
+    for rec in records:
+        for seg in rec.get("segments", []) + rec.get("rebuilt", []):
+            for h in seg["objects"].values():
+                referenced.add(h)
+                problem = repo.objects.problem(h) if isinstance(h, str) else f"invalid object name {h!r}"
+                if problem:
+                    problems.append(f"record {rec['id'][:12]}: {problem}")
+    try:
+        head = (repo.root / "HEAD").read_text().strip()
+        if head != "base" and head not in ids:
+            problems.append(f"HEAD: names {head[:20]!r}, which is not a good record in the log")
+    except OSError as e:
+        problems.append(f"HEAD: cannot be read ({e})")
+    try:
+        lines = (repo.root / "reflog.jsonl").read_bytes().split(b"\n")
+        for n, line in enumerate(lines[:-1], 1):
+            try:
+                loads_strict(line.decode())
+            except (ValueError, UnicodeDecodeError):
+                problems.append(f"reflog.jsonl:{n}: not valid JSON")
+        if lines[-1]:
+            problems.append(f"reflog.jsonl:{len(lines)}: last line is truncated")
+    except OSError as e:
+        problems.append(f"reflog.jsonl: cannot be read ({e})")
+    orphans = [h for h in repo.objects.all_hashes() if h not in referenced]
+    if orphans:
+        notes.append(f"{len(orphans)} object(s) named by no record (left by an interrupted command; harmless)")
+    temps = [p.name for p in repo.root.rglob("*") if re.search(r"\.tmp-\d+$", p.name)]
+    if temps:
+        notes.append(f"{len(temps)} temporary file(s) from an interrupted write (harmless): {', '.join(temps[:3])}")
+    return problems, notes

@@ -1,0 +1,28 @@
+"""The method registry. A method plugs in by adding a line here and a module
+that defines a `Method` subclass (see base.py). Names resolve lazily so that
+listing them does not import torch."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from memedit_cli.errors import UserError
+
+# name -> "module:Class"
+REGISTRY = {
+    "ft": "memedit_cli.methods.ft:FT",
+}
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str):
+    if name not in REGISTRY:
+        near = difflib.get_close_matches(name, names(), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise UserError(f"unknown method {name!r}{hint}; available: {', '.join(names())}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)()

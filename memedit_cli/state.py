@@ -1,0 +1,55 @@
+"""Materializing a state: the base model with segments attached in order, and
+computing new segments (used by both `apply` and `forget`'s replay)."""
+
+from __future__ import annotations
+
+import time
+
+from memedit_cli import hparams as hparams_mod
+from memedit_cli import methods
+from memedit_cli.facts import Fact
+
+
+def load_segment_tensors(repo, seg: dict) -> dict:
+    tensors = {}
+    for obj in seg["objects"].values():
+        tensors.update(repo.objects.get(obj))
+    return tensors
+
+
+def attach_segment(repo, model, seg: dict) -> None:
+    method = methods.get(seg["method"])
+    hp = hparams_mod.from_json(method.hparams_class, seg["hparams"])
+    method.attach(model, load_segment_tensors(repo, seg), hp)
+
+
+def materialize(repo, segments: list[dict]):
+    """(model, tokenizer) = base weights + `segments` attached in order."""
+    from memedit_cli import models
+
+    model, tok = models.load(repo.config)
+    for seg in segments:
+        attach_segment(repo, model, seg)
+    return model, tok
+
+
+def run_segment(repo, model, tok, method, hp, facts: list[Fact], seed: int) -> dict:
+    """Compute one batch's tensors on the current model, store them, attach them.
+
+    What is attached is what was stored (re-read from the object store), so the
+    model in hand equals what `materialize` later rebuilds from the log.
+    """
+    t0 = time.perf_counter()
+    tensors, info = method.compute(model, tok, facts, hp, seed)
+    compute_s = time.perf_counter() - t0
+    seg = {
+        "method": method.name,
+        "hparams": hparams_mod.to_json(hp),
+        "seed": seed,
+        "facts": [f.id for f in facts],
+        "objects": {"tensors": repo.objects.put(tensors)},
+        "info": info,
+        "compute_s": round(compute_s, 3),
+    }
+    attach_segment(repo, model, seg)
+    return seg
