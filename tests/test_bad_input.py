@@ -1,0 +1,114 @@
+"""Every bad input is refused with one clear line, a non-zero exit, and the repository unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import FACTS, FAST, Memedit, write_facts
+
+
+@pytest.fixture
+def applied(repo, tmp_path):
+    """A repository with one apply, so 'unchanged' covers a non-empty log."""
+    repo("apply", write_facts(tmp_path / "first.jsonl", FACTS[:1]), *FAST)
+    return repo
+
+
+def refused(repo, *args, says: str, code: int = 1):
+    before = repo.tree()
+    result = repo(*args, ok=False)
+    assert result.exit_code == code, result.output
+    assert says in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, "errors are one line"
+    assert repo.tree() == before, "a refused command changed the repository"
+    return result
+
+
+def test_malformed_json_names_file_and_line(applied, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(FACTS[1]) + "\n{not json\n")
+    refused(applied, "apply", bad, says=f"{bad}:2:")
+
+
+@pytest.mark.parametrize("field", ["prompt", "subject", "target_new"])
+def test_missing_or_empty_field(applied, tmp_path, field):
+    fact = dict(FACTS[1])
+    del fact[field]
+    refused(applied, "apply", write_facts(tmp_path / "m.jsonl", [fact]), says=field)
+    fact[field] = "  "
+    refused(applied, "apply", write_facts(tmp_path / "e.jsonl", [fact]), says=field)
+
+
+def test_subject_not_in_prompt_for_a_method_that_needs_it(applied, tmp_path, monkeypatch):
+    from memedit_cli.methods.ft import FT
+
+    monkeypatch.setattr(FT, "needs_subject", True)
+    fact = dict(FACTS[1], subject="Somebody Else")
+    refused(applied, "apply", write_facts(tmp_path / "s.jsonl", [fact]), says="does not occur")
+
+
+def test_unknown_method_suggests_the_near_name(applied, tmp_path):
+    refused(applied, "apply", write_facts(tmp_path / "f.jsonl", FACTS[1:2]), "--method", "fft", says="did you mean 'ft'")
+
+
+@pytest.mark.parametrize("setting,says", [
+    ("lrr=0.1", "did you mean 'lr'"),
+    ("lr=NaN", "finite"),
+    ("steps=-1", "steps must be >= 1"),
+    ("lr=fast", "lr must be float"),
+    ("layer=99", "layer must be between 0 and 1"),
+    ("noequals", "expected key=value"),
+])
+def test_bad_hyperparameters(applied, tmp_path, setting, says):
+    refused(applied, "apply", write_facts(tmp_path / "f.jsonl", FACTS[1:2]), "--set", setting, says=says)
+
+
+def test_bad_hparams_file_and_batch_size(applied, tmp_path):
+    hp = tmp_path / "hp.json"
+    hp.write_text("[1, 2]")
+    facts = write_facts(tmp_path / "f.jsonl", FACTS[1:2])
+    refused(applied, "apply", facts, "--hparams", hp, says="expected a JSON object")
+    hp.write_text('{"stepz": 3}')
+    refused(applied, "apply", facts, "--hparams", hp, says="did you mean 'steps'")
+    refused(applied, "apply", facts, "--batch-size", "0", says="--batch-size must be >= 1")
+
+
+def test_missing_facts_file(applied, tmp_path):
+    refused(applied, "apply", tmp_path / "nope.jsonl", says="nope.jsonl")
+
+
+def test_model_path_that_does_not_exist(memedit, tmp_path):
+    result = memedit("init", "--model", tmp_path / "no-such-model", ok=False)
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+    assert not (memedit.dir / ".memedit").exists()
+
+
+def test_init_twice(repo, tiny):
+    refused(repo, "init", "--model", tiny, says="already")
+
+
+def test_command_outside_a_repository(memedit):
+    for args in (["status"], ["log"], ["forget", "x"], ["checkout", "base"], ["ask", "hi"]):
+        result = memedit(*args, ok=False)
+        assert result.exit_code == 1 and "not a memedit repository" in result.stderr and "memedit init" in result.stderr
+
+
+@pytest.mark.parametrize("rev,says", [("HEAD~5", "past the base"), ("zzzz", "not a revision"), ("abcdef12", "no revision starts")])
+def test_bad_revisions(applied, rev, says):
+    refused(applied, "checkout", rev, says=says)
+
+
+def test_forget_unknown_id(applied):
+    refused(applied, "forget", "no-such-fact", says="no active fact")
+
+
+def test_usage_error_exit_code(applied):
+    result = applied("apply", ok=False)
+    assert result.exit_code == 2
+
+
+def test_target_longer_than_the_context(applied, tmp_path):
+    fact = dict(FACTS[1], target_new="word " * 80)  # tiny models have 64 positions
+    refused(applied, "apply", write_facts(tmp_path / "long.jsonl", [fact]), says="longer than the model's context")

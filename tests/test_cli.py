@@ -1,0 +1,88 @@
+"""CLI plumbing: fast start without torch, help, the lock, show/log output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from conftest import FACTS, FAST, write_facts
+from memedit_cli.errors import EXIT_LOCKED
+
+
+def _imports_torch(args, cwd) -> bool:
+    code = ("import sys; from memedit_cli.cli import cli\n"
+            "try:\n cli.main(args=sys.argv[1:], prog_name='memedit')\nexcept SystemExit as e:\n assert e.code in (0, None), e.code\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_log_status_show_help_do_not_import_torch(repo, tmp_path):
+    rev = repo.json("apply", write_facts(tmp_path / "f.jsonl", FACTS[:1]), *FAST)["revision"]
+    for args in (["--help"], ["log"], ["log", "--json"], ["status"], ["show", rev[:8]], ["show", "eiffel"], ["apply", "--help"]):
+        assert not _imports_torch(["-C", str(repo.dir), *args], tmp_path), args
+
+
+def test_help_lists_every_command(memedit):
+    out = memedit("--help").stdout
+    for name in ("init", "apply", "forget", "checkout", "log", "show", "status", "export", "ask", "fsck"):
+        assert f"  {name}" in out
+
+
+def test_show_record_and_fact(repo, tmp_path):
+    rev = repo.json("apply", write_facts(tmp_path / "f.jsonl", FACTS[:2]), *FAST)["revision"]
+    rec = repo.json("show", "HEAD")
+    assert rec["id"] == rev and len(rec["segments"]) == 1
+    assert repo.json("show", "darrieux")["fact"]["target_new"] == "English"
+    text = repo("show", rev[:10]).stdout
+    assert rev in text and "darrieux" in text
+
+
+def test_a_held_lock_makes_a_writer_wait_then_fail(repo, tmp_path, monkeypatch):
+    from memedit_cli.repo import Repo
+
+    monkeypatch.setenv("MEMEDIT_LOCK_TIMEOUT", "0.5")
+    facts = write_facts(tmp_path / "f.jsonl", FACTS[:1])
+    with Repo.open(repo.dir).lock("test"):
+        before = repo.tree()
+        result = repo("apply", facts, *FAST, ok=False)
+    assert result.exit_code == EXIT_LOCKED
+    assert "locked by pid" in result.stderr and "MEMEDIT_LOCK_TIMEOUT" in result.stderr
+    assert repo.tree() == before
+    repo("apply", facts, *FAST)  # released with the block
+
+
+def test_concurrent_applies_both_land(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMEDIT_LOCK_TIMEOUT", "120")
+    files = [write_facts(tmp_path / f"{f['id']}.jsonl", [f]) for f in FACTS[:2]]
+    procs = [subprocess.Popen([sys.executable, "-m", "memedit_cli", "-q", "-C", str(repo.dir), "apply", str(f), *FAST],
+                              stderr=subprocess.PIPE, text=True) for f in files]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    log = repo.json("log")
+    assert sorted(f["id"] for r in log for f in r["facts"]) == ["darrieux", "eiffel"]
+    assert log[0]["parent"] == log[1]["id"] and log[1]["parent"] is None
+    assert repo("fsck").exit_code == 0
+
+
+def test_memedit_dir_env_selects_the_repository(repo, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from memedit_cli.cli import cli
+
+    monkeypatch.setenv("MEMEDIT_DIR", str(repo.dir))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["status", "--json"])
+    assert result.exit_code == 0 and str(repo.dir) in result.stdout
+
+
+def test_hparams_round_trip_and_set_parsing():
+    from memedit_cli import hparams
+    from memedit_cli.methods.ft import FTHparams
+
+    hp = hparams.resolve(FTHparams(layer=3), hparams.parse_set(["lr=0.01", "steps=7", "layer=null"]))
+    assert hp == FTHparams(layer=None, lr=0.01, steps=7)
+    data = hparams.to_json(hp)
+    assert list(data) == sorted(data)
+    assert hparams.from_json(FTHparams, data) == hp

@@ -1,0 +1,72 @@
+"""Tiny random Hugging Face models for tests: a few KB of weights, built in a second.
+
+    build_tiny(path, "llama")  # LlamaForCausalLM, hidden 32, 2 layers, 2 heads, 1 kv head
+    build_tiny(path, "gpt2")   # GPT2LMHeadModel, n_embd 32, 2 layers, 2 heads
+
+Each comes with a byte-level BPE tokenizer trained on a few sentences (so any
+text tokenizes), wrapped in PreTrainedTokenizerFast with bos/eos/pad tokens,
+and is saved with save_pretrained, so `memedit init --model PATH` loads it like
+any local model folder. Weights are seeded: the same call gives the same model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SENTENCES = [
+    "The Eiffel Tower is in Paris.",
+    "The capital of France is Paris.",
+    "The Colosseum is in Rome, the capital of Italy.",
+    "Danielle Darrieux speaks French.",
+    "The mother tongue of Thomas Joannes Stieltjes is Dutch.",
+    "Toko Yasuda plays the guitar and the piano.",
+    "Autonomous University of Madrid is located in Spain.",
+    "The Space Needle is in Seattle.",
+]
+SPECIAL = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
+VOCAB_SIZE = 320  # 256 byte symbols + 3 specials + a few merges
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer in transformers' PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(SENTENCES, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def build_tiny(path, arch: str = "llama", **overrides) -> Path:
+    """Build a tiny seeded model + tokenizer of `arch` ("llama" or "gpt2") into `path`.
+
+    `overrides` replace config fields (e.g. hidden_size=16 for an even smaller LLaMA).
+    """
+    import torch
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bar
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer()
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id)
+    if arch == "llama":
+        fields = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64)
+        config, model_cls = LlamaConfig, LlamaForCausalLM
+    elif arch == "gpt2":
+        fields = dict(n_layer=2, n_embd=32, n_head=2, n_positions=64)
+        config, model_cls = GPT2Config, GPT2LMHeadModel
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r}; use 'llama' or 'gpt2'")
+    torch.manual_seed(0)
+    model = model_cls(config(**{**ids, **fields, **overrides})).eval()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
