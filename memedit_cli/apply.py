@@ -10,6 +10,7 @@ from memedit_cli import methods
 from memedit_cli.errors import UserError
 from memedit_cli.facts import Fact, check_subjects
 from memedit_cli.progress import bar
+from memedit_cli.tokens import check_fit, context_length
 
 
 def prepare(method_name: str, facts: list[Fact], overrides: dict, source: str, batch_size: int | None):
@@ -38,6 +39,7 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
                             "`memedit forget` it first or give the new fact another id")
         model, tok = materialize(repo, repo.segments_at(head))
         hp = hparams_mod.resolve(method.default_hparams(model), overrides)
+        check_fit(tok, facts, context_length(model))  # all batches, before the first one is computed
         load_s = time.perf_counter() - t0
         size = batch_size or len(facts)
         batches = [facts[i : i + size] for i in range(0, len(facts), size)]

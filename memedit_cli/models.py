@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from memedit_cli.errors import ModelError
@@ -58,8 +59,19 @@ def ensure_default_model() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=DEFAULT_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
+    quiet = os.environ.get("MEMEDIT_QUIET") == "1"
+    if not quiet:
+        print(f"memedit: converting the default model to float32 safetensors, once, into {target}", file=sys.stderr)
+    # transformers' GGUF reader draws its own tqdm bar; TQDM_DISABLE is how --quiet reaches it
+    saved = os.environ.get("TQDM_DISABLE")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=DEFAULT_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
+    finally:
+        if quiet and saved is None:
+            del os.environ["TQDM_DISABLE"]
     # The dequantized model still says it is GGUF-quantized; a plain folder must not.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

