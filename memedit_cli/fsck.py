@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 from memedit_cli import log as logmod
@@ -13,10 +12,7 @@ def fsck(repo) -> tuple[list[str], list[str]]:
     """Return (problems, notes). Problems make the exit code non-zero; notes are harmless."""
     problems: list[str] = []
     notes: list[str] = []
-    try:
-        json.loads((repo.root / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        problems.append(f"config.json: cannot be read ({e})")
+    problems += _base_model_problems(repo.config["model"], notes)
     try:
         records, log_problems = logmod.scan(repo.read_log_bytes())
     except Exception as e:  # a missing log is itself the finding
@@ -55,3 +51,24 @@ def fsck(repo) -> tuple[list[str], list[str]]:
     if temps:
         notes.append(f"{len(temps)} temporary file(s) from an interrupted write (harmless): {', '.join(temps[:3])}")
     return problems, notes
+
+
+def _base_model_problems(entry: dict, notes: list[str]) -> list[str]:
+    """The base weights still hash to what `init` recorded (commands skip this check for speed)."""
+    from pathlib import Path
+
+    from memedit_cli.models import default_model_dir, weights_hash
+
+    if entry["kind"] == "hub":
+        notes.append(f"base model {entry['id']} comes from the hub; its weights are not checked")
+        return []
+    folder = default_model_dir() if entry["kind"] == "default" else Path(entry["path"])
+    if not folder.is_dir():
+        if entry["kind"] == "default":
+            notes.append("the default model is not converted on this machine yet; the next command converts it")
+            return []
+        notes.append(f"the base model folder {folder} is not here; commands that compute a state need it back")
+        return []
+    if weights_hash(folder) != entry["weights_sha256"]:
+        return [f"base model: the weights in {folder} changed since `memedit init` (sha256 differs)"]
+    return []

@@ -5,7 +5,8 @@ covers `parent`, so the log is a hash chain like git's commits. Records are
 only ever appended. A record lists *segments*: each segment is one batch of
 facts edited by one method, with the tensor objects it produced:
 
-    {"method": "ft", "hparams": {...}, "seed": 0, "facts": ["id1", ...], "objects": {"delta": "<sha256>"}}
+    {"method": "ft", "hparams": {...}, "seed": 0, "facts": ["id1", ...],
+     "objects": {"tensors": "<sha256>"}, "info": {...}, "compute_s": 1.2}
 
 The state at a revision is the base model with the segments of its history
 attached in order (see `Repo.segments_at`).
@@ -54,18 +55,27 @@ def record_problem(rec, known_ids: set) -> str | None:
     """What is structurally wrong with one parsed record, or None."""
     if not isinstance(rec, dict):
         return "not a JSON object"
-    for key in ("id", "parent", "op", "segments" if rec.get("op") == "apply" else "rebuilt"):
+    if rec.get("op") not in OPS:
+        return f"unknown op {rec.get('op')!r}"
+    segs_key = "segments" if rec["op"] == "apply" else "rebuilt"
+    for key in ("id", "parent", "facts", segs_key) + (("keep", "forgot") if rec["op"] == "forget" else ()):
         if key not in rec:
             return f"missing field {key!r}"
-    if rec["op"] not in OPS:
-        return f"unknown op {rec['op']!r}"
     if make_record(rec)["id"] != rec["id"]:
         return "its id does not match its content (the record was changed)"
     if rec["parent"] is not None and rec["parent"] not in known_ids:
         return f"its parent {str(rec['parent'])[:12]} is not an earlier record"
-    segs = rec["segments"] if rec["op"] == "apply" else rec["rebuilt"]
-    if not isinstance(segs, list) or not all(isinstance(s, dict) and isinstance(s.get("objects"), dict) for s in segs):
+    segs = rec[segs_key]
+    if not isinstance(segs, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("objects"), dict) and isinstance(s.get("facts"), list)
+        and isinstance(s.get("method"), str) and isinstance(s.get("hparams"), dict) for s in segs
+    ):
         return "malformed segments"
+    if not isinstance(rec["facts"], list) or not all(isinstance(f, dict) and isinstance(f.get("id"), str) for f in rec["facts"]):
+        return "malformed facts"
+    if rec["op"] == "forget" and (not isinstance(rec["keep"], int) or isinstance(rec["keep"], bool) or rec["keep"] < 0
+                                  or not isinstance(rec["forgot"], list)):
+        return "malformed keep or forgot"
     return None
 
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from memedit_cli.errors import DamagedRepository, UserError
-from memedit_cli.fileio import write_atomic
+from memedit_cli.fileio import fsync_dir, write_atomic
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -41,7 +41,9 @@ class ObjectStore:
         h = hashlib.sha256(data).hexdigest()
         path = self.path(h)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True)
+                fsync_dir(self.root)  # the new fan-out folder survives a crash too
             write_atomic(path, data, mode=0o444)
         return h
 

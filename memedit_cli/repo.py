@@ -26,7 +26,7 @@ from pathlib import Path
 from memedit_cli import FORMAT_VERSION
 from memedit_cli import log as logmod
 from memedit_cli.errors import DamagedRepository, LockedError, NotARepository, RevisionError, UserError
-from memedit_cli.fileio import append_line, write_atomic
+from memedit_cli.fileio import append_line, fsync_dir, write_atomic
 from memedit_cli.jsonutil import canonical
 from memedit_cli.objects import ObjectStore
 
@@ -55,7 +55,9 @@ class Repo:
         start = find_workdir(workdir)
         for d in (start, *start.parents):
             if (d / DIRNAME / "config.json").is_file():
-                return cls(d / DIRNAME)
+                repo = cls(d / DIRNAME)
+                repo.config  # refuses an unreadable config or another format version, for every command
+                return repo
         raise NotARepository(f"not a memedit repository: no {DIRNAME}/ in {start} or its parents. "
                              "Run `memedit init` there, or pass -C DIR")
 
@@ -72,6 +74,7 @@ class Repo:
         (tmp / "reflog.jsonl").write_bytes(b"")
         write_atomic(tmp / "HEAD", b"base\n")
         os.replace(tmp, root)  # the repository appears whole or not at all
+        fsync_dir(Path(workdir))
         return cls(root)
 
     @property

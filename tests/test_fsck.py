@@ -91,3 +91,15 @@ def test_orphan_objects_are_only_a_note(two_applies):
     ObjectStore(two_applies.dir / ".memedit" / "objects").put({"x": torch.ones(2)})
     out = two_applies("fsck")
     assert "named by no record" in out.stdout
+
+
+def test_changed_base_weights(memedit, tiny, tmp_path):
+    import shutil
+
+    model_dir = shutil.copytree(tiny, tmp_path / "model-copy")
+    memedit("init", "--model", model_dir, "--device", "cpu")
+    weights = model_dir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    damaged(memedit, "changed since `memedit init`")
