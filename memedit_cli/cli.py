@@ -187,9 +187,10 @@ def show(ctx, ref, as_json):
     except RevisionError:
         if ref not in facts:
             raise
-        fact, rid_ = facts[ref]
-        return _json({"fact": fact, "applied_in": rid_}) if as_json else click.echo(
-            f"fact {ref} (applied in {rid_[:12]})\n" + json.dumps(fact, indent=2, ensure_ascii=False))
+        fact, applied_in = facts[ref]
+        if as_json:
+            return _json({"fact": fact, "applied_in": applied_in})
+        return click.echo(f"fact {ref} (applied in {applied_in[:12]})\n" + json.dumps(fact, indent=2, ensure_ascii=False))
     if rid is None:
         raise UserError("base is the unedited model; it has no record. `memedit status` describes it")
     rec = repo.record(rid)

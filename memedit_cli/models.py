@@ -92,13 +92,17 @@ def ensure_default_model() -> Path:
 
 def weights_hash(folder: Path) -> str:
     """sha256 over the weight files of a folder (names and bytes, in name order)."""
+    from memedit_cli.progress import bar
+
     h = hashlib.sha256()
     files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
-    for p in files:
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+    with bar(total=sum(p.stat().st_size for p in files), desc="hashing base weights", unit="B") as progress:
+        for p in files:
+            h.update(p.name.encode() + b"\0")
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+                    progress.update(len(chunk))
     return h.hexdigest()
 
 

@@ -8,4 +8,5 @@ def bar(iterable=None, total=None, desc=None, unit="it"):
     from tqdm.auto import tqdm
 
     quiet = os.environ.get("MEMEDIT_QUIET") == "1"
-    return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, disable=quiet, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr, disable=quiet,
+                leave=False, dynamic_ncols=True)

@@ -149,7 +149,7 @@ class Repo:
         """`base`, `HEAD`, `HEAD~N`, `HEAD^`, an id prefix (4+ hex chars), or any of these with `~N`."""
         rev = rev.strip()
         m = _ANCESTOR.match(rev)
-        if m and not _HEX.match(rev):
+        if m:
             rid = self.resolve(m.group(1))
             steps = sum(int(p[1:] or 1) if p.startswith("~") else 1 for p in re.findall(r"~\d*|\^", m.group(2)))
             for _ in range(steps):
