@@ -40,7 +40,8 @@ def _json(obj) -> None:
 
 
 @click.group(cls=MemeditGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "directory", metavar="DIR", help="Run as if started in DIR (also: MEMEDIT_DIR).")
+@click.option("-C", "directory", metavar="DIR",
+              help="Use the repository in DIR or its parents (also: MEMEDIT_DIR). File arguments stay relative to the current directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.version_option(__version__, prog_name="memedit")
 @click.pass_context
@@ -94,7 +95,7 @@ def init(ctx, model, dtype, device, trust_remote_code):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one hyperparameter (repeatable).")
 @click.option("--batch-size", type=int, help="Facts per edit batch (default: all in one batch).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed recorded with the edit; replays reuse it.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"revision": ..., "facts": [...]}.')
+@click.option("--json", "as_json", is_flag=True, help='Print {"revision": ..., "facts": [...], "timings": {...}}.')
 @click.pass_context
 def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
     """Apply the facts in FILE (JSONL, or a JSON array in EasyEdit, ZsRE or
@@ -149,13 +150,9 @@ def checkout(ctx, rev):
     click.echo(f"HEAD is now at {rid[:12] if rid else 'base'} ({n} fact(s) applied)")
 
 
-def _summary(rec) -> dict:
-    return {k: rec[k] for k in ("id", "parent", "op", "method", "facts", "time") if k in rec}
-
-
 @cli.command(name="log")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of records, newest first.")
-@click.option("-n", "limit", type=int, help="Show at most N records.")
+@click.option("-n", "limit", type=click.IntRange(min=1), help="Show at most N records.")
 @click.option("--all", "show_all", is_flag=True, help="Every record in the log, not only HEAD's history.")
 @click.pass_context
 def log_cmd(ctx, as_json, limit, show_all):
@@ -178,19 +175,14 @@ def log_cmd(ctx, as_json, limit, show_all):
 @click.pass_context
 def show(ctx, ref, as_json):
     """Show a record (id prefix, HEAD~N) or an applied fact (its id)."""
-    from memedit_cli.errors import RevisionError
-
     repo = _repo(ctx)
     facts = {f["id"]: (f, r["id"]) for r in repo.records if r["op"] == "apply" for f in r["facts"]}
-    try:
-        rid = repo.resolve(ref)
-    except RevisionError:
-        if ref not in facts:
-            raise
+    if ref in facts:  # an exact fact id wins over a revision it might also spell
         fact, applied_in = facts[ref]
         if as_json:
             return _json({"fact": fact, "applied_in": applied_in})
         return click.echo(f"fact {ref} (applied in {applied_in[:12]})\n" + json.dumps(fact, indent=2, ensure_ascii=False))
+    rid = repo.resolve(ref)
     if rid is None:
         raise UserError("base is the unedited model; it has no record. `memedit status` describes it")
     rec = repo.record(rid)
@@ -232,7 +224,7 @@ def status(ctx, as_json):
 
 @cli.command()
 @click.option("--merged", "out_dir", required=True, metavar="OUT_DIR", help="Write a Hugging Face model folder here.")
-@click.option("--force", is_flag=True, help="Replace OUT_DIR if it is not empty.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it holds an earlier memedit export.")
 @click.pass_context
 def export(ctx, out_dir, force):
     """Write the current state as a plain Hugging Face model folder."""
@@ -263,7 +255,7 @@ def fsck(ctx):
     """Check the log chain, HEAD and every object; name what is damaged."""
     from memedit_cli.fsck import fsck as run_fsck
 
-    problems, notes = run_fsck(_repo(ctx))
+    problems, notes = run_fsck(Repo.open(ctx.obj["dir"], check=False))
     for n in notes:
         click.echo(f"note: {n}")
     for p in problems:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from memedit_cli import log as logmod
+from memedit_cli.errors import DamagedRepository, MemeditError
 from memedit_cli.jsonutil import loads_strict
 
 
@@ -12,11 +13,14 @@ def fsck(repo) -> tuple[list[str], list[str]]:
     """Return (problems, notes). Problems make the exit code non-zero; notes are harmless."""
     problems: list[str] = []
     notes: list[str] = []
-    problems += _base_model_problems(repo.config["model"], notes)
+    try:
+        problems += _base_model_problems(repo.config["model"], notes)
+    except MemeditError as e:
+        problems.append(str(e).split("; run")[0])
     try:
         records, log_problems = logmod.scan(repo.read_log_bytes())
-    except Exception as e:  # a missing log is itself the finding
-        records, log_problems = [], [str(e)]
+    except DamagedRepository as e:  # a missing log is itself the finding
+        records, log_problems = [], [str(e).split("; run")[0]]
     problems += log_problems
     ids = {r["id"] for r in records}
     referenced = set()
@@ -45,7 +49,9 @@ def fsck(repo) -> tuple[list[str], list[str]]:
     except OSError as e:
         problems.append(f"reflog.jsonl: cannot be read ({e})")
     orphans = [h for h in repo.objects.all_hashes() if h not in referenced]
-    if orphans:
+    if orphans and log_problems:
+        notes.append(f"{len(orphans)} object(s) named by no trusted record: keep them, a repaired log may need them")
+    elif orphans:
         notes.append(f"{len(orphans)} object(s) named by no record (left by an interrupted command; harmless)")
     temps = [p.name for p in repo.root.rglob("*") if re.search(r"\.tmp-\d+$", p.name)]
     if temps:

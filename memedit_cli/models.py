@@ -156,10 +156,12 @@ def model_folder(entry: dict):
 def pick_device(policy: str) -> str:
     import torch
 
+    if policy not in DEVICES:
+        raise ModelError(f"device {policy!r} is not one of {', '.join(DEVICES)} (check MEMEDIT_DEVICE)")
     if policy == "cpu":
         return "cpu"
     if policy == "cuda" and not torch.cuda.is_available():
-        raise ModelError("the repository asks for --device cuda but no CUDA device is visible; "
+        raise ModelError("device cuda was asked for (by the repository or MEMEDIT_DEVICE) but no CUDA device is visible; "
                          "set MEMEDIT_DEVICE=cpu or auto")
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -50,13 +50,18 @@ class Repo:
     # -- opening and creating -------------------------------------------------
 
     @classmethod
-    def open(cls, workdir: str | os.PathLike | None = None) -> "Repo":
-        """Open the repository in `workdir` or the nearest parent that has one, as git does."""
+    def open(cls, workdir: str | os.PathLike | None = None, check: bool = True) -> "Repo":
+        """Open the repository in `workdir` or the nearest parent that has one, as git does.
+
+        With `check`, an unreadable config or another format version is refused
+        here, for every command (`fsck` opens without it, to report the damage).
+        """
         start = find_workdir(workdir)
         for d in (start, *start.parents):
-            if (d / DIRNAME / "config.json").is_file():
+            if (d / DIRNAME).is_dir():
                 repo = cls(d / DIRNAME)
-                repo.config  # refuses an unreadable config or another format version, for every command
+                if check:
+                    repo.config
                 return repo
         raise NotARepository(f"not a memedit repository: no {DIRNAME}/ in {start} or its parents. "
                              "Run `memedit init` there, or pass -C DIR")
@@ -138,7 +143,10 @@ class Repo:
         return value
 
     def set_head(self, rid: str | None, reason: str) -> None:
-        old = (self.root / "HEAD").read_text().strip()
+        try:
+            old = (self.root / "HEAD").read_text().strip()
+        except FileNotFoundError:
+            raise DamagedRepository(f"{self.root}/HEAD is missing; run `memedit fsck`") from None
         write_atomic(self.root / "HEAD", f"{rid or BASE}\n".encode())
         entry = {"time": logmod.now(), "from": old, "to": rid or BASE, "reason": reason}
         append_line(self.root / "reflog.jsonl", canonical(entry))
@@ -205,7 +213,11 @@ class Repo:
         """Exclusive writer lock. The kernel drops a flock when its process dies, so a
         killed writer never leaves a stale lock; the file's text only says who holds it."""
         if timeout is None:
-            timeout = float(os.environ.get("MEMEDIT_LOCK_TIMEOUT", "300"))
+            raw = os.environ.get("MEMEDIT_LOCK_TIMEOUT", "300")
+            try:
+                timeout = float(raw)
+            except ValueError:
+                raise UserError(f"MEMEDIT_LOCK_TIMEOUT={raw!r} is not a number of seconds; unset it or set e.g. 60") from None
         path = self.root / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

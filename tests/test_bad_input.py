@@ -114,3 +114,23 @@ def test_target_longer_than_the_context(applied, tmp_path):
     # the long fact is in the second batch: the first must not be computed and stored either
     facts = write_facts(tmp_path / "long.jsonl", [FACTS[1], fact])
     refused(applied, "apply", facts, "--batch-size", "1", *FAST, says="fact yasuda: prompt and target are")
+
+
+def test_export_force_only_replaces_an_earlier_export(applied, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    result = applied("export", "--merged", precious, "--force", ok=False)
+    assert result.exit_code == 1 and "not an earlier memedit export" in result.stderr
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("var,value,says", [("MEMEDIT_LOCK_TIMEOUT", "soon", "MEMEDIT_LOCK_TIMEOUT"),
+                                            ("MEMEDIT_DEVICE", "gpu", "MEMEDIT_DEVICE")])
+def test_bad_environment_values(applied, tmp_path, monkeypatch, var, value, says):
+    monkeypatch.setenv(var, value)
+    refused(applied, "apply", write_facts(tmp_path / "f.jsonl", FACTS[1:2]), *FAST, says=says)
+
+
+def test_log_limit_must_be_positive(applied):
+    assert applied("log", "-n", "0", ok=False).exit_code == 2

@@ -35,6 +35,7 @@ def test_show_record_and_fact(repo, tmp_path):
     rec = repo.json("show", "HEAD")
     assert rec["id"] == rev and len(rec["segments"]) == 1
     assert repo.json("show", "darrieux")["fact"]["target_new"] == "English"
+    assert repo.json("show", "HEAD")["id"] == rev
     text = repo("show", rev[:10]).stdout
     assert rev in text and "darrieux" in text
 

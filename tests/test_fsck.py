@@ -103,3 +103,14 @@ def test_changed_base_weights(memedit, tiny, tmp_path):
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
     damaged(memedit, "changed since `memedit init`")
+
+
+def test_unreadable_config_is_reported_by_fsck_and_refused_elsewhere(two_applies):
+    (two_applies.dir / ".memedit" / "config.json").write_text("{not json")
+    damaged(two_applies, "config.json cannot be read")
+    assert two_applies("log", ok=False).exit_code == EXIT_DAMAGED
+
+
+def test_missing_log(two_applies):
+    (two_applies.dir / ".memedit" / "log.jsonl").unlink()
+    damaged(two_applies, "log.jsonl is missing")
