@@ -107,7 +107,6 @@ def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
     repo = _repo(ctx)
     facts = load_facts(file)
     overrides = {**(hparams.read_file(hparams_file) if hparams_file else {}), **hparams.parse_set(list(sets))}
-    apply_mod.prepare(method, facts, overrides, file, batch_size)
     rec = apply_mod.apply(repo, facts, method, overrides, batch_size, seed, file)
     if as_json:
         _json({"revision": rec["id"], "facts": rec["facts"], "timings": rec["timings"]})

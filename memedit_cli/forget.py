@@ -58,7 +58,7 @@ def forget(repo, ids: list[str]) -> dict:
         gone_set = set(gone)
         segments = repo.segments_at(head)
         first = next(i for i, s in enumerate(segments) if gone_set & set(s["facts"]))
-        facts = {fid: Fact.from_json(f) for r in repo.chain(head) if r["op"] == "apply" for f in r["facts"] for fid in [f["id"]]}
+        facts = {f["id"]: Fact.from_json(f) for r in repo.chain(head) if r["op"] == "apply" for f in r["facts"]}
         model, tok = materialize(repo, segments[:first])
         rebuilt = []
         for seg in bar(segments[first:], desc="forget: replay", unit="segment"):
