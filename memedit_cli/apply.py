@@ -26,7 +26,7 @@ def prepare(method_name: str, facts: list[Fact], overrides: dict, source: str, b
 
 
 def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size: int | None, seed: int, source: str) -> dict:
-    from memedit_cli.state import materialize, run_segment
+    from memedit_cli.state import materialize, method_env, run_segment
 
     method = prepare(method_name, facts, overrides, source, batch_size)
     t0 = time.perf_counter()
@@ -37,14 +37,16 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
         if again:
             raise UserError(f"fact {again[0]} is already applied at HEAD ({len(again)} in this file); "
                             "`memedit forget` it first or give the new fact another id")
-        model, tok = materialize(repo, repo.segments_at(head))
-        hp = hparams_mod.resolve(method.default_hparams(model), overrides)
+        segments = repo.segments_at(head)
+        model, tok = materialize(repo, segments)
+        env = method_env(repo, model, tok, len(segments))
+        hp = method.resolve(hparams_mod.resolve(method.default_hparams(model), overrides), model, tok, env)
         check_fit(tok, facts, context_length(model))  # all batches, before the first one is computed
         load_s = time.perf_counter() - t0
         size = batch_size or len(facts)
         batches = [facts[i : i + size] for i in range(0, len(facts), size)]
-        segments = [run_segment(repo, model, tok, method, hp, batch, seed)
-                    for batch in bar(batches, desc=f"apply {method.name}", unit="batch")]
+        new = [run_segment(repo, model, tok, method, hp, batch, seed, env)
+               for batch in bar(batches, desc=f"apply {method.name}", unit="batch")]
         total_s = time.perf_counter() - t0
         return repo.append({
             "parent": head,
@@ -53,7 +55,7 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
             "hparams": hparams_mod.to_json(hp),
             "seed": seed,
             "facts": [f.to_json() for f in facts],
-            "segments": segments,
+            "segments": new,
             "source": source,
             "versions": logmod.versions(),
             "timings": {"load_s": round(load_s, 3), "total_s": round(total_s, 3),

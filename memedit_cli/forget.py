@@ -49,7 +49,7 @@ def resolve_ids(repo, ids: list[str], head) -> list[str]:
 
 
 def forget(repo, ids: list[str]) -> dict:
-    from memedit_cli.state import materialize, run_segment
+    from memedit_cli.state import load_segment_tensors, materialize, method_env, run_segment
 
     t0 = time.perf_counter()
     with repo.lock("forget"):
@@ -60,14 +60,17 @@ def forget(repo, ids: list[str]) -> dict:
         first = next(i for i, s in enumerate(segments) if gone_set & set(s["facts"]))
         facts = {f["id"]: Fact.from_json(f) for r in repo.chain(head) if r["op"] == "apply" for f in r["facts"]}
         model, tok = materialize(repo, segments[:first])
+        env = method_env(repo, model, tok, first)
         rebuilt = []
-        for seg in bar(segments[first:], desc="forget: replay", unit="segment"):
+        for n, seg in enumerate(bar(segments[first:], desc="forget: replay", unit="segment")):
             keep = [facts[fid] for fid in seg["facts"] if fid not in gone_set]
             if not keep:
                 continue
             method = methods.get(seg["method"])
             hp = hparams_mod.from_json(method.hparams_class, seg["hparams"])
-            rebuilt.append(run_segment(repo, model, tok, method, hp, keep, seg["seed"]))
+            # only the first affected segment starts from the same state as before
+            reuse = {"facts": seg["facts"], "tensors": load_segment_tensors(repo, seg)} if n == 0 else None
+            rebuilt.append(run_segment(repo, model, tok, method, hp, keep, seg["seed"], env, reuse))
         names = sorted({seg["method"] for seg in segments if gone_set & set(seg["facts"])})
         return repo.append({
             "parent": head,

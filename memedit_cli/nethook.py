@@ -17,3 +17,55 @@ def add_to_output(module, fn):
         yield module
     finally:
         handle.remove()
+
+
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass once what is needed has been seen."""
+
+
+@contextlib.contextmanager
+def capture(model, inputs: list[str] = (), outputs: list[str] = ()):
+    """Record the first positional input and/or the output of named modules.
+
+    Inside the block, `seen["in:NAME"]` / `seen["out:NAME"]` hold the tensors of
+    the latest forward (a decoder block's tuple output is reduced to its first
+    element, the hidden states).
+    """
+    seen: dict = {}
+    handles = []
+
+    def take_in(name):
+        def hook(mod, args):
+            seen[f"in:{name}"] = args[0]
+        return hook
+
+    def take_out(name):
+        def hook(mod, args, output):
+            seen[f"out:{name}"] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    try:
+        for name in inputs:
+            handles.append(model.get_submodule(name).register_forward_pre_hook(take_in(name)))
+        for name in outputs:
+            handles.append(model.get_submodule(name).register_forward_hook(take_out(name)))
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def edit_output(module, fn):
+    """Inside the block, `module`'s (first) output h is replaced by `fn(h)`."""
+
+    def hook(mod, args, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]), *output[1:])
+        return fn(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield module
+    finally:
+        handle.remove()

@@ -7,6 +7,7 @@ import time
 
 from memedit_cli import hparams as hparams_mod
 from memedit_cli import methods
+from memedit_cli.errors import UserError
 from memedit_cli.facts import Fact
 
 
@@ -33,14 +34,32 @@ def materialize(repo, segments: list[dict]):
     return model, tok
 
 
-def run_segment(repo, model, tok, method, hp, facts: list[Fact], seed: int) -> dict:
+def method_env(repo, model, tok, attached: int):
+    """The Env for computing on a model with `attached` segments attached."""
+    from memedit_cli import models
+    from memedit_cli.methods.base import Env
+
+    entry = repo.config["model"]
+    key = entry.get("weights_sha256") or f"{entry.get('id')}@{entry.get('revision', 'main')}"
+    fresh = lambda: models.load(repo.config)  # noqa: E731
+    return Env(cache_dirs=[repo.root / "cache", models.user_cache()], model_key=key,
+               load_base=(lambda: (model, tok)) if attached == 0 else fresh, load_fresh=fresh)
+
+
+def run_segment(repo, model, tok, method, hp, facts: list[Fact], seed: int, env, reuse: dict | None = None) -> dict:
     """Compute one batch's tensors on the current model, store them, attach them.
 
     What is attached is what was stored (re-read from the object store), so the
     model in hand equals what `materialize` later rebuilds from the log.
     """
     t0 = time.perf_counter()
-    tensors, info = method.compute(model, tok, facts, hp, seed)
+    try:
+        tensors, info = method.compute(model, tok, facts, hp, seed, env, reuse)
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "out of memory" not in str(e) and "not enough memory" not in str(e):
+            raise
+        raise UserError(f"{method.name}: a batch of {len(facts)} fact(s) does not fit in memory; "
+                        "nothing was recorded. Use a smaller --batch-size") from None
     compute_s = time.perf_counter() - t0
     seg = {
         "method": method.name,
@@ -52,4 +71,5 @@ def run_segment(repo, model, tok, method, hp, facts: list[Fact], seed: int) -> d
         "compute_s": round(compute_s, 3),
     }
     attach_segment(repo, model, seg)
+    env.load_base = env.load_fresh  # the model in hand is no longer the base model
     return seg

@@ -12,11 +12,12 @@ def context_length(model) -> int | None:
 
 def check_fit(tok, facts, max_len: int | None) -> None:
     """Refuse, before any computation, a fact whose prompt + target exceeds the context."""
-    if max_len is None:
-        return
     for f in facts:
-        n = len(tok(f.prompt)["input_ids"]) + len(tok(" " + f.target_new, add_special_tokens=False)["input_ids"])
-        if n > max_len:
+        target = tok(" " + f.target_new, add_special_tokens=False)["input_ids"]
+        if not target:
+            raise UserError(f"fact {f.id}: target {f.target_new!r} tokenizes to nothing; give a target with text the model can say")
+        n = len(tok(f.prompt)["input_ids"]) + len(target)
+        if max_len is not None and n > max_len:
             raise UserError(f"fact {f.id}: prompt and target are {n} tokens, longer than the model's context of {max_len}; shorten them")
 
 

@@ -12,6 +12,7 @@ from memedit_cli.errors import UserError
 # name -> "module:Class"
 REGISTRY = {
     "ft": "memedit_cli.methods.ft:FT",
+    "memit": "memedit_cli.methods.memit:MEMIT",
 }
 
 

@@ -5,9 +5,17 @@ The repository owns history, storage and replay; a method only turns
 
 - `hparams_class`: a frozen dataclass; `default_hparams(model)` fills in the
   values for the model's architecture (the resolved values go in the log).
-- `compute(model, tok, facts, hp, seed)`: returns {name: tensor} and a small
-  JSON-able info dict. It must leave the model exactly as it found it (hooks
-  only inside `with` blocks) and be deterministic given the seed and the model.
+- `resolve(hp, model, tok, env)`: fills in what depends on the model or the
+  repository (generated prompts, scaled constants) before the values are
+  recorded; by default nothing.
+- `compute(model, tok, facts, hp, seed, env, reuse)`: returns {name: tensor}
+  and a small JSON-able info dict. It must leave the model exactly as it found
+  it (hooks only inside `with` blocks; weights changed for a while are
+  restored from copies) and be deterministic given the seed and the model.
+  `env` gives the repository's caches and the unedited base model on demand;
+  `reuse` is, during a forget's replay of the first affected segment (whose
+  starting state is unchanged), that segment's stored facts and tensors, so a
+  method can skip work whose result cannot have changed.
 - `attach(model, tensors, hp)`: makes the lasting edit — a weight delta, or a
   wrapper module that keeps the base layer. States are always rebuilt by
   attaching segments to fresh base weights, never by subtracting.
@@ -26,6 +34,20 @@ The repository owns history, storage and replay; a method only turns
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class Env:
+    """What a method may use besides the model: caches and the base model."""
+
+    cache_dirs: list[Path]  # the repository's cache first, then the per-user cache shared by repositories
+    model_key: str  # identifies the base weights (sha256, or hub id@revision)
+    load_base: Callable[[], tuple]  # () -> (model, tok) of the unedited base model, loaded on demand
+    load_fresh: Callable[[], tuple]  # () -> a newly loaded base model
+
 
 class Method:
     name: str = ""
@@ -36,7 +58,10 @@ class Method:
     def default_hparams(self, model):
         raise NotImplementedError
 
-    def compute(self, model, tok, facts, hp, seed: int) -> tuple[dict, dict]:
+    def resolve(self, hp, model, tok, env: Env):
+        return hp
+
+    def compute(self, model, tok, facts, hp, seed: int, env: Env, reuse: dict | None = None) -> tuple[dict, dict]:
         raise NotImplementedError
 
     def attach(self, model, tensors: dict, hp) -> None:

@@ -73,7 +73,7 @@ class FT(Method):
             return FTHparams(**_MEASURED[shape])
         return FTHparams(layer=min(n - 1, round(_FAMILY[arch.family]["depth"] * (n - 1))))
 
-    def compute(self, model, tok, facts, hp: FTHparams, seed: int):
+    def compute(self, model, tok, facts, hp: FTHparams, seed: int, env=None, reuse=None):
         import torch
 
         arch = arch_for(model.config)

@@ -1,0 +1,34 @@
+"""Keys and current outputs for MEMIT's per-layer update.
+
+k_l(fact): the input of block l's FFN output projection at the last subject
+token, averaged over the context templates (prompt without target).
+h_L(fact): block L's output at the last subject token of the bare prompt.
+"""
+
+from __future__ import annotations
+
+from memedit_cli.arch import arch_for
+from memedit_cli.methods.memit import rows as rows_mod
+from memedit_cli.nethook import capture
+
+
+def keys_and_current(model, tok, facts, templates, layer: int, z_layer: int, device):
+    """Returns (keys (n, d_in), current h (n, d)) on the model as it is now."""
+    import torch
+
+    arch = arch_for(model.config)
+    proj, block = arch.mlp_out_at(layer), arch.layer(z_layer)
+    rows = rows_mod.build(tok, facts, templates, device, with_target=False, with_kl=False)
+    n = len(facts)
+    with torch.no_grad(), capture(model, inputs=[proj], outputs=[block]) as seen:
+        model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False)
+    B = rows.input_ids.shape[0]
+    at = (torch.arange(B, device=device), rows.lookup)
+    k_rows = seen[f"in:{proj}"][at].double()  # (B, d_in)
+    keys = torch.zeros(n, k_rows.shape[1], dtype=torch.float64, device=device).index_add(0, rows.fact, k_rows)
+    keys /= torch.bincount(rows.fact, minlength=n)[:, None]
+    bare = torch.zeros(n, dtype=torch.long, device=device)
+    for b in reversed(range(B)):  # each fact's first row is its bare prompt ("{}")
+        bare[rows.fact[b]] = b
+    current = seen[f"out:{block}"][bare, rows.lookup[bare]].double()
+    return keys, current

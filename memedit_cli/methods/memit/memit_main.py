@@ -1,0 +1,151 @@
+"""MEMIT (Meng et al., arXiv 2210.07229): mass editing of a band of FFN layers.
+
+For a batch of n facts: target vectors z (compute_z.py) at block L = max(R);
+then for each layer l of R in order, keys K (d_in, n) at its FFN output
+projection and the residual R_l = (z − h_L) / (|R| − i) still missing at L,
+and the closed-form update
+
+    ΔW_l = R_l Kᵀ (λ C₀ + K Kᵀ)⁻¹          (float64; C₀ = E[k kᵀ] over a corpus)
+
+which is rank ≤ n and stored factored: U = R_l (d_out, n), V = (λC₀ + KKᵀ)⁻¹K
+(d_in, n), ΔW = U Vᵀ. With `null_space` (AlphaEdit, arXiv 2410.02355) the
+update is projected onto the null space P of C₀: V = (P K Kᵀ + α I)⁻¹ P K, so
+the keys the statistics preserve are (nearly) untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from memedit_cli.arch import arch_for, is_transposed, num_layers
+from memedit_cli.errors import HparamsError
+from memedit_cli.methods.base import Method, add_weight_deltas
+from memedit_cli.methods.memit.compute_ks import keys_and_current
+from memedit_cli.methods.memit.compute_z import compute_z
+from memedit_cli.methods.memit.hparams import MEMITHparams
+from memedit_cli.methods.memit import prefixes
+from memedit_cli.models import input_device
+from memedit_cli.tokens import context_length
+
+# Per family: the band as (first block, count) scaled from the reference depth,
+# and λ per key dimension: MEMIT's λ over the d_in it was tuned at. The
+# regularizer's strength for a typical key is kᵀ(λC₀)⁻¹k ≈ d_in / λ, so λ must
+# grow with d_in to mean the same thing; copying 15000 to a 1536-wide layer
+# regularizes the update away (EasyEdit on SmolLM2-135M: Rel .25).
+_FAMILY = {
+    "gptj": dict(ref_depth=28, first=3, count=6, lam_per_dim=15000 / 16384),  # GPT-J 6B: layers 3-8, λ 15000
+    "llama": dict(ref_depth=32, first=4, count=5, lam_per_dim=15000 / 11008),  # LLaMA-2-7B: 4-8 (EasyEdit)
+    "gpt2": dict(ref_depth=48, first=13, count=5, lam_per_dim=20000 / 6400),  # GPT-2 XL: 13-17, λ 20000
+}
+# Measured for particular shapes (model_type, hidden size, blocks): docs/methods/memit.md.
+_MEASURED = {
+    ("llama", 576, 30): dict(layers=(2, 3, 4, 5, 6), lam_per_dim=15000 / 11008),
+}
+
+
+def _d_in(model, layer: int) -> int:
+    module = model.get_submodule(arch_for(model.config).mlp_out_at(layer))
+    return module.weight.shape[0] if is_transposed(module) else module.weight.shape[1]
+
+
+def _dense(module, U, V):
+    """ΔW in the module's own weight layout from factors U (d_out, n), V (d_in, n)."""
+    return V @ U.T if is_transposed(module) else U @ V.T
+
+
+class MEMIT(Method):
+    name = "memit"
+    hparams_class = MEMITHparams
+    needs_subject = True
+
+    def default_hparams(self, model) -> MEMITHparams:
+        cfg = model.config
+        n = num_layers(cfg)
+        fam = _FAMILY[arch_for(cfg).family]
+        measured = _MEASURED.get((cfg.model_type, getattr(cfg, "hidden_size", None), n), {})
+        if "layers" in measured:
+            layers = measured["layers"]
+        else:
+            # keep at least one block above the band: z is read through the blocks above it
+            first = min(max(n - 2, 0), round(fam["first"] * n / fam["ref_depth"]))
+            layers = tuple(range(first, max(first + 1, min(n - 1, first + fam["count"]))))
+        lam = measured.get("lam_per_dim", fam["lam_per_dim"]) * _d_in(model, layers[-1])
+        return MEMITHparams(layers=layers, mom2_update_weight=round(lam, 1))
+
+    def resolve(self, hp: MEMITHparams, model, tok, env) -> MEMITHparams:
+        n = num_layers(model.config)
+        if not hp.layers or hp.layers[-1] >= n:
+            raise HparamsError(f"layers must be a non-empty list of blocks between 0 and {n - 1}, got {list(hp.layers)}")
+        changes = {}
+        if not hp.context_templates:
+            base, base_tok = env.load_base()
+            changes["context_templates"] = prefixes.cached(base, base_tok, hp.n_context_templates,
+                                                           hp.context_template_length, env.cache_dirs[0], env.model_key)
+        if hp.mom2_update_weight == 0 and not hp.null_space:
+            changes["mom2_update_weight"] = self.default_hparams(model).mom2_update_weight
+        return dataclasses.replace(hp, **changes)
+
+    def stats(self, hp: MEMITHparams, env) -> dict:
+        """C₀ for each edited layer (d_in, d_in) float64, computed on the base model, cached."""
+        from memedit_cli.stats import CorpusSpec, second_moments
+
+        base, base_tok = env.load_base()
+        # rows of 256 tokens, or the whole context of a model with less
+        spec = CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens, seq_len=min(256, context_length(base) or 256))
+        names = [arch_for(base.config).mlp_out_at(layer) for layer in hp.layers]
+        return second_moments(base, base_tok, names, spec, env.model_key, env.cache_dirs), spec.key()
+
+    def compute(self, model, tok, facts, hp: MEMITHparams, seed: int, env, reuse=None):
+        import torch
+
+        torch.manual_seed(seed)
+        arch = arch_for(model.config)
+        device = input_device(model)
+        z_layer = hp.layers[-1]
+        info: dict = {}
+        if reuse is not None:  # forget: the same starting state, so each remaining fact's z is what it was
+            z = reuse["tensors"]["z"][[reuse["facts"].index(f.id) for f in facts]].to(device)
+            info["z_reused"] = True
+        else:
+            z, info = compute_z(model, tok, facts, hp, z_layer, hp.context_templates, device)
+        cov, stats_key = self.stats(hp, env)
+        info["stats"] = stats_key
+        names = [arch.mlp_out_at(layer) for layer in hp.layers]
+        originals = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+        tensors = {"z": z.float().cpu()}
+        try:
+            for i, (layer, name) in enumerate(zip(hp.layers, names)):
+                keys, current = keys_and_current(model, tok, facts, hp.context_templates, layer, z_layer, device)
+                K = keys.T  # (d_in, n)
+                R = (z.double().to(current.device) - current).T / (len(hp.layers) - i)  # (d_out, n)
+                C = cov[name].to(K.device)
+                if hp.null_space:
+                    P = _null_space_projector(C, hp.null_space_threshold)
+                    A = P @ (K @ K.T) + hp.null_space_l2 * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+                    V = torch.linalg.solve(A, P @ K)
+                else:
+                    V = torch.linalg.solve(hp.mom2_update_weight * C + K @ K.T, K)  # (d_in, n)
+                U, V = R.float().cpu(), V.float().cpu()
+                tensors[f"{name}.U"], tensors[f"{name}.V"] = U, V
+                module = model.get_submodule(name)
+                add_weight_deltas(model, {f"{name}.weight": _dense(module, U, V)})  # later layers see this one
+        finally:
+            with torch.no_grad():
+                for n, w in originals.items():
+                    model.get_submodule(n).weight.copy_(w)  # restore, never subtract
+        return tensors, info
+
+    def attach(self, model, tensors, hp) -> None:
+        deltas = {}
+        for name in (arch_for(model.config).mlp_out_at(layer) for layer in hp.layers):
+            deltas[f"{name}.weight"] = _dense(model.get_submodule(name), tensors[f"{name}.U"], tensors[f"{name}.V"])
+        add_weight_deltas(model, deltas)
+
+
+def _null_space_projector(C, threshold: float):
+    """P = Û Ûᵀ over the eigenvectors of C₀ whose eigenvalue is below threshold · mean eigenvalue."""
+    import torch
+
+    evals, evecs = torch.linalg.eigh(C)
+    null = evecs[:, evals < threshold * evals.mean()]
+    return null @ null.T

@@ -1,0 +1,64 @@
+"""Token rows for MEMIT: each fact's prompt in every context template (with or
+without its target), and its "{subject} is a" KL prompt, with the position of
+the last subject token in each row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Rows:
+    input_ids: object  # (B, T) long, right-padded
+    attention_mask: object  # (B, T)
+    fact: object  # (B,) which fact each row belongs to
+    lookup: object  # (B,) position of the last subject token
+    labels: object  # (B, T): the next target token at positions that predict one, -100 elsewhere
+    kl: object  # (B,) bool: the row is a KL prompt
+
+
+def subject_last(tok, text: str, subject_end: int) -> int:
+    """Index of the last token of the subject that ends at character `subject_end` of `text`."""
+    return len(tok(text[:subject_end])["input_ids"]) - 1
+
+
+def build(tok, facts, templates, device, with_target: bool = True, with_kl: bool = True) -> Rows:
+    import torch
+
+    ids, lookups, owners, label_rows, kl_flags = [], [], [], [], []
+    for i, f in enumerate(facts):
+        target = tok(" " + f.target_new, add_special_tokens=False)["input_ids"] if with_target else []
+        start = f.prompt.index(f.subject)
+        for template in templates:
+            text = template.replace("{}", f.prompt)
+            offset = template.index("{}")
+            p = tok(text)["input_ids"]
+            row = p + target
+            labels = [-100] * len(row)
+            for j in range(len(p), len(row)):
+                labels[j - 1] = row[j]
+            ids.append(row)
+            label_rows.append(labels)
+            lookups.append(subject_last(tok, text, offset + start + len(f.subject)))
+            owners.append(i)
+            kl_flags.append(False)
+        if with_kl:
+            text = f"{f.subject} is a"
+            row = tok(text)["input_ids"]
+            ids.append(row)
+            label_rows.append([-100] * len(row))
+            lookups.append(subject_last(tok, text, len(f.subject)))
+            owners.append(i)
+            kl_flags.append(True)
+    width = max(len(r) for r in ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    B = len(ids)
+    input_ids = torch.full((B, width), pad, dtype=torch.long)
+    attn = torch.zeros((B, width), dtype=torch.long)
+    labels = torch.full((B, width), -100, dtype=torch.long)
+    for b, (row, lab) in enumerate(zip(ids, label_rows)):
+        input_ids[b, : len(row)] = torch.tensor(row)
+        attn[b, : len(row)] = 1
+        labels[b, : len(lab)] = torch.tensor(lab)
+    return Rows(input_ids.to(device), attn.to(device), torch.tensor(owners, device=device),
+                torch.tensor(lookups, device=device), labels.to(device), torch.tensor(kl_flags, device=device))

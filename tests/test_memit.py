@@ -1,0 +1,163 @@
+"""MEMIT on tiny models: the factored update is the closed form, z is batch-independent,
+forget after a sequence of batches equals a fresh repository, export is plain weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from conftest import FACTS, Memedit, base_logits, logits, write_facts
+from tiny import SENTENCES
+
+# few steps and a small statistics sample keep a tiny-model apply under a second
+FAST_MEMIT = ["--method", "memit", "--set", "v_num_grad_steps=4", "--set", "mom2_n_tokens=2000"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(SENTENCES * 40))
+    return path
+
+
+def memit_args(corpus):
+    return [*FAST_MEMIT, "--set", f"mom2_corpus={corpus}"]
+
+
+def test_apply_changes_the_model_and_records_factors(repo, tiny, tmp_path, corpus):
+    out = repo.json("apply", write_facts(tmp_path / "f.jsonl"), *memit_args(corpus))
+    rec = repo.json("show", out["revision"])
+    assert rec["method"] == "memit" and rec["hparams"]["context_templates"][0] == "{}"
+    assert len(rec["hparams"]["context_templates"]) == 6 and rec["hparams"]["mom2_update_weight"] > 0
+    model, tok = repo.state()
+    assert not torch.allclose(logits(model, tok), base_logits(tiny), atol=1e-5)
+
+
+def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, corpus):
+    from memedit_cli import models
+    from memedit_cli.facts import Fact
+    from memedit_cli.methods.base import Env
+    from memedit_cli.methods.memit import MEMIT
+    from memedit_cli.methods.memit.compute_ks import keys_and_current
+    from memedit_cli.stats import CorpusSpec, second_moments
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
+    env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok))
+    method = MEMIT()
+    hp = dataclasses.replace(method.default_hparams(model), layers=(0, 1), v_num_grad_steps=3,
+                             mom2_corpus=str(corpus), mom2_n_tokens=2000)
+    hp = method.resolve(hp, model, tok, env)
+    facts = [Fact(**f) for f in FACTS]
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    tensors, _ = method.compute(model, tok, facts, hp, 0, env)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters()), "compute changed the model"
+
+    # the first layer of the band, by hand: ΔW = R Kᵀ (λ C₀ + K Kᵀ)⁻¹ in float64
+    name = "model.layers.0.mlp.down_proj"
+    keys, current = keys_and_current(model, tok, facts, hp.context_templates, 0, 1, "cpu")
+    C = second_moments(model, tok, [name], CorpusSpec(str(corpus), 2000, seq_len=64), "tiny", [tmp_path / "cache"])[name]
+    K, R = keys.T, (tensors["z"].double() - current).T / 2
+    dense = R @ K.T @ torch.linalg.inv(hp.mom2_update_weight * C + K @ K.T)
+    factored = tensors[f"{name}.U"].double() @ tensors[f"{name}.V"].double().T
+    assert tensors[f"{name}.U"].shape == (32, 3) and tensors[f"{name}.V"].shape == (64, 3)  # rank <= 3 facts
+    assert torch.allclose(factored, dense, rtol=1e-4, atol=1e-7)
+    assert factored.abs().max() > 0
+
+
+def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models):
+    from memedit_cli import models
+    from memedit_cli.facts import Fact
+    from memedit_cli.methods.memit.compute_z import compute_z
+    from memedit_cli.methods.memit.hparams import MEMITHparams
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["gpt2"])}, "dtype": "float32", "device": "cpu"})
+    hp = MEMITHparams(layers=(0,), v_num_grad_steps=6, context_templates=("{}", "A prefix. {}"))
+    facts = [Fact(**f) for f in FACTS]
+    together, _ = compute_z(model, tok, facts, hp, 0, hp.context_templates, "cpu")
+    alone, _ = compute_z(model, tok, facts[1:2], hp, 0, hp.context_templates, "cpu")
+    # equal up to float error: batched matmuls round differently, and Adam amplifies it a little
+    assert torch.allclose(together[1:2], alone, rtol=1e-4, atol=1e-5)
+    slow, _ = compute_z(model, tok, facts, dataclasses.replace(hp, z_fast_path=False), 0, hp.context_templates, "cpu")
+    assert torch.allclose(together, slow, rtol=1e-4, atol=1e-5), "the fast path must give the full model's z"
+
+
+@pytest.mark.parametrize("gone", ["darrieux", "yasuda"])
+def test_forget_after_a_sequence_of_batches_equals_a_fresh_repository(repo, tiny, tmp_path, corpus, gone):
+    args = memit_args(corpus)
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *args)
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *args)
+    rec = repo.json("forget", gone)
+    replayed = repo.json("show", rec["revision"])["rebuilt"]
+    if gone == "darrieux":  # first batch: its z is reused, the second batch is recomputed
+        assert replayed[0]["info"].get("z_reused") and "z_steps" in replayed[1]["info"]
+    after = logits(*repo.state())
+
+    fresh = Memedit(tmp_path / "fresh")
+    fresh.dir.mkdir()
+    fresh("init", "--model", tiny, "--device", "cpu")
+    first = [f for f in FACTS[:2] if f["id"] != gone]
+    fresh("apply", write_facts(tmp_path / "fa.jsonl", first), *args)
+    rest = [f for f in FACTS[2:] if f["id"] != gone]
+    if rest:
+        fresh("apply", write_facts(tmp_path / "fb.jsonl", rest), *args)
+    assert torch.allclose(after, logits(*fresh.state()), rtol=1e-5, atol=1e-5)
+
+
+def test_export_is_plain_weights(repo, tmp_path, corpus):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    repo("apply", write_facts(tmp_path / "f.jsonl"), *memit_args(corpus))
+    out = tmp_path / "out"
+    repo("export", "--merged", out)
+    assert "auto_map" not in json.loads((out / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert torch.equal(logits(model, AutoTokenizer.from_pretrained(out)), logits(*repo.state()))
+
+
+def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tmp_path, corpus):
+    from memedit_cli import models
+    from memedit_cli.facts import Fact
+    from memedit_cli.methods.base import Env
+    from memedit_cli.methods.memit import MEMIT
+    from memedit_cli.stats import CorpusSpec, second_moments
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
+    env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok))
+    method = MEMIT()
+    hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, null_space=True,
+                             null_space_threshold=0.5, mom2_corpus=str(corpus), mom2_n_tokens=2000)
+    hp = method.resolve(hp, model, tok, env)
+    tensors, _ = method.compute(model, tok, [Fact(**f) for f in FACTS], hp, 0, env)
+    name = "model.layers.1.mlp.down_proj"
+    C = second_moments(model, tok, [name], CorpusSpec(str(corpus), 2000, seq_len=64), "tiny", [tmp_path / "cache"])[name]
+    evals, evecs = torch.linalg.eigh(C)
+    kept = evecs[:, evals >= 0.5 * evals.mean()]  # directions the statistics say are in use
+    delta = tensors[f"{name}.U"].double() @ tensors[f"{name}.V"].double().T
+    assert delta.abs().max() > 0
+    assert (delta @ kept).norm() < 1e-4 * delta.norm()
+
+
+@pytest.mark.parametrize("fact,says", [
+    (dict(FACTS[0], subject="Big Ben"), "does not occur"),
+])
+def test_memit_bad_input(repo, tmp_path, corpus, fact, says):
+    before = repo.tree()
+    result = repo("apply", write_facts(tmp_path / "bad.jsonl", [fact]), *memit_args(corpus), ok=False)
+    assert result.exit_code == 1 and says in result.stderr
+    assert repo.tree() == before
+
+
+def test_a_batch_too_big_for_memory_is_refused(repo, tmp_path, corpus, monkeypatch):
+    from memedit_cli.methods.memit import memit_main
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1000000000 bytes")
+
+    monkeypatch.setattr(memit_main, "compute_z", out_of_memory)
+    before = repo.tree()
+    result = repo("apply", write_facts(tmp_path / "f.jsonl"), *memit_args(corpus), ok=False)
+    assert result.exit_code == 1 and "--batch-size" in result.stderr
+    assert {k for k in repo.tree() if not k.startswith("cache/")} == {k for k in before if not k.startswith("cache/")}
