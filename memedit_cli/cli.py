@@ -266,6 +266,40 @@ def fsck(ctx):
 
 
 @cli.command()
+@click.option("--corpus", type=click.Path(dir_okay=False, exists=True),
+              help="Plain text (documents split on blank lines) or JSONL with a \"text\" field. Default: text sampled from the model.")
+@click.option("--tokens", type=click.IntRange(min=1000), help="Tokens to accumulate (default: MEMIT's mom2_n_tokens).")
+@click.option("--layers", help="Comma-separated blocks (default: MEMIT's band for this model).")
+@click.pass_context
+def stats(ctx, corpus, tokens, layers):
+    """Compute and cache MEMIT's key statistics C₀ = E[k kᵀ] for this repository's model.
+
+    Cached in .memedit/cache and the per-user cache, keyed by model, layer,
+    corpus and token count, so repositories of the same model share them;
+    `apply --method memit --set mom2_corpus=FILE` then finds them. For big
+    corpora on several GPUs: `torchrun --nproc_per_node N -m memedit_cli.stats_main`.
+    """
+
+    from memedit_cli import hparams as hparams_mod
+    from memedit_cli import models
+    from memedit_cli.methods.memit import MEMIT
+    from memedit_cli.state import method_env
+
+    repo = _repo(ctx)
+    model, tok = models.load(repo.config)
+    method = MEMIT()
+    overrides = {"mom2_corpus": corpus or ""}
+    if tokens:
+        overrides["mom2_n_tokens"] = tokens
+    if layers:
+        overrides["layers"] = hparams_mod.parse_set([f"layers=[{layers}]"])["layers"]
+    hp = hparams_mod.resolve(method.default_hparams(model), overrides)
+    t0 = time.perf_counter()
+    cov, key = method.stats(hp, method_env(repo, model, tok, 0))
+    click.echo(f"statistics {key} for {len(cov)} layer(s) ({', '.join(cov)}) ready in {time.perf_counter() - t0:.1f} s")
+
+
+@cli.command()
 def methods():
     """List the edit methods."""
     from memedit_cli.methods import names

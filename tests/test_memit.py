@@ -161,3 +161,26 @@ def test_a_batch_too_big_for_memory_is_refused(repo, tmp_path, corpus, monkeypat
     result = repo("apply", write_facts(tmp_path / "f.jsonl"), *memit_args(corpus), ok=False)
     assert result.exit_code == 1 and "--batch-size" in result.stderr
     assert {k for k in repo.tree() if not k.startswith("cache/")} == {k for k in before if not k.startswith("cache/")}
+
+
+def test_stats_command_fills_the_shared_cache(repo, corpus):
+    import os
+    from pathlib import Path
+
+    out = repo("stats", "--corpus", corpus, "--tokens", "2000", "--layers", "0")
+    assert "1 layer(s)" in out.stdout
+    in_repo = [p.name for p in (repo.dir / ".memedit" / "cache" / "stats").rglob("*.safetensors")]
+    assert in_repo in (["model.layers.0.mlp.down_proj.safetensors"], ["transformer.h.0.mlp.c_proj.safetensors"])
+    shared = list((Path(os.environ["MEMEDIT_HOME"]) / "stats").rglob(in_repo[0]))
+    assert shared, "the per-user cache gets a copy for other repositories of the same model"
+
+
+def test_memit_records_follow_the_schema(repo, tmp_path, corpus):
+    import jsonschema
+    from pathlib import Path
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "formats" / "record.schema.json").read_text())
+    repo("apply", write_facts(tmp_path / "f.jsonl", FACTS[:2]), *memit_args(corpus))
+    repo("forget", "eiffel")
+    for rec in repo.json("log"):
+        jsonschema.validate(rec, schema)

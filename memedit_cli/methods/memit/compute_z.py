@@ -9,7 +9,9 @@ z does not depend on which other facts share its batch: forget can reuse it.
 
 Fast path: block L's output and the arguments of block L+1 are computed once
 (`Upper`); each step runs only blocks L+1.., the final norm, and the LM head
-at the target and KL positions.
+at the target and KL positions. Rows are grouped by length into a few
+buckets, each padded only to its own longest row (a single padded batch of
+CounterFact rows is ~45% padding).
 """
 
 from __future__ import annotations
@@ -20,68 +22,95 @@ from memedit_cli.nethook import capture, edit_output
 from memedit_cli.progress import bar
 from memedit_cli.upper import Upper
 
+BUCKETS = 4
+
+
+class _Bucket:
+    """Rows of similar length, trimmed to their own width, with what the loss needs."""
+
+    def __init__(self, model, layer, rows, idx, fast: bool):
+        import torch
+
+        width = int(rows.attention_mask[idx].sum(1).max())
+        self.idx = idx  # (b,) global row numbers
+        self.ids, self.attn = rows.input_ids[idx, :width], rows.attention_mask[idx, :width]
+        self.fact, self.lookup = rows.fact[idx], rows.lookup[idx]
+        labels = rows.labels[idx, :width]
+        self.lab_r, self.lab_c = (labels != -100).nonzero(as_tuple=True)  # scored positions
+        self.lab_tok = labels[self.lab_r, self.lab_c]
+        self.kl = rows.kl[idx].nonzero(as_tuple=True)[0]  # local rows holding a KL prompt
+        if fast:
+            self.upper = Upper(model, layer, self.ids, self.attn)
+            self.h0 = self.upper.h  # (b, w, d)
+        else:
+            self.upper = None
+            name = arch_for(model.config).layer(layer)
+            with torch.no_grad(), capture(model, outputs=[name]) as seen:
+                model(input_ids=self.ids, attention_mask=self.attn, use_cache=False)
+            self.h0 = seen[f"out:{name}"].detach()
+
+    def logits(self, model, block, delta):
+        """(target-position logits (m, V), KL-row logits (k, V)) with each row's δ added at its lookup."""
+        import torch
+
+        b = len(self.idx)
+        add = torch.zeros(self.h0.shape, dtype=delta.dtype, device=delta.device)
+        add = add.index_put((torch.arange(b, device=delta.device), self.lookup), delta[self.fact])
+        if self.upper is not None:
+            hidden = self.upper.final_hidden(self.h0 + add.to(self.h0.dtype))
+            return self.upper.logits(hidden[self.lab_r, self.lab_c]), self.upper.logits(hidden[self.kl, self.lookup[self.kl]])
+        with edit_output(block, lambda h: h + add.to(h.dtype)):
+            logits = model(input_ids=self.ids, attention_mask=self.attn, use_cache=False).logits
+        return logits[self.lab_r, self.lab_c], logits[self.kl, self.lookup[self.kl]]
+
 
 def compute_z(model, tok, facts, hp, layer: int, templates, device):
     """Returns (z (n, d) float32, info dict)."""
     import torch
 
     rows = rows_mod.build(tok, facts, templates, device)
-    n = len(facts)
-    B = rows.input_ids.shape[0]
-    row_idx = torch.arange(B, device=device)
-    label_mask = rows.labels != -100  # (B, T)
-    lab_r, lab_c = label_mask.nonzero(as_tuple=True)  # positions whose prediction is scored
-    lab_tok = rows.labels[lab_r, lab_c]
-    kl_rows = row_idx[rows.kl]
-    tgt_rows = row_idx[~rows.kl]
-    tokens_per_row = label_mask.sum(1).clamp(min=1)  # (B,)
-    templates_per_fact = torch.bincount(rows.fact[tgt_rows], minlength=n)  # (n,)
-
+    n, B = len(facts), rows.input_ids.shape[0]
+    if hp.z_fast_path:  # rows sorted by length, cut into buckets of equal row count
+        order = rows.attention_mask.sum(1).argsort(stable=True)
+        groups = [g for g in order.tensor_split(min(BUCKETS, B)) if len(g)]
+    else:  # the straightforward loop: one padded batch through the whole model
+        groups = [torch.arange(B, device=device)]
+    buckets = [_Bucket(model, layer, rows, g, hp.z_fast_path) for g in groups]
     block = model.get_submodule(arch_for(model.config).layer(layer))
-    if hp.z_fast_path:
-        upper = Upper(model, layer, rows.input_ids, rows.attention_mask)
-        h0 = upper.h  # (B, T, d)
-    else:
-        upper = None
-        name = arch_for(model.config).layer(layer)
-        with torch.no_grad(), capture(model, outputs=[name]) as seen:
-            model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False)
-        h0 = seen[f"out:{name}"].detach()
-    first_row = torch.zeros(n, dtype=torch.long, device=device)
-    for b in reversed(tgt_rows.tolist()):  # each fact's first row is its bare prompt ("{}")
-        first_row[rows.fact[b]] = b
-    h_init = h0[first_row, rows.lookup[first_row]].float()  # (n, d)
+
+    tokens_per_row = (rows.labels != -100).sum(1).clamp(min=1)  # (B,)
+    target_rows = ~rows.kl
+    templates_per_fact = torch.bincount(rows.fact[target_rows], minlength=n)  # (n,)
+    h_init = torch.zeros(n, buckets[0].h0.shape[-1], device=device)  # (n, d): block L at the bare prompt
+    for bk in buckets:
+        for j in range(len(bk.idx)):
+            g = int(bk.idx[j])
+            if target_rows[g] and (g == 0 or rows.fact[g - 1] != rows.fact[g]):  # a fact's first row: template "{}"
+                h_init[rows.fact[g]] = bk.h0[j, bk.lookup[j]].float()
     max_norm = hp.clamp_norm_factor * h_init.norm(dim=1)  # (n,)
 
     delta = torch.zeros_like(h_init, requires_grad=True)  # (n, d)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    init_kl = None
-    steps = 0
-    last = None
+    init_kl, last, steps = None, None, 0
     for step in bar(range(hp.v_num_grad_steps), desc=f"memit z: {n} fact(s)", unit="step"):
-        add = torch.zeros(h0.shape, dtype=delta.dtype, device=device)
-        add = add.index_put((row_idx, rows.lookup), delta[rows.fact])  # δ at each row's last subject token
-        if upper is not None:
-            hidden = upper.final_hidden(h0 + add.to(h0.dtype))
-            tgt_logits = upper.logits(hidden[lab_r, lab_c])  # (m, V): only where the loss looks
-            kl_logits = upper.logits(hidden[kl_rows, rows.lookup[kl_rows]])  # (n, V)
-        else:
-            with edit_output(block, lambda h: h + add.to(h.dtype)):
-                logits = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False).logits
-            tgt_logits = logits[lab_r, lab_c]
-            kl_logits = logits[kl_rows, rows.lookup[kl_rows]]
-        logp = torch.log_softmax(tgt_logits.float(), -1).gather(1, lab_tok[:, None]).squeeze(1)  # (m,)
-        row_nll = torch.zeros(B, device=device).index_add(0, lab_r, -logp) / tokens_per_row  # (B,)
-        nll = torch.zeros(n, device=device).index_add(0, rows.fact[tgt_rows], row_nll[tgt_rows]) / templates_per_fact
-        kl_logp = torch.log_softmax(kl_logits.float(), -1)  # (n, V), in fact order
+        row_nll = torch.zeros(B, device=device)
+        kl_logp = [None] * n
+        for bk in buckets:
+            tgt_logits, kl_logits = bk.logits(model, block, delta)
+            logp = torch.log_softmax(tgt_logits.float(), -1).gather(1, bk.lab_tok[:, None]).squeeze(1)  # (m,)
+            row_nll = row_nll.index_add(0, bk.idx[bk.lab_r], -logp)
+            for r, lp in zip(bk.kl.tolist(), torch.log_softmax(kl_logits.float(), -1)):
+                kl_logp[int(bk.fact[r])] = lp
+        row_nll = row_nll / tokens_per_row
+        nll = torch.zeros(n, device=device).index_add(0, rows.fact[target_rows], row_nll[target_rows]) / templates_per_fact
+        kl_logp = torch.stack(kl_logp)  # (n, V)
         if init_kl is None:
             init_kl = kl_logp.detach()
         kl = (init_kl.exp() * (init_kl - kl_logp)).sum(1)  # KL(initial ‖ current) per fact
         wd = hp.v_weight_decay * delta.norm(dim=1) / h_init.norm(dim=1) ** 2
         loss = nll + hp.kl_factor * kl + wd  # (n,)
-        last = loss.detach()
-        steps = step + 1
+        last, steps = loss.detach(), step + 1
         done |= last < hp.v_stop_loss
         if bool(done.all()) or step == hp.v_num_grad_steps - 1:
             break
@@ -97,4 +126,3 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device):
     info = {"z_steps": steps, "z_loss_max": round(float(last.max()), 6), "z_loss_mean": round(float(last.mean()), 6),
             "z_reached": int(done.sum())}
     return z, info
-

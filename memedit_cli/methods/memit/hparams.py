@@ -19,7 +19,7 @@ class MEMITHparams:
     kl_factor: float = 0.0625  # weight of the KL term on "{subject} is a" (MEMIT)
     v_stop_loss: float = 0.05  # a fact's δ stops once its loss is below this (MEMIT: 5e-2)
     n_context_templates: int = 5  # generated prefixes, besides the bare prompt (MEMIT: 5 of 10 tokens)
-    context_template_length: int = 10  # tokens per generated prefix
+    context_template_length: int = 5  # tokens per generated prefix (MEMIT: 10; 5 keeps rows short, see docs)
     context_templates: tuple[str, ...] = ()  # (): generated once per model (cached), then recorded here
     # the closed-form update ΔW = R Kᵀ (λ C₀ + K Kᵀ)⁻¹, per layer of R
     mom2_update_weight: float = 0.0  # λ; 0: the architecture default, scaled to the key dimension

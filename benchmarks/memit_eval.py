@@ -1,0 +1,150 @@
+"""MEMIT on the default model (SmolLM2-135M-Instruct), CPU: quality and speed.
+
+    python benchmarks/memit_eval.py speed --facts 10
+        seconds per fact of z with the fast path and with the full-model loop (same hparams)
+    python benchmarks/memit_eval.py quality --data counterfact --facts 100 --batch 100 \
+        [--layers 2,3,4,5,6] [--lam 1851,5000] [--corpus FILE|samples] [--tokens 100000] [--null-space]
+        apply all facts (batches of --batch, one after another), then score all of them
+
+Scores are EasyEdit's teacher-forced token accuracies: Rel on the prompt, Gen
+on the rephrase, Loc = argmax agreement with the unedited model on the
+locality prompt. Several λ values reuse one z computation (z does not depend
+on λ or C₀). Data: ../shared/data (skipped with a message when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from memedit_cli import models
+from memedit_cli.facts import Fact, load_facts
+from memedit_cli.methods.base import Env
+from memedit_cli.methods.memit import MEMIT
+from memedit_cli.methods.memit import memit_main
+from memedit_cli.methods.memit.compute_z import compute_z
+from memedit_cli.tokens import prompt_target_batch
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FILES = {"counterfact": "counterfact-edit-1k.json", "zsre": "zsre-mend-train-1k.json"}
+
+
+def load(name: str, n: int) -> list[Fact]:
+    path = DATA / FILES[name]
+    if not path.exists():
+        sys.exit(f"skipped: {path} is not present (this benchmark reads ../shared/data)")
+    raw = json.loads(path.read_text())
+    if name == "zsre":  # two records have an empty target; the parser refuses them, as it should
+        raw = [r for r in raw if r.get("alt", "").strip()]
+    tmp = Path(tempfile.mkdtemp()) / "facts.json"
+    tmp.write_text(json.dumps(raw[:n]))
+    return load_facts(tmp)
+
+
+def token_acc(model, tok, prompts, targets, batch=32):
+    """Per example: fraction of target tokens whose teacher-forced argmax is right, and the argmax rows."""
+    accs, preds = [], []
+    for i in range(0, len(prompts), batch):
+        ids, attn, labels = prompt_target_batch(tok, prompts[i:i + batch], targets[i:i + batch], "cpu")
+        with torch.no_grad():
+            pred = model(input_ids=ids, attention_mask=attn).logits.argmax(-1)
+        mask = labels != -100
+        accs += (((pred == labels) & mask).sum(1) / mask.sum(1)).tolist()
+        preds += [pred[b][mask[b]] for b in range(len(pred))]
+    return accs, preds
+
+
+def scores(model, tok, facts, base_loc):
+    rel, _ = token_acc(model, tok, [f.prompt for f in facts], [f.target_new for f in facts])
+    gen, _ = token_acc(model, tok, [f.rephrase_prompt for f in facts], [f.target_new for f in facts])
+    _, loc_pred = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts])
+    loc = [(a == b).float().mean().item() for a, b in zip(loc_pred, base_loc)]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return mean(rel), mean(gen), mean(loc)
+
+
+def speed(args, model, tok, env):
+    facts = load("counterfact", args.facts)
+    method = MEMIT()
+    hp = method.resolve(method.default_hparams(model), model, tok, env)
+    out = {}
+    for fast in (True, False):
+        t0 = time.perf_counter()
+        z, info = compute_z(model, tok, facts, dataclasses.replace(hp, z_fast_path=fast), hp.layers[-1],
+                            hp.context_templates, "cpu")
+        out[fast] = (time.perf_counter() - t0) / len(facts), info, z
+    print(f"z for {len(facts)} facts, one batch, layers {list(hp.layers)}, {hp.v_num_grad_steps} steps at most:")
+    for fast in (True, False):
+        print(f"  {'fast path (blocks above L only)' if fast else 'full-model loop'}: {out[fast][0]:.2f} s/fact, {out[fast][1]}")
+    print(f"  ratio full/fast: {out[False][0] / out[True][0]:.2f}; max |z_fast - z_full| = {(out[True][2] - out[False][2]).abs().max():.2e}")
+
+
+def quality(args, model, tok, env):
+    facts = load(args.data, args.facts)
+    method = MEMIT()
+    hp = method.default_hparams(model)
+    changes = {"mom2_n_tokens": args.tokens, "null_space": args.null_space,
+               "mom2_corpus": "" if args.corpus == "samples" else args.corpus}
+    if args.layers:
+        changes["layers"] = tuple(int(x) for x in args.layers.split(","))
+    hp = method.resolve(dataclasses.replace(hp, **changes), model, tok, env)
+    _, base_loc = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts])
+    t0 = time.perf_counter()
+    method.stats(hp, env)
+    stats_s = time.perf_counter() - t0
+    lams = [float(x) for x in args.lam.split(",")] if args.lam else [hp.mom2_update_weight]
+    batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
+    zs: dict = {}
+    for lam in lams:
+        hp_l = dataclasses.replace(hp, mom2_update_weight=lam)
+        originals = {n: p.detach().clone() for n, p in model.named_parameters()}
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches):
+            reuse = {"facts": [f.id for f in batch], "tensors": {"z": zs[i]}} if i in zs and len(batches) == 1 else None
+            tensors, info = method.compute(model, tok, batch, hp_l, 0, env, reuse)
+            zs.setdefault(i, tensors["z"])
+            method.attach(model, tensors, hp_l)
+        edit_s = (time.perf_counter() - t0) / len(facts)
+        rel, gen, loc = scores(model, tok, facts, base_loc)
+        nbytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if k != "z") / len(batches[-1])
+        print(f"| {args.data} | {len(facts)} | {len(batches)}x{args.batch} | {list(hp.layers)} | {lam:g} | "
+              f"{'yes' if args.null_space else 'no'} | {args.corpus}:{args.tokens} | {rel:.2f} | {gen:.2f} | {loc:.2f} | "
+              f"{edit_s:.2f} | {stats_s:.0f} | {nbytes / 1024:.1f} KiB |", flush=True)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(originals[n])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["speed", "quality"])
+    ap.add_argument("--data", choices=list(FILES), default="counterfact")
+    ap.add_argument("--facts", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--layers", default="")
+    ap.add_argument("--lam", default="", help="comma-separated λ values (default: the resolved default)")
+    ap.add_argument("--corpus", default="samples", help="'samples' (the default corpus) or a text file")
+    ap.add_argument("--tokens", type=int, default=100_000)
+    ap.add_argument("--null-space", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    model, tok = models.load({"model": {"kind": "default"}, "dtype": "float32", "device": "cpu"})
+    key = json.loads((models.default_model_dir() / "memedit-converted.json").read_text())["weights_sha256"]
+    env = Env([models.user_cache()], key, lambda: (model, tok), lambda: (model, tok))
+    if args.mode == "speed":
+        speed(args, model, tok, env)
+    else:
+        print("| data | facts | batches | layers | λ | null space | C₀ corpus:tokens | Rel | Gen | Loc | s/fact | stats s | bytes/fact |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        quality(args, model, tok, env)
+
+
+if __name__ == "__main__":
+    main()
