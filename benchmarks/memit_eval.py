@@ -3,13 +3,13 @@
     python benchmarks/memit_eval.py speed --facts 10
         seconds per fact of z with the fast path and with the full-model loop (same hparams)
     python benchmarks/memit_eval.py quality --data counterfact --facts 100 --batch 100 \
-        [--layers 2,3,4,5,6] [--lam 1851,5000] [--corpus FILE|samples] [--tokens 100000] [--null-space]
+        [--layers 2,3,4,5,6] [--lam 700,2093] [--corpus FILE|samples] [--tokens 50000,200000] [--null-space]
         apply all facts (batches of --batch, one after another), then score all of them
 
 Scores are EasyEdit's teacher-forced token accuracies: Rel on the prompt, Gen
 on the rephrase, Loc = argmax agreement with the unedited model on the
 locality prompt. Several λ values reuse one z computation (z does not depend
-on λ or C₀). Data: ../shared/data (skipped with a message when absent).
+on λ or C₀; the statistics' cost is "stats s", outside s/fact). Data: ../shared/data (skipped with a message when absent).
 """
 
 from __future__ import annotations
@@ -90,20 +90,23 @@ def quality(args, model, tok, env):
     facts = load(args.data, args.facts)
     method = MEMIT()
     hp = method.default_hparams(model)
-    changes = {"mom2_n_tokens": args.tokens, "null_space": args.null_space,
-               "mom2_corpus": "" if args.corpus == "samples" else args.corpus}
+    changes = {"null_space": args.null_space}
     if args.layers:
         changes["layers"] = tuple(int(x) for x in args.layers.split(","))
     hp = method.resolve(dataclasses.replace(hp, **changes), model, tok, env)
     _, base_loc = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts])
-    t0 = time.perf_counter()
-    method.stats(hp, env)
-    stats_s = time.perf_counter() - t0
     lams = [float(x) for x in args.lam.split(",")] if args.lam else [hp.mom2_update_weight]
     batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
     zs: dict = {}
-    for lam in lams:
-        hp_l = dataclasses.replace(hp, mom2_update_weight=lam)
+    variants = [(c, t, lam) for c in args.corpus.split(",") for t in args.tokens for lam in lams]
+    if args.variants:  # explicit CORPUS:TOKENS:LAMBDA triples instead of the cross product
+        variants = [(c, int(t), float(lam)) for c, t, lam in (v.rsplit(":", 2) for v in args.variants.split(";"))]
+    for corpus, tokens, lam in variants:
+        hp_l = dataclasses.replace(hp, mom2_update_weight=lam, mom2_n_tokens=tokens,
+                                   mom2_corpus="" if corpus == "samples" else corpus)
+        t0 = time.perf_counter()
+        method.stats(hp_l, env, model)
+        stats_s = time.perf_counter() - t0
         originals = {n: p.detach().clone() for n, p in model.named_parameters()}
         t0 = time.perf_counter()
         for i, batch in enumerate(batches):
@@ -115,7 +118,7 @@ def quality(args, model, tok, env):
         rel, gen, loc = scores(model, tok, facts, base_loc)
         nbytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if k != "z") / len(batches[-1])
         print(f"| {args.data} | {len(facts)} | {len(batches)}x{args.batch} | {list(hp.layers)} | {lam:g} | "
-              f"{'yes' if args.null_space else 'no'} | {args.corpus}:{args.tokens} | {rel:.2f} | {gen:.2f} | {loc:.2f} | "
+              f"{'yes' if args.null_space else 'no'} | {Path(corpus).name}:{tokens} | {rel:.2f} | {gen:.2f} | {loc:.2f} | "
               f"{edit_s:.2f} | {stats_s:.0f} | {nbytes / 1024:.1f} KiB |", flush=True)
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -130,9 +133,11 @@ def main():
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--layers", default="")
     ap.add_argument("--lam", default="", help="comma-separated λ values (default: the resolved default)")
-    ap.add_argument("--corpus", default="samples", help="'samples' (the default corpus) or a text file")
-    ap.add_argument("--tokens", type=int, default=100_000)
+    ap.add_argument("--corpus", default="samples", help="comma-separated: 'samples' (the default corpus) or text files")
+    ap.add_argument("--tokens", type=lambda v: [int(x) for x in v.split(",")], default=[100_000],
+                    help="comma-separated token counts for C₀ (z is computed once for all)")
     ap.add_argument("--null-space", action="store_true")
+    ap.add_argument("--variants", default="", help="CORPUS:TOKENS:LAMBDA;... (overrides --corpus/--tokens/--lam)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model, tok = models.load({"model": {"kind": "default"}, "dtype": "float32", "device": "cpu"})

@@ -154,6 +154,20 @@ def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_
     return {name: results[name] for name in module_names}
 
 
+def cached_moments(module_names: list[str], spec: CorpusSpec, model_key: str, cache_dirs: list[Path]) -> dict | None:
+    """All of `module_names`' results from the cache, or None if any is missing (needs no model)."""
+    out = {}
+    for name in module_names:
+        for d in cache_dirs:
+            mom2 = _load_mom2(stats_dir(Path(d), model_key, spec) / f"{name}.safetensors", spec.tokens)
+            if mom2 is not None:
+                out[name] = mom2
+                break
+        else:
+            return None
+    return out
+
+
 # -- the computation ----------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ class MEMITHparams:
     # the closed-form update ΔW = R Kᵀ (λ C₀ + K Kᵀ)⁻¹, per layer of R
     mom2_update_weight: float = 0.0  # λ; 0: the architecture default, scaled to the key dimension
     mom2_corpus: str = ""  # text corpus for C₀ (plain text or JSONL); "": text sampled from the model itself
-    mom2_n_tokens: int = 100_000  # tokens of corpus behind C₀
+    mom2_n_tokens: int = 50_000  # tokens of corpus behind C₀ (docs/methods/memit.md: the measurement)
     null_space: bool = False  # AlphaEdit: project updates onto the null space of C₀ (sequential robustness)
     null_space_threshold: float = 1e-2  # eigenvalues of C₀ below this fraction of the mean count as null
     null_space_l2: float = 10.0  # AlphaEdit's α: ridge term of the projected solve

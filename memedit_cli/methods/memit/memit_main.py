@@ -39,7 +39,7 @@ _FAMILY = {
 }
 # Measured for particular shapes (model_type, hidden size, blocks): docs/methods/memit.md.
 _MEASURED = {
-    ("llama", 576, 30): dict(layers=(2, 3, 4, 5, 6), lam_per_dim=15000 / 11008),
+    ("llama", 576, 30): dict(layers=(2, 3, 4, 5, 6), lam_per_dim=700 / 1536),  # SmolLM2-135M
 }
 
 
@@ -85,14 +85,17 @@ class MEMIT(Method):
             changes["mom2_update_weight"] = self.default_hparams(model).mom2_update_weight
         return dataclasses.replace(hp, **changes)
 
-    def stats(self, hp: MEMITHparams, env) -> dict:
-        """C₀ for each edited layer (d_in, d_in) float64, computed on the base model, cached."""
-        from memedit_cli.stats import CorpusSpec, second_moments
+    def stats(self, hp: MEMITHparams, env, model) -> tuple[dict, str]:
+        """(C₀ per edited layer (d_in, d_in) float64, the statistics' key), computed on the base model, cached."""
+        from memedit_cli.stats import CorpusSpec, cached_moments, second_moments
 
-        base, base_tok = env.load_base()
         # rows of 256 tokens, or the whole context of a model with less
-        spec = CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens, seq_len=min(256, context_length(base) or 256))
-        names = [arch_for(base.config).mlp_out_at(layer) for layer in hp.layers]
+        spec = CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens, seq_len=min(256, context_length(model) or 256))
+        names = [arch_for(model.config).mlp_out_at(layer) for layer in hp.layers]
+        if cached_moments(names, spec, env.model_key, env.cache_dirs) is None:  # only now is the unedited model needed
+            base, base_tok = env.load_base()
+        else:  # all cached somewhere: no model runs; copies go to the cache dirs that lack them
+            base, base_tok = None, None
         return second_moments(base, base_tok, names, spec, env.model_key, env.cache_dirs), spec.key()
 
     def compute(self, model, tok, facts, hp: MEMITHparams, seed: int, env, reuse=None):
@@ -108,7 +111,7 @@ class MEMIT(Method):
             info["z_reused"] = True
         else:
             z, info = compute_z(model, tok, facts, hp, z_layer, hp.context_templates, device)
-        cov, stats_key = self.stats(hp, env)
+        cov, stats_key = self.stats(hp, env, model)
         info["stats"] = stats_key
         names = [arch.mlp_out_at(layer) for layer in hp.layers]
         originals = {n: model.get_submodule(n).weight.detach().clone() for n in names}
