@@ -63,3 +63,8 @@ def is_transposed(module) -> bool:
 def extra_output(module, x, delta):
     """What `delta` (in the module's own weight layout) adds to the module's output for input x."""
     return x @ delta if is_transposed(module) else x @ delta.T
+
+
+def shape_key(config) -> tuple:
+    """(model_type, hidden size, blocks): what per-model measured defaults are keyed by."""
+    return (config.model_type, getattr(config, "hidden_size", None) or getattr(config, "n_embd", None), num_layers(config))

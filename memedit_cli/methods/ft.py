@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memedit_cli.arch import arch_for, extra_output, num_layers
+from memedit_cli.arch import arch_for, extra_output, num_layers, shape_key
 from memedit_cli.errors import HparamsError
 from memedit_cli.methods.base import Method, add_weight_deltas
 from memedit_cli.models import input_device
@@ -66,12 +66,10 @@ class FT(Method):
 
     def default_hparams(self, model) -> FTHparams:
         cfg = model.config
-        arch = arch_for(cfg)
+        if shape_key(cfg) in _MEASURED:
+            return FTHparams(**_MEASURED[shape_key(cfg)])
         n = num_layers(cfg)
-        shape = (cfg.model_type, getattr(cfg, "hidden_size", None), n)
-        if shape in _MEASURED:
-            return FTHparams(**_MEASURED[shape])
-        return FTHparams(layer=min(n - 1, round(_FAMILY[arch.family]["depth"] * (n - 1))))
+        return FTHparams(layer=min(n - 1, round(_FAMILY[arch_for(cfg).family]["depth"] * (n - 1))))
 
     def compute(self, model, tok, facts, hp: FTHparams, seed: int, env=None, reuse=None):
         import torch

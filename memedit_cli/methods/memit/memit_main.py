@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from memedit_cli.arch import arch_for, is_transposed, num_layers
+from memedit_cli.arch import arch_for, is_transposed, num_layers, shape_key
 from memedit_cli.errors import HparamsError
 from memedit_cli.methods.base import Method, add_weight_deltas
 from memedit_cli.methods.memit.compute_ks import keys_and_current
@@ -62,7 +62,7 @@ class MEMIT(Method):
         cfg = model.config
         n = num_layers(cfg)
         fam = _FAMILY[arch_for(cfg).family]
-        measured = _MEASURED.get((cfg.model_type, getattr(cfg, "hidden_size", None), n), {})
+        measured = _MEASURED.get(shape_key(cfg), {})
         if "layers" in measured:
             layers = measured["layers"]
         else:
