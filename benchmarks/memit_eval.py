@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -139,7 +140,7 @@ def main():
     ap.add_argument("--null-space", action="store_true")
     ap.add_argument("--variants", default="", help="CORPUS:TOKENS:LAMBDA;... (overrides --corpus/--tokens/--lam)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model, tok = models.load({"model": {"kind": "default"}, "dtype": "float32", "device": "cpu"})
     key = json.loads((models.default_model_dir() / "memedit-converted.json").read_text())["weights_sha256"]
     env = Env([models.user_cache()], key, lambda: (model, tok), lambda: (model, tok))
