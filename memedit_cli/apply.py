@@ -40,8 +40,8 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
         segments = repo.segments_at(head)
         model, tok = materialize(repo, segments)
         env = method_env(repo, model, tok, len(segments))
+        check_fit(tok, facts, context_length(model))  # all batches, before anything is computed or cached
         hp = method.resolve(hparams_mod.resolve(method.default_hparams(model), overrides), model, tok, env)
-        check_fit(tok, facts, context_length(model))  # all batches, before the first one is computed
         load_s = time.perf_counter() - t0
         size = batch_size or len(facts)
         batches = [facts[i : i + size] for i in range(0, len(facts), size)]

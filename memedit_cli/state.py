@@ -41,7 +41,13 @@ def method_env(repo, model, tok, attached: int):
 
     entry = repo.config["model"]
     key = entry.get("weights_sha256") or f"{entry.get('id')}@{entry.get('revision', 'main')}"
-    fresh = lambda: models.load(repo.config)  # noqa: E731
+    loaded: list = []
+
+    def fresh():  # the unedited base, loaded at most once per command
+        if not loaded:
+            loaded.append(models.load(repo.config))
+        return loaded[0]
+
     return Env(cache_dirs=[repo.root / "cache", models.user_cache()], model_key=key,
                load_base=(lambda: (model, tok)) if attached == 0 else fresh, load_fresh=fresh)
 

@@ -46,7 +46,7 @@ class Env:
     cache_dirs: list[Path]  # the repository's cache first, then the per-user cache shared by repositories
     model_key: str  # identifies the base weights (sha256, or hub id@revision)
     load_base: Callable[[], tuple]  # () -> (model, tok) of the unedited base model, loaded on demand
-    load_fresh: Callable[[], tuple]  # () -> a newly loaded base model
+    load_fresh: Callable[[], tuple]  # () -> a separately loaded base model (loaded once, then reused)
 
 
 class Method:
