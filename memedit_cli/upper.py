@@ -7,6 +7,14 @@ the model passes to block L+1 (attention mask, rotary embeddings, ...), and
 then re-runs only blocks L+1..N-1, the final norm, and the LM head at the
 positions the loss needs. Capturing the arguments instead of rebuilding them
 keeps this free of architecture code beyond the module names in arch.py.
+
+`start=c` goes one step further. When the edit only touches positions >= c,
+the upper blocks' keys and values at positions < c never change either (the
+model is causal): they are computed once into the model's own KV cache, and
+each step runs the upper blocks on positions c.. only. In a MEMIT batch the
+edit sits at the last subject token, so most of each row (context template,
+the prompt before the subject) leaves the loop. Every row must have real
+(not padding) tokens at positions < c; rows are right-padded.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from memedit_cli.nethook import StopForward
 
 
 class Upper:
-    def __init__(self, model, layer: int, input_ids, attention_mask):
+    def __init__(self, model, layer: int, input_ids, attention_mask, start: int = 0):
         import torch
 
         arch = arch_for(model.config)
@@ -24,6 +32,17 @@ class Upper:
         self.blocks = list(blocks)[layer + 1 : num_layers(model.config)]
         self.norm = model.get_submodule(arch.final_norm)
         self.head = model.get_submodule(arch.lm_head)
+        self.start, self.cache = 0, None
+        with torch.no_grad():
+            if start > 0 and self.blocks:
+                self.cache = _prefix_cache(model, input_ids[:, :start], attention_mask[:, :start])
+            if self.cache is not None:
+                self.start = start
+                self._capture(model, blocks[layer], input_ids[:, start:], attention_mask, self.cache)
+            else:
+                self._capture(model, blocks[layer], input_ids, attention_mask, None)
+
+    def _capture(self, model, block_l, input_ids, attention_mask, cache):
         seen: dict = {}
 
         def take_output(mod, args, output):
@@ -35,27 +54,58 @@ class Upper:
             seen["args"], seen["kwargs"] = args[1:], kwargs
             raise StopForward  # nothing above L is needed now
 
-        handles = [blocks[layer].register_forward_hook(take_output)]
+        handles = [block_l.register_forward_hook(take_output)]
         if self.blocks:
             handles.append(self.blocks[0].register_forward_pre_hook(take_args, with_kwargs=True))
+        extra = {"past_key_values": cache, "use_cache": True} if cache is not None else {"use_cache": False}
         try:
-            with torch.no_grad():
-                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         except StopForward:
             pass
         finally:
             for h in handles:
                 h.remove()
-        self.h = seen["h"].detach()  # (B, T, d): block L's output
+        self.h = seen["h"].detach()  # (B, T - start, d): block L's output at positions start..
         self.args, self.kwargs = seen.get("args", ()), seen.get("kwargs", {})
+        if cache is not None:
+            _crop(cache, self.start)  # the blocks up to L appended positions start..; keep the prefix only
 
     def final_hidden(self, h):
-        """(B, T, d) block-L output -> (B, T, d) after the remaining blocks and the final norm."""
-        for block in self.blocks:
-            out = block(h, *self.args, **self.kwargs)
-            h = out[0] if isinstance(out, tuple) else out
+        """(B, T', d) block-L output at positions start.. -> (B, T', d) after the remaining blocks and the final norm."""
+        try:
+            for block in self.blocks:
+                out = block(h, *self.args, **self.kwargs)
+                h = out[0] if isinstance(out, tuple) else out
+        finally:
+            if self.cache is not None:
+                _crop(self.cache, self.start)  # each block appended this step's keys and values
         return self.norm(h)
 
     def logits(self, hidden_rows):
         """LM-head logits (n, V) for selected final hidden rows (n, d) only."""
         return self.head(hidden_rows)
+
+
+def _prefix_cache(model, input_ids, attention_mask):
+    """The model's KV cache after positions 0..start-1, or None where the model gives none we can crop.
+
+    Only plain per-layer caches (transformers' DynamicLayer, 4.56+) qualify: a
+    sliding-window or quantized layer may drop or alter past states."""
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)  # no LM head
+    layers = getattr(getattr(out, "past_key_values", None), "layers", None)
+    if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return None
+    return out.past_key_values
+
+
+def _crop(cache, length: int):
+    """Cut every layer of the cache back to its first `length` positions. Layers hold
+    different lengths here, so DynamicCache.crop (one count for all) does not fit;
+    a negative count to DynamicLayer.crop means "remove that many" in 4.56 and 5.x."""
+    for layer in cache.layers:
+        extra = layer.get_seq_length() - length
+        if extra > 0:
+            layer.crop(-extra)
+            # the cut keeps a view of this step's concatenation: detach it, or the
+            # next step's backward would run into this step's freed graph
+            layer.keys, layer.values = layer.keys.detach(), layer.values.detach()

@@ -9,9 +9,10 @@ z does not depend on which other facts share its batch: forget can reuse it.
 
 Fast path: block L's output and the arguments of block L+1 are computed once
 (`Upper`); each step runs only blocks L+1.., the final norm, and the LM head
-at the target and KL positions. Rows are grouped by length into a few
-buckets, each padded only to its own longest row (a single padded batch of
-CounterFact rows is ~45% padding).
+at the target and KL positions. Rows are sorted by the position of their last
+subject token and cut into a few buckets; in each, the positions before the
+bucket's first such position are never re-run (their keys and values stay in
+a KV cache), and rows are padded only to the bucket's longest row.
 """
 
 from __future__ import annotations
@@ -22,28 +23,32 @@ from memedit_cli.nethook import capture, edit_output
 from memedit_cli.progress import bar
 from memedit_cli.upper import Upper
 
-BUCKETS = 4
+ROWS_PER_BUCKET = 40  # more, smaller buckets pad less but pay per-call overhead in every block
+MIN_BUCKETS, MAX_BUCKETS = 4, 16
 
 
 class _Bucket:
     """Rows of similar length, trimmed to their own width, with what the loss needs."""
 
-    def __init__(self, model, layer, rows, idx, fast: bool):
+    def __init__(self, model, layer, rows, idx, fast: bool, prefix_cache: bool):
         import torch
 
         width = int(rows.attention_mask[idx].sum(1).max())
         self.idx = idx  # (b,) global row numbers
         self.ids, self.attn = rows.input_ids[idx, :width], rows.attention_mask[idx, :width]
-        self.fact, self.lookup = rows.fact[idx], rows.lookup[idx]
-        labels = rows.labels[idx, :width]
+        self.fact = rows.fact[idx]
+        self.upper = None
+        if fast:  # positions before the bucket's first lookup are never edited: cached, not re-run
+            self.upper = Upper(model, layer, self.ids, self.attn, start=int(rows.lookup[idx].min()) if prefix_cache else 0)
+        start = self.upper.start if fast else 0  # 0 where the model has no croppable KV cache
+        self.lookup = rows.lookup[idx] - start  # (b,) positions from here on count from `start`
+        labels = rows.labels[idx, start:width]
         self.lab_r, self.lab_c = (labels != -100).nonzero(as_tuple=True)  # scored positions
         self.lab_tok = labels[self.lab_r, self.lab_c]
         self.kl = rows.kl[idx].nonzero(as_tuple=True)[0]  # local rows holding a KL prompt
         if fast:
-            self.upper = Upper(model, layer, self.ids, self.attn)
-            self.h0 = self.upper.h  # (b, w, d)
+            self.h0 = self.upper.h  # (b, width - start, d)
         else:
-            self.upper = None
             name = arch_for(model.config).layer(layer)
             with torch.no_grad(), capture(model, outputs=[name]) as seen:
                 model(input_ids=self.ids, attention_mask=self.attn, use_cache=False)
@@ -64,18 +69,20 @@ class _Bucket:
         return logits[self.lab_r, self.lab_c], logits[self.kl, self.lookup[self.kl]]
 
 
-def compute_z(model, tok, facts, hp, layer: int, templates, device):
-    """Returns (z (n, d) float32, info dict)."""
+def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache: bool = True):
+    """Returns (z (n, d) float32, info dict). `prefix_cache=False` re-runs every
+    position above L at each step (for benchmarks/memit_eval.py's comparison)."""
     import torch
 
     rows = rows_mod.build(tok, facts, templates, device)
     n, B = len(facts), rows.input_ids.shape[0]
-    if hp.z_fast_path:  # rows sorted by length, cut into buckets of equal row count
-        order = rows.attention_mask.sum(1).argsort(stable=True)
-        groups = [g for g in order.tensor_split(min(BUCKETS, B)) if len(g)]
+    if hp.z_fast_path:  # rows sorted by last subject token, then length; buckets of equal row count
+        order = (rows.lookup * rows.input_ids.shape[1] + rows.attention_mask.sum(1)).argsort(stable=True)
+        count = min(B, max(MIN_BUCKETS, min(MAX_BUCKETS, B // ROWS_PER_BUCKET)))
+        groups = [g for g in order.tensor_split(count) if len(g)]
     else:  # the straightforward loop: one padded batch through the whole model
         groups = [torch.arange(B, device=device)]
-    buckets = [_Bucket(model, layer, rows, g, hp.z_fast_path) for g in groups]
+    buckets = [_Bucket(model, layer, rows, g, hp.z_fast_path, prefix_cache) for g in groups]
     block = model.get_submodule(arch_for(model.config).layer(layer))
 
     tokens_per_row = (rows.labels != -100).sum(1).clamp(min=1)  # (B,)
