@@ -43,7 +43,7 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
         check_fit(tok, facts, context_length(model))  # all batches, before anything is computed or cached
         hp = method.resolve(hparams_mod.resolve(method.default_hparams(model), overrides), model, tok, env)
         load_s = time.perf_counter() - t0
-        size = batch_size or len(facts)
+        size = min(batch_size or len(facts), method.batch_limit(hp) or len(facts))
         batches = [facts[i : i + size] for i in range(0, len(facts), size)]
         new = [run_segment(repo, model, tok, method, hp, batch, seed, env)
                for batch in bar(batches, desc=f"apply {method.name}", unit="batch")]

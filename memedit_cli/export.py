@@ -45,6 +45,9 @@ def export_merged(repo, out_dir: str, force: bool = False) -> dict:
             "base_model": repo.config["model"],
             "facts": list(repo.facts_at(head)),
             "methods": sorted({s["method"] for s in segments}),
+            # wrapper modules (WISE) load only through the shipped modeling file; without
+            # trust_remote_code transformers builds the stock model and silently drops them
+            "trust_remote_code": bool(auto_map),
         }
         (tmp / "memedit.json").write_text(json.dumps(provenance, indent=2) + "\n")
         if out.exists():

@@ -49,7 +49,7 @@ def resolve_ids(repo, ids: list[str], head) -> list[str]:
 
 
 def forget(repo, ids: list[str]) -> dict:
-    from memedit_cli.state import load_segment_tensors, materialize, method_env, run_segment
+    from memedit_cli.state import attach_segment, load_segment_tensors, materialize, method_env, run_segment
 
     t0 = time.perf_counter()
     with repo.lock("forget"):
@@ -62,11 +62,17 @@ def forget(repo, ids: list[str]) -> dict:
         model, tok = materialize(repo, segments[:first])
         env = method_env(repo, model, tok, first)
         rebuilt = []
+        others_changed = False  # has a segment of a method that sees the whole model been replayed?
         for n, seg in enumerate(bar(segments[first:], desc="forget: replay", unit="segment")):
             keep = [facts[fid] for fid in seg["facts"] if fid not in gone_set]
             if not keep:
                 continue
             method = methods.get(seg["method"])
+            if n > 0 and method.independent and not others_changed and len(keep) == len(seg["facts"]):
+                attach_segment(repo, model, seg)  # its result cannot have changed: kept as it is
+                rebuilt.append(seg)
+                continue
+            others_changed |= not method.independent
             hp = hparams_mod.from_json(method.hparams_class, seg["hparams"])
             # only the first affected segment starts from the same state as before
             reuse = {"facts": seg["facts"], "tensors": load_segment_tensors(repo, seg)} if n == 0 else None
@@ -81,6 +87,7 @@ def forget(repo, ids: list[str]) -> dict:
             "keep": first,
             "rebuilt": rebuilt,
             "versions": logmod.versions(),
-            "timings": {"total_s": round(time.perf_counter() - t0, 3), "replayed_segments": len(rebuilt)},
+            "timings": {"total_s": round(time.perf_counter() - t0, 3),
+                        "replayed_segments": sum(1 for s in rebuilt if s not in segments)},
             "time": logmod.now(),
         })

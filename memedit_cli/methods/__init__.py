@@ -13,6 +13,7 @@ from memedit_cli.errors import UserError
 REGISTRY = {
     "ft": "memedit_cli.methods.ft:FT",
     "memit": "memedit_cli.methods.memit:MEMIT",
+    "wise": "memedit_cli.methods.wise:WISE",
 }
 
 

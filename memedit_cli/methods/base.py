@@ -19,10 +19,14 @@ The repository owns history, storage and replay; a method only turns
 - `attach(model, tensors, hp)`: makes the lasting edit — a weight delta, or a
   wrapper module that keeps the base layer. States are always rebuilt by
   attaching segments to fresh base weights, never by subtracting.
+- `batch_limit(hp)`: the most facts one segment may hold (apply cuts bigger
+  batches); None for no limit.
 - forget: the repository drops the forgotten facts from their segment and
-  replays every later segment from the log with its recorded hparams and seed
-  (`forget_strategy = "replay"`), which equals a fresh repository built without
-  them. A method whose segments are independent may narrow the replay.
+  replays every later segment from the log with its recorded hparams and seed,
+  which equals a fresh repository built without them. A method whose segments
+  do not depend on earlier segments of the same method (`independent = True`,
+  WISE's shards) keeps its later segments as they are, as long as no segment
+  of another method before them had to be replayed.
 - export: `export_extras(model, out_dir)` runs before the model is saved by
   `export --merged`. Methods whose state is plain weights (`ft`, MEMIT) need
   nothing. Methods with wrapper modules (WISE, Larimar) must put the base
@@ -53,7 +57,10 @@ class Method:
     name: str = ""
     hparams_class: type = type(None)
     needs_subject: bool = False
-    forget_strategy: str = "replay"
+    independent: bool = False  # segments do not depend on earlier segments of this method
+
+    def batch_limit(self, hp) -> int | None:
+        return None
 
     def default_hparams(self, model):
         raise NotImplementedError

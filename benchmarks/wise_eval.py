@@ -1,0 +1,157 @@
+"""WISE on the default model (SmolLM2-135M-Instruct), CPU: quality, routing, speed, latency.
+
+    python benchmarks/wise_eval.py quality --data counterfact --facts 10 [--set k=v ...] [--shard 500]
+        the WISE protocol: apply the facts one after another (shards of --shard edits),
+        then score all of them, for the merge and the retrieve variant of the same shards
+    python benchmarks/wise_eval.py speed --facts 5
+        seconds per edit with the fast loop and the full-model loop, same hparams
+    python benchmarks/wise_eval.py latency --facts 20
+        generation latency per token, batch 1: no edits, merge, retrieve with several memories
+
+Rel/Gen/Loc are EasyEdit's teacher-forced token accuracies, scored one prompt
+at a time (WISE routes per row over all its positions, so padding would
+count). Routing accuracy: edit and rephrase prompts should use a side memory,
+locality prompts the main memory. Data: ../shared/data (skipped with a
+message when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import torch
+
+from memedit_cli import hparams as hparams_mod
+from memedit_cli import models
+from memedit_cli.arch import arch_for
+from memedit_cli.methods.base import Env
+from memedit_cli.methods.wise import WISE
+from memedit_cli.methods.wise.side import WISELayer
+from memit_eval import FILES, load, token_acc
+
+
+def route(model, tok, texts, layer):
+    """Per text: the memory it used (-1: main)."""
+    out = []
+    for t in texts:
+        with torch.no_grad():
+            model(**tok([t], return_tensors="pt"))
+        out.append(int(layer.last_route[0]))
+    return out
+
+
+def evaluate(model, tok, facts, base_loc, layer):
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    rel, _ = token_acc(model, tok, [f.prompt for f in facts], [f.target_new for f in facts], batch=1)
+    gen, _ = token_acc(model, tok, [f.rephrase_prompt for f in facts], [f.target_new for f in facts], batch=1)
+    _, loc_pred = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts], batch=1)
+    loc = [(a == b).float().mean().item() for a, b in zip(loc_pred, base_loc)]
+    r_edit = route(model, tok, [f"{f.prompt} {f.target_new}" for f in facts], layer)
+    r_reph = route(model, tok, [f"{f.rephrase_prompt} {f.target_new}" for f in facts], layer)
+    r_loc = route(model, tok, [f"{f.locality_prompt} {f.locality_ground_truth}" for f in facts], layer)
+    routing = mean([r >= 0 for r in r_edit + r_reph] + [r == -1 for r in r_loc])
+    return mean(rel), mean(gen), mean(loc), routing, mean([r >= 0 for r in r_edit]), mean([r == -1 for r in r_loc])
+
+
+def setup(args):
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    model, tok = models.load({"model": {"kind": "default"}, "dtype": "float32", "device": "cpu"})
+    key = json.loads((models.default_model_dir() / "memedit-converted.json").read_text())["weights_sha256"]
+    env = Env([models.user_cache()], key, lambda: (model, tok), lambda: (model, tok))
+    method = WISE()
+    overrides = hparams_mod.parse_set(args.set)
+    hp = method.resolve(hparams_mod.resolve(method.default_hparams(model), overrides), model, tok, env)
+    return model, tok, env, method, hp
+
+
+def train(model, tok, env, method, hp, facts, shard):
+    """Shards of `shard` facts, computed in order (each on the base: shards are independent). -> [(tensors, info)]."""
+    out, t0 = [], time.perf_counter()
+    for i in range(0, len(facts), shard):
+        out.append(method.compute(model, tok, facts[i:i + shard], hp, 0, env))
+    return out, (time.perf_counter() - t0) / len(facts)
+
+
+def attach_all(model, method, hp, shards):
+    name = arch_for(model.config).mlp_out_at(hp.layer)
+    layer = model.get_submodule(name)
+    if isinstance(layer, WISELayer):  # start over from the base layer
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer.base)
+    for tensors, _ in shards:
+        method.attach(model, tensors, hp)
+    return model.get_submodule(name)
+
+
+def quality(args):
+    model, tok, env, method, hp = setup(args)
+    facts = load(args.data, args.facts)
+    _, base_loc = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts], batch=1)
+    shards, per_edit = train(model, tok, env, method, hp, facts, args.shard)
+    steps = [s for _, info in shards for s in info["steps"]]
+    print(f"# layer {hp.layer}, α/β/γ {hp.alpha}/{hp.beta}/{hp.gamma}, {args.set}, shards of {args.shard}; "
+          f"{per_edit:.2f} s/edit, mean steps {sum(steps) / len(steps):.1f}", flush=True)
+    for variant in args.variants.split(","):
+        hp_v = dataclasses.replace(hp, variant=variant)
+        layer = attach_all(model, method, hp_v, shards)
+        rel, gen, loc, routing, r_edit, r_loc = evaluate(model, tok, facts, base_loc, layer)
+        print(f"| {args.data} | {len(facts)} | {variant} | {len(layer.memories)} | {rel:.2f} | {gen:.2f} | {loc:.2f} | "
+              f"{routing:.2f} ({r_edit:.2f} edit, {r_loc:.2f} loc) | {per_edit:.2f} |", flush=True)
+
+
+def speed(args):
+    model, tok, env, method, hp = setup(args)
+    facts = load("counterfact", args.facts)
+    res = {}
+    for fast in (True, False):
+        hp_f = dataclasses.replace(hp, fast_path=fast)
+        shards, per_edit = train(model, tok, env, method, hp_f, facts, len(facts))
+        res[fast] = (per_edit, shards[0][1], shards[0][0]["values"])
+    (fs, fi, fv), (ss, si, sv) = res[True], res[False]
+    print(f"WISE, {len(facts)} edits in one shard, layer {hp.layer}, {hp.n_iter} steps at most:")
+    print(f"  fast loop: {fs:.2f} s/edit, steps {fi['steps']}, final losses {fi['loss_last']}")
+    print(f"  full-model loop: {ss:.2f} s/edit, steps {si['steps']}, final losses {si['loss_last']}")
+    print(f"  ratio full/fast: {ss / fs:.2f}; max |D_fast - D_full| = {(fv - sv).abs().max():.2e}")
+
+
+def latency(args):
+    model, tok, env, method, hp = setup(args)
+    facts = load("counterfact", args.facts)
+    ids = tok(["The capital of France is"], return_tensors="pt")
+
+    def per_token():
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.generate(**ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+            best = min(best, (time.perf_counter() - t0) / 32)
+        return best
+
+    rows = [("no edits", per_token())]
+    shards, _ = train(model, tok, env, method, hp, facts, max(1, len(facts) // 4))
+    for variant in ("merge", "retrieve"):
+        layer = attach_all(model, method, dataclasses.replace(hp, variant=variant, merge_freq=1), shards)
+        rows.append((f"{variant}, {len(layer.memories)} memor{'y' if len(layer.memories) == 1 else 'ies'}", per_token()))
+    for name, s in rows:
+        print(f"  {name}: {s * 1000:.1f} ms/token ({s / rows[0][1] - 1:+.1%})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["quality", "speed", "latency"])
+    ap.add_argument("--data", choices=list(FILES), default="counterfact")
+    ap.add_argument("--facts", type=int, default=10)
+    ap.add_argument("--shard", type=int, default=500, help="edits per shard (save_freq)")
+    ap.add_argument("--variants", default="merge,retrieve")
+    ap.add_argument("--set", action="append", default=[], help="hparam override k=v (repeatable)")
+    args = ap.parse_args()
+    {"quality": quality, "speed": speed, "latency": latency}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

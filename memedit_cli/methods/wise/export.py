@@ -1,0 +1,54 @@
+"""What `memedit export --merged` needs beyond the weights for WISE.
+
+Side memories cannot be folded into W (routing picks W or W + M_i per input),
+so the export keeps them: `save_pretrained` already writes each wrapped
+projection's `<name>.base.weight` and `<name>.memory_i` (registered buffers).
+Here we describe the wrappers in `config.memedit_wise` and ship
+modeling_memedit_wise.py, whose classes rebuild them on load
+(`AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from memedit_cli.errors import UserError
+
+MODELING_FILE = Path(__file__).with_name("modeling_memedit_wise.py")
+
+# config.model_type -> the class in modeling_memedit_wise.py that loads it
+CLASSES = {
+    "llama": "WISELlamaForCausalLM",
+    "mistral": "WISEMistralForCausalLM",
+    "qwen2": "WISEQwen2ForCausalLM",
+    "gpt2": "WISEGPT2LMHeadModel",
+    "gptj": "WISEGPTJForCausalLM",
+}
+
+
+def export_extras(model, out_dir) -> dict | None:
+    """Describe every WISELayer in `model.config.memedit_wise`, copy the modeling file into `out_dir`.
+
+    Returns None when the model has no side memory (nothing to add).
+    """
+    from memedit_cli.methods.wise.side import WISELayer
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, WISELayer)}
+    if not layers:
+        return None
+    model_type = model.config.model_type
+    if model_type not in CLASSES:
+        raise UserError(f"exporting WISE side memories for model type {model_type!r} is not supported "
+                        f"(supported: {', '.join(sorted(CLASSES))}); forget the WISE edits before exporting, "
+                        "or add a class to memedit_cli/methods/wise/modeling_memedit_wise.py")
+    # JSON-able: module name -> thresholds, variant, memory count and shape (the base weight's layout:
+    # (d_out, d_in) for nn.Linear, (d_in, d_out) for GPT-2's Conv1D)
+    model.config.memedit_wise = {
+        name: {"eps": [float(e) for e in layer.eps], "variant": layer.variant, "memories": len(layer.eps),
+               "shape": list(layer.base.weight.shape)}
+        for name, layer in layers.items()
+    }
+    shutil.copyfile(MODELING_FILE, Path(out_dir) / MODELING_FILE.name)
+    return {"auto_map": {"AutoModelForCausalLM": f"{MODELING_FILE.stem}.{CLASSES[model_type]}"},
+            "modeling_file": MODELING_FILE.name}

@@ -1,0 +1,59 @@
+"""WISE hyperparameters, with per-architecture defaults.
+
+Names follow EasyEdit's `WISEHyperParams` where the meaning is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VARIANTS = ("merge", "retrieve")
+
+
+@dataclass(frozen=True)
+class WISEHparams:
+    layer: int = -1  # block whose FFN output projection gets the side memory; -1: the architecture default
+    variant: str = "merge"  # merge: one side memory (shards merged with TIES); retrieve: one per merge group
+    # editing one shard: SGD on the shard's delta D = W' − W, inside its random mask
+    n_iter: int = 70  # SGD steps per edit at most (WISE: 30–70)
+    edit_lr: float = 1.0  # SGD learning rate (WISE: 1.0)
+    weight_decay: float = 1e-5  # decay of D inside the mask (EasyEdit decays W' itself, outside the mask too)
+    stop_loss: float = 0.02  # an edit stops once its whole loss is below this
+    norm_constraint: float = 1.0  # |D| <= this, element-wise, after each step (WISE: 1.0)
+    mask_ratio: float = 0.2  # ρ: the fraction of W' one shard may change (WISE: 0.2)
+    save_freq: int = 500  # edits per shard at most; an apply is cut into shards of this size (WISE: 500)
+    merge_freq: int = 1000  # retrieve: shards are merged into one memory per this many edits (WISE: 1000)
+    densities: float = 0.53  # TIES: the fraction of each shard's entries kept, by magnitude (WISE: 0.53)
+    act_ratio: float = 0.88  # ε = act_ratio · (smallest routing score of the memory's edits) (WISE: 0.88)
+    # routing loss: max(0, Δ_irr − α) + max(0, β − Δ_edit) + max(0, γ − (Δ_edit − Δ_irr))
+    alpha: float = 0.0  # 0: resolved as alpha_rel · m, m = mean ‖FFN output‖ per token of the base layer
+    beta: float = 0.0
+    gamma: float = 0.0
+    alpha_rel: float = 0.25  # LLaMA-2-7B's α, β, γ = 5, 20, 10 in this ratio; sized for SmolLM2 (docs/methods/wise.md)
+    beta_rel: float = 1.0
+    gamma_rel: float = 0.5
+    n_prefixes: int = 10  # random prefixes the edit prompt also trains under (WISE: ~10)
+    prefix_length: int = 5  # tokens per prefix
+    prefixes: tuple[str, ...] = ()  # (): generated once per model, then recorded here
+    irrelevant: tuple[str, ...] = ()  # the pool of unrelated prompts (x_irr); (): generated once per model
+    n_irrelevant: int = 32
+    fast_path: bool = True  # run only the blocks above the side memory while editing (False: the full model)
+
+    def check(self) -> str | None:
+        if self.variant not in VARIANTS:
+            return f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"
+        for name in ("n_iter", "save_freq", "merge_freq", "prefix_length", "n_irrelevant"):
+            if getattr(self, name) < 1:
+                return f"{name} must be >= 1, got {getattr(self, name)}"
+        if not 0 < self.mask_ratio <= 1:
+            return f"mask_ratio must be in (0, 1], got {self.mask_ratio}"
+        if not 0 < self.densities <= 1:
+            return f"densities must be in (0, 1], got {self.densities}"
+        for name in ("edit_lr", "norm_constraint", "act_ratio"):
+            if getattr(self, name) <= 0:
+                return f"{name} must be > 0, got {getattr(self, name)}"
+        for name in ("weight_decay", "stop_loss", "alpha", "beta", "gamma", "alpha_rel", "beta_rel", "gamma_rel",
+                     "n_prefixes"):
+            if getattr(self, name) < 0:
+                return f"{name} must be >= 0, got {getattr(self, name)}"
+        return None

@@ -1,0 +1,158 @@
+"""Editing one WISE shard: facts one after another, SGD on the shard's delta.
+
+A shard is a delta D = W' − W (in the base weight's layout) that may change
+only inside its random mask (a fraction ρ of the entries). For each fact in
+turn, D is optimized for at most `n_iter` steps on
+
+    loss = CE(target | prompt, under every prefix)
+         + routing(Δ_edit, Δ_irr; α, β, γ)
+
+with Δ(x) = mean over positions of ‖a(x) Dᵀ‖ (a(x): the FFN activation
+entering the projection), the gradient multiplied by the mask, and D clamped
+to ±norm_constraint after each step. The next fact starts from the D the last
+one left. Only the shard trains: its outputs replace nothing else, and other
+shards (side memories) are switched off, as in WISE, so a shard depends only
+on its own facts, the base model and its seeds.
+
+Fast path: D only adds a(x) Dᵀ to block L's output, and a(x) does not depend
+on D, so for each fact a(x) and block L's output are computed once (`Upper`)
+and each step runs only blocks L+1.., the final norm, and the LM head at the
+target positions; Δ_irr needs no forward pass at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from memedit_cli.arch import arch_for, extra_output
+from memedit_cli.nethook import StopForward, add_to_output, capture
+from memedit_cli.progress import bar
+from memedit_cli.tokens import prompt_target_batch
+from memedit_cli.upper import Upper
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from the apply's seed and names (fact ids): stable across forgets and runs."""
+    return int.from_bytes(hashlib.sha256("\0".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+def shard_mask(shape, ratio: float, seed: int) -> torch.Tensor:
+    """The shard's Bernoulli(ratio) mask (bool, `shape`), drawn on the CPU so any device gives the same one."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=gen) < ratio
+
+
+def activation(model, name: str, input_ids, attention_mask):
+    """The input a(x) (B, T, d_in) of module `name`, running the model no further than that module."""
+    module = model.get_submodule(name)
+    seen = {}
+
+    def take(mod, args):
+        seen["a"] = args[0]
+        raise StopForward
+
+    handle = module.register_forward_pre_hook(take)
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen["a"].detach()
+
+
+def _masked_mean_norm(extra, attn):
+    """(B,) mean over real positions of ‖extra_t‖ for extra (B, T, d_out), attn (B, T)."""
+    m = attn.to(extra.dtype)
+    return (extra.norm(dim=-1) * m).sum(1) / m.sum(1)
+
+
+def _hinge_mean(x):
+    """EasyEdit's margin terms: the mean of the positive entries (0 if none)."""
+    pos = x[x > 0]
+    return pos.mean() if pos.numel() else x.new_zeros(())
+
+
+class EditRows:
+    """One fact's rows (its prompt under every prefix, plus one unrelated prompt) and its loss as a function of D."""
+
+    def __init__(self, model, tok, fact, hp, irrelevant: str, base, name: str, layer: int, device):
+        prompts = [p.replace("{}", fact.prompt) for p in hp.prefixes]
+        self.ids, self.attn, labels = prompt_target_batch(tok, prompts, [fact.target_new] * len(prompts), device)
+        self.lab_r, self.lab_c = (labels != -100).nonzero(as_tuple=True)
+        self.lab_tok = labels[self.lab_r, self.lab_c]
+        self.per_row = torch.bincount(self.lab_r, minlength=len(prompts)).clamp(min=1)  # target tokens per row
+        irr = tok([irrelevant], return_tensors="pt")
+        self.irr_attn = irr["attention_mask"].to(device)
+        self.a_irr = activation(model, name, irr["input_ids"].to(device), self.irr_attn)  # (1, T', d_in)
+        self.base, self.model, self.name, self.hp = base, model, name, hp
+        self.block = model.get_submodule(arch_for(model.config).layer(layer))
+        if hp.fast_path:
+            with torch.no_grad(), capture(model, inputs=[name]) as seen:
+                self.upper = Upper(model, layer, self.ids, self.attn)
+            self.a = seen[f"in:{name}"].detach()  # (B, T, d_in)
+        else:
+            self.upper = None
+
+    def loss(self, D):
+        """(loss, nll, Δ_edit (B,)) for the shard delta D."""
+        hp = self.hp
+        if self.upper is not None:
+            extra = extra_output(self.base, self.a, D)  # (B, T, d_out)
+            hidden = self.upper.final_hidden(self.upper.h + extra.to(self.upper.h.dtype))
+            logits = self.upper.logits(hidden[self.lab_r, self.lab_c])  # (m, V)
+        else:  # the straightforward loop: the whole model, D added to the projection's output
+            seen = {}
+
+            def add(x):
+                seen["extra"] = extra_output(self.base, x, D)
+                return seen["extra"]
+
+            with add_to_output(self.model.get_submodule(self.name), add):
+                full = self.model(input_ids=self.ids, attention_mask=self.attn, use_cache=False).logits
+            extra, logits = seen["extra"], full[self.lab_r, self.lab_c]
+        logp = torch.log_softmax(logits.float(), -1).gather(1, self.lab_tok[:, None]).squeeze(1)  # (m,)
+        row_nll = torch.zeros(len(self.per_row), device=logp.device).index_add(0, self.lab_r, -logp) / self.per_row
+        nll = row_nll.mean()
+        d_edit = _masked_mean_norm(extra.float(), self.attn)  # (B,)
+        d_irr = _masked_mean_norm(extra_output(self.base, self.a_irr, D).float(), self.irr_attn)  # (1,)
+        routing = (_hinge_mean(d_irr - hp.alpha) + _hinge_mean(hp.beta - d_edit)
+                   + _hinge_mean(hp.gamma - (d_edit - d_irr)))
+        return nll + routing, nll, d_edit
+
+    def score(self, D) -> float:
+        """The fact's routing score with D: Δ over its prompt rows, averaged (what ε is built from)."""
+        with torch.no_grad():
+            return float(_masked_mean_norm(extra_output(self.base, self.a if self.upper is not None else
+                                                        activation(self.model, self.name, self.ids, self.attn), D).float(),
+                                           self.attn).mean())
+
+
+def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
+    """Train one shard on `facts` in order. Returns (D (base layout, float32), mask (bool), scores (n,), info)."""
+    w = base.weight
+    mask_seed = derived_seed(seed, "mask", facts[0].id)
+    mask = shard_mask(tuple(w.shape), hp.mask_ratio, mask_seed).to(w.device)
+    maskf = mask.to(torch.float32)
+    D = torch.zeros(w.shape, dtype=torch.float32, device=w.device, requires_grad=True)
+    scores, steps, losses = [], [], []
+    for fact in bar(facts, desc=f"wise: {len(facts)} edit(s)", unit="edit"):
+        pick = derived_seed(seed, "irrelevant", fact.id) % len(hp.irrelevant)
+        rows = EditRows(model, tok, fact, hp, hp.irrelevant[pick], base, name, hp.layer, device)
+        for step in range(hp.n_iter):
+            loss, nll, _ = rows.loss(D)
+            if loss.item() < hp.stop_loss:
+                break
+            D.grad = None
+            loss.backward()
+            with torch.no_grad():
+                D -= hp.edit_lr * (D.grad * maskf + hp.weight_decay * D)
+                D.clamp_(-hp.norm_constraint, hp.norm_constraint)
+        steps.append(step + 1)
+        losses.append(round(loss.item(), 6))
+        scores.append(rows.score(D.detach()))
+    info = {"edits": len(facts), "steps": steps, "loss_last": losses, "mask_seed": str(mask_seed)}
+    return D.detach(), mask, torch.tensor(scores, dtype=torch.float32), info

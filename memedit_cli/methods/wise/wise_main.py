@@ -1,0 +1,132 @@
+"""WISE (Wang et al., arXiv 2405.14768) as a memedit method.
+
+- A segment (one apply batch, at most `save_freq` facts) is one knowledge
+  shard: its facts are edited one after another into a delta D = W' − W
+  inside the shard's own random mask (train.py). Shards start from W and
+  switch other side memories off while they train, so a shard depends only on
+  its own facts, seeds and the base model: forgetting a fact rebuilds only its
+  shard (`independent = True`), and no other shard takes a gradient step.
+- Stored per shard: D's values inside the mask (float32, the mask's nnz
+  entries), the mask as packed bits, and each edit's routing score.
+- `attach` adds the shard to the layer's `WISELayer` and rebuilds the side
+  memories from all shards: merge, one memory, the TIES merge of every shard;
+  retrieve, one memory per group of consecutive shards holding `merge_freq`
+  edits, each the TIES merge of its group. A memory's ε is `act_ratio` times
+  the smallest routing score among its edits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from memedit_cli.arch import arch_for, extra_output, num_layers, shape_key
+from memedit_cli.errors import HparamsError
+from memedit_cli.methods.base import Method
+from memedit_cli.methods.memit import prefixes
+from memedit_cli.methods.wise.hparams import WISEHparams
+from memedit_cli.models import input_device
+
+# Per family: the side-memory block as a fraction of depth, from the reference configs.
+_FAMILY = {
+    "llama": 27 / 32,  # LLaMA-2-7B: model.layers[27].mlp.down_proj (WISE, EasyEdit)
+    "gptj": 21 / 28,  # GPT-J: transformer.h[21].mlp.fc_out
+    "gpt2": 21 / 28,  # no reference config: placed like GPT-J
+}
+# Measured for particular shapes (model_type, hidden size, blocks): docs/methods/wise.md.
+_MEASURED: dict = {}
+
+
+class WISE(Method):
+    name = "wise"
+    hparams_class = WISEHparams
+    independent = True  # a segment does not depend on earlier WISE segments (see module docstring)
+
+    def default_hparams(self, model) -> WISEHparams:
+        n = num_layers(model.config)
+        measured = _MEASURED.get(shape_key(model.config), {})
+        # keep at least one block above: the edit is read through the blocks above it
+        layer = measured.get("layer", min(max(n - 2, 0), round(_FAMILY[arch_for(model.config).family] * n)))
+        return dataclasses.replace(WISEHparams(layer=layer), **{k: v for k, v in measured.items() if k != "layer"})
+
+    def batch_limit(self, hp: WISEHparams) -> int:
+        return hp.save_freq
+
+    def resolve(self, hp: WISEHparams, model, tok, env) -> WISEHparams:
+        n = num_layers(model.config)
+        if not 0 <= hp.layer < n:
+            raise HparamsError(f"layer must be a block between 0 and {n - 1}, got {hp.layer}")
+        changes = {}
+        if not hp.prefixes or not hp.irrelevant or 0 in (hp.alpha, hp.beta, hp.gamma):
+            base, base_tok = env.load_base()
+        if not hp.prefixes:
+            changes["prefixes"] = prefixes.cached(base, base_tok, hp.n_prefixes, hp.prefix_length,
+                                                  env.cache_dirs[0], env.model_key)
+        if not hp.irrelevant:
+            made = prefixes.cached(base, base_tok, hp.n_irrelevant, 12, env.cache_dirs[0], env.model_key)
+            changes["irrelevant"] = tuple(t.removesuffix(". {}") for t in made[1:])
+        if 0 in (hp.alpha, hp.beta, hp.gamma):
+            m = output_norm(base, base_tok, changes.get("irrelevant", hp.irrelevant), hp.layer)
+            for k in ("alpha", "beta", "gamma"):
+                if getattr(hp, k) == 0:
+                    changes[k] = round(getattr(hp, f"{k}_rel") * m, 4)
+        return dataclasses.replace(hp, **changes)
+
+    def compute(self, model, tok, facts, hp: WISEHparams, seed: int, env, reuse=None):
+        import numpy as np
+        import torch
+
+        from memedit_cli.methods.wise.side import main_memory_only
+        from memedit_cli.methods.wise.train import edit_shard
+
+        name = arch_for(model.config).mlp_out_at(hp.layer)
+        layer = model.get_submodule(name)
+        base = getattr(layer, "base", layer)
+        with main_memory_only(layer):
+            D, mask, scores, info = edit_shard(model, tok, facts, hp, seed, base, name, input_device(model))
+        bits = torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1)))
+        tensors = {"values": D[mask].float().cpu(), "mask_bits": bits, "scores": scores,
+                   "shape": torch.tensor(list(D.shape), dtype=torch.int64)}
+        return tensors, info
+
+    def attach(self, model, tensors, hp: WISEHparams) -> None:
+        import numpy as np
+        import torch
+
+        from memedit_cli.methods.wise.side import WISELayer
+
+        name = arch_for(model.config).mlp_out_at(hp.layer)
+        layer = model.get_submodule(name)
+        if not isinstance(layer, WISELayer):
+            parent, _, child = name.rpartition(".")
+            layer = WISELayer(layer)
+            setattr(model.get_submodule(parent), child, layer)
+        shape = tuple(int(s) for s in tensors["shape"])
+        numel = int(np.prod(shape))
+        mask = torch.from_numpy(np.unpackbits(tensors["mask_bits"].numpy())[:numel].astype(bool)).reshape(shape)
+        D = torch.zeros(shape, dtype=torch.float32)
+        D[mask] = tensors["values"].float()
+        layer.shards.append((D, tensors["scores"].float()))
+        layer.rebuild(hp)
+
+    def export_extras(self, model, out_dir) -> dict | None:
+        from memedit_cli.methods.wise.export import export_extras
+
+        return export_extras(model, out_dir)
+
+
+def output_norm(model, tok, texts, layer: int) -> float:
+    """m: the mean per-token ‖FFN output‖ of block `layer`'s projection on `texts` (the base model)."""
+    import torch
+
+    from memedit_cli.methods.wise.train import activation
+
+    name = arch_for(model.config).mlp_out_at(layer)
+    module = model.get_submodule(name)
+    base = getattr(module, "base", module)
+    norms = []
+    for text in texts:
+        enc = tok([text], return_tensors="pt").to(input_device(model))
+        a = activation(model, name, enc["input_ids"], enc["attention_mask"])
+        with torch.no_grad():
+            norms.append(extra_output(base, a.float(), base.weight.float()).norm(dim=-1).mean())
+    return float(torch.stack(norms).mean())

@@ -1,0 +1,175 @@
+"""WISE on tiny models: routing, TIES merging, the fast editing loop, forget by shard."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FACTS, Memedit, base_logits, logits, write_facts
+from tiny import build_tiny
+
+WISE = ["--method", "wise", "--set", "n_iter=30"]
+
+
+@pytest.fixture(scope="session")
+def wise_models(tmp_path_factory) -> dict:
+    # larger random weights than the shared tiny models: with initializer_range 0.02 a
+    # 32-wide model's logits are too flat for any edit to make a target likely
+    base = tmp_path_factory.mktemp("tiny-wise")
+    return {arch: build_tiny(base / arch, arch, initializer_range=0.3) for arch in ("llama", "gpt2")}
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny(request, wise_models) -> Path:
+    return wise_models[request.param]
+UNRELATED = ["Autonomous University of Madrid is located in Spain.", "The Space Needle is in Seattle."]
+
+
+def _route(model, tok, text):
+    from memedit_cli.methods.wise.side import WISELayer
+
+    layer = next(m for m in model.modules() if isinstance(m, WISELayer))
+    with torch.no_grad():
+        model(**tok([text], return_tensors="pt"))
+    return int(layer.last_route[0])
+
+
+PROMPTS = [f"{f['prompt']} {f['target_new']}" for f in FACTS]
+
+
+def _act(model, tok, layer, text):
+    from memedit_cli.methods.wise.train import activation
+
+    name = next(n for n, m in model.named_modules() if m is layer)
+    enc = tok([text], return_tensors="pt")
+    return activation(model, name, enc["input_ids"], enc["attention_mask"])
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_row_uses_the_memory_with_the_largest_score_above_its_threshold(transposed):
+    from transformers.pytorch_utils import Conv1D
+
+    from memedit_cli.methods.wise.side import WISELayer
+
+    torch.manual_seed(0)
+    base = Conv1D(3, 4) if transposed else torch.nn.Linear(4, 3)  # d_in 4, d_out 3
+    layer = WISELayer(base)
+    shape = base.weight.shape
+    m0, m1 = torch.zeros(shape), torch.zeros(shape)
+    # memory 0 reacts to input direction e0, memory 1 to e1 (Linear: (out, in); Conv1D: (in, out))
+    (m0.T if transposed else m0)[:, 0] = 1.0
+    (m1.T if transposed else m1)[:, 1] = 2.0
+    layer.register_buffer("memory_0", m0)
+    layer.register_buffer("memory_1", m1)
+    layer.eps, layer.variant = [0.5, 0.5], "retrieve"
+    x = torch.zeros(3, 2, 4)  # rows: e0 only, e0 and e1, e2 only
+    x[0, :, 0] = 1.0
+    x[1, :, 0], x[1, :, 1] = 1.0, 1.0
+    x[2, :, 2] = 1.0
+    out = layer(x)
+    assert layer.last_route.tolist() == [0, 1, -1]  # row 1 scores sqrt(3) on memory 0, 2*sqrt(3) on memory 1
+    assert torch.allclose(out[2], base(x[2]))  # the main memory alone
+    assert torch.allclose(out[0], base(x[0]) + (x[0] @ m0 if transposed else x[0] @ m0.T))
+    layer.eps = [0.5, 100.0]  # memory 1's threshold now excludes row 1: the best memory above its own ε wins
+    layer(x)
+    assert layer.last_route.tolist() == [0, 0, -1]
+
+
+def test_edit_prompts_route_to_the_side_memory_with_the_recorded_threshold(repo, tiny, tmp_path):
+    from memedit_cli.methods.wise.side import WISELayer
+    from memedit_cli.repo import Repo
+
+    rec = repo.json("show", repo.json("apply", write_facts(tmp_path / "f.jsonl"), *WISE)["revision"])
+    objects = Repo.open(repo.dir).objects
+    scores = torch.cat([objects.get(seg["objects"]["tensors"])["scores"] for seg in rec["segments"]])
+    model, tok = repo.state()
+    layer = next(m for m in model.modules() if isinstance(m, WISELayer))
+    assert layer.eps == pytest.approx([rec["hparams"]["act_ratio"] * float(scores.min())])
+    for p in PROMPTS:
+        assert _route(model, tok, p) == 0, p
+    assert not torch.allclose(logits(model, tok), base_logits(tiny), atol=1e-4)
+    layer.bypass = True  # the main memory alone is the base model
+    assert torch.allclose(logits(model, tok), base_logits(tiny), atol=1e-5)
+
+
+def test_retrieve_keeps_one_memory_per_merge_group(repo, tmp_path):
+    sets = ["--set", "variant=retrieve", "--set", "merge_freq=1"]
+    for i, f in enumerate(FACTS):  # one apply, one shard, one memory per fact
+        repo("apply", write_facts(tmp_path / f"{i}.jsonl", [f]), *WISE, *sets)
+    model, tok = repo.state()
+    from memedit_cli.methods.wise.side import WISELayer
+
+    layer = next(m for m in model.modules() if isinstance(m, WISELayer))
+    assert len(layer.memories) == 3 and layer.edits == [1, 1, 1]
+    shards = [d for d, _ in layer.shards]
+    assert all(torch.equal(m, d) for m, d in zip(layer.memories, shards))  # a group of one shard is not trimmed
+    assert len({float(e) for e in layer.eps}) == 3  # each memory has its own threshold
+    route = _route(model, tok, PROMPTS[0])
+    assert route >= 0 and float(layer.scores(_act(model, tok, layer, PROMPTS[0]))[route]) > layer.eps[route]
+
+
+def test_ties_merge():
+    from memedit_cli.methods.wise.merge import ties, trim
+
+    a = torch.tensor([3.0, -1.0, 0.5, 2.0])
+    b = torch.tensor([1.0, 2.0, -4.0, -1.0])
+    assert torch.equal(trim(a, 0.5), torch.tensor([3.0, 0.0, 0.0, 2.0]))
+    # trimmed: a -> [3, 0, 0, 2], b -> [0, 2, -4, 0]; signs elected per entry; agreeing entries averaged
+    assert torch.equal(ties([a, b], 0.5), torch.tensor([3.0, 2.0, -4.0, 2.0]))
+    c = torch.tensor([1.0, 0.0, 0.0, -5.0])  # disagrees on the last entry and outweighs a there
+    assert torch.equal(ties([a, c], 1.0)[3], torch.tensor(-5.0))
+    assert ties([a], 0.5) is a  # one shard is not trimmed
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch):
+    from memedit_cli import models
+    from memedit_cli.arch import arch_for
+    from memedit_cli.facts import Fact
+    from memedit_cli.methods.wise import WISE as Wise
+    from memedit_cli.methods.wise.train import EditRows
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(wise_models[arch])}, "dtype": "float32", "device": "cpu"})
+    hp = dataclasses.replace(Wise().default_hparams(model), prefixes=("{}", "A prefix. {}", "Another one here. {}"),
+                             alpha=1.0, beta=3.0, gamma=2.0)
+    name = arch_for(model.config).mlp_out_at(hp.layer)
+    base = model.get_submodule(name)
+    fact = Fact(**FACTS[0])
+    D = (torch.randn(base.weight.shape) * 0.05).requires_grad_()
+    grads = []
+    for fast in (True, False):
+        rows = EditRows(model, tok, fact, dataclasses.replace(hp, fast_path=fast), UNRELATED[0], base, name, hp.layer, "cpu")
+        D.grad = None
+        loss, nll, _ = rows.loss(D)
+        loss.backward()
+        grads.append((loss.detach(), nll.detach(), D.grad.clone()))
+    (l1, n1, g1), (l2, n2, g2) = grads
+    assert torch.allclose(l1, l2, atol=1e-5) and torch.allclose(n1, n2, atol=1e-5)
+    assert g1.abs().max() > 0 and torch.allclose(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_forget_rebuilds_only_the_shard_that_held_the_fact(repo, tiny, tmp_path):
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *WISE)
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *WISE)
+    rec = repo.json("forget", "eiffel")
+    shown = repo.json("show", rec["revision"])
+    assert shown["timings"]["replayed_segments"] == 1  # the second shard is kept as it was
+    after = logits(*repo.state(), PROMPTS + UNRELATED)
+
+    fresh = Memedit(tmp_path / "fresh")
+    fresh.dir.mkdir()
+    fresh("init", "--model", tiny, "--device", "cpu")
+    fresh("apply", write_facts(tmp_path / "fa.jsonl", FACTS[1:2]), *WISE)
+    fresh("apply", write_facts(tmp_path / "fb.jsonl", FACTS[2:]), *WISE)
+    assert torch.allclose(after, logits(*fresh.state(), PROMPTS + UNRELATED), atol=1e-6)
+
+
+def test_an_apply_bigger_than_save_freq_makes_several_shards(repo, tmp_path):
+    repo("apply", write_facts(tmp_path / "f.jsonl"), *WISE, "--set", "save_freq=2")
+    rec = repo.json("show", "HEAD")
+    assert [len(s["facts"]) for s in rec["segments"]] == [2, 1]
+    masks = [repo.json("show", "HEAD")["segments"][i]["info"]["mask_seed"] for i in range(2)]
+    assert masks[0] != masks[1]  # every shard draws its own mask

@@ -1,0 +1,88 @@
+"""WISE export: the merged folder loads with trust_remote_code and answers like memedit's own model."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conftest import FACTS, logits, write_facts
+
+EDITED = FACTS[0]["prompt"]  # "The Eiffel Tower is in"
+UNRELATED = "The Space Needle is in"
+
+
+def wise_layers(model) -> dict:
+    return {name: m for name, m in model.named_modules() if type(m).__name__ == "WISELayer"}
+
+
+def scores(model, layer, tok, texts) -> torch.Tensor:
+    """(n_memories, B) routing scores of `layer` for a padded batch of `texts`."""
+    from transformers.pytorch_utils import Conv1D
+
+    seen = {}
+
+    def keep_input(mod, args, out):  # returns None: the output is left alone
+        seen["x"] = args[0]
+
+    hook = layer.register_forward_hook(keep_input)
+    try:
+        logits(model, tok, texts)
+    finally:
+        hook.remove()
+    x = seen["x"]  # (B, T, d_in)
+    extra = [x @ d if isinstance(layer.base, Conv1D) else x @ d.T for d in layer.memories]  # each (B, T, d_out)
+    return torch.stack([e.norm(dim=-1).mean(-1) for e in extra])
+
+
+def test_export_keeps_side_memories_and_routing(repo, tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "wise", "--set", "n_iter=5")
+    out = tmp_path / "out"
+    repo("export", "--merged", out)
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_memedit_wise.WISE")
+    assert (out / "modeling_memedit_wise.py").is_file()
+    ours, tok = repo.state()
+    ours.eval()
+    (name, layer), = wise_layers(ours).items()
+    spec = config["memedit_wise"][name]
+    assert spec["memories"] == len(layer.eps) >= 1 and spec["eps"] == layer.eps
+    assert spec["shape"] == list(layer.base.weight.shape)
+
+    exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    assert type(exported).__name__ == config["auto_map"]["AutoModelForCausalLM"].split(".")[1]
+    side = exported.get_submodule(name)
+    assert type(side).__name__ == "WISELayer" and side.eps == layer.eps
+    for mine, theirs in zip(layer.memories, side.memories, strict=True):
+        assert mine.abs().max() > 0 and torch.equal(mine, theirs)
+    assert torch.equal(side.base.weight, layer.base.weight)
+
+    # As stored: one padded batch, routed row by row in both models.
+    texts = [EDITED, UNRELATED]
+    got = logits(exported, tok, texts)
+    assert torch.allclose(got, logits(ours, tok, texts), atol=1e-5)
+    assert torch.equal(side.last_route, layer.last_route)
+    assert side.last_route[0] == 0  # the edited prompt uses the side memory...
+    assert not torch.allclose(got[0], logits(base, tok, texts)[0], atol=1e-4)  # ...which changes its logits
+
+    # A tiny random model routes nearly everything to the side memory, so to see a row take the base
+    # path move ε, in both models alike, between the two prompts' scores: the higher one alone is routed.
+    s = scores(ours, layer, tok, texts)[0]
+    assert torch.allclose(s, scores(exported, side, tok, texts)[0])
+    hi = int(s.argmax())
+    layer.eps = side.eps = [float(s.mean())]
+    got = logits(exported, tok, texts)
+    assert torch.allclose(got, logits(ours, tok, texts), atol=1e-5)
+    assert side.last_route.tolist() == layer.last_route.tolist() == [0 if i == hi else -1 for i in range(2)]
+    plain = logits(base, tok, texts)
+    assert torch.allclose(got[1 - hi], plain[1 - hi], atol=1e-5)
+    assert not torch.allclose(got[hi], plain[hi], atol=1e-4)
+
+    # Cached generation routes each new token on its own: same tokens in both.
+    enc = tok([EDITED], return_tensors="pt")
+    kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    assert torch.equal(exported.generate(**enc, **kw), ours.generate(**enc, **kw))
