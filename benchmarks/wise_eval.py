@@ -34,6 +34,9 @@ from memedit_cli.methods.wise.side import WISELayer
 from memit_eval import FILES, load, token_acc
 
 
+POOL_START = 500  # facts 500.. of a data file: never among the scored ones (--facts <= 500)
+
+
 def route(model, tok, texts, layer):
     """Per text: the memory it used (-1: main)."""
     out = []
@@ -64,6 +67,10 @@ def setup(args):
     env = Env([models.user_cache()], key, lambda: (model, tok), lambda: (model, tok))
     method = WISE()
     overrides = hparams_mod.parse_set(args.set)
+    if getattr(args, "pool", 0):  # held-out locality prompts as the unrelated pool, as EasyEdit's WISE runs do
+        held = load(args.data, POOL_START + args.pool)[POOL_START:]
+        overrides["irrelevant"] = [f"{f.locality_prompt} {f.locality_ground_truth}" for f in held]
+        overrides["n_irrelevant"] = len(held)
     hp = method.resolve(hparams_mod.resolve(method.default_hparams(model), overrides), model, tok, env)
     return model, tok, env, method, hp
 
@@ -149,6 +156,9 @@ def main():
     ap.add_argument("--shard", type=int, default=500, help="edits per shard (save_freq)")
     ap.add_argument("--variants", default="merge,retrieve")
     ap.add_argument("--set", action="append", default=[], help="hparam override k=v (repeatable)")
+    ap.add_argument("--pool", type=int, default=0,
+                    help="use the locality prompts of facts 500..500+N of the same file as the unrelated pool "
+                         "(0: the model-generated default)")
     args = ap.parse_args()
     {"quality": quality, "speed": speed, "latency": latency}[args.mode](args)
 

@@ -11,7 +11,7 @@ import torch
 from conftest import FACTS, Memedit, base_logits, logits, write_facts
 from tiny import build_tiny
 
-WISE = ["--method", "wise", "--set", "n_iter=30"]
+WISE = ["--method", "wise", "--set", "n_iter=10"]
 
 
 @pytest.fixture(scope="session")
@@ -78,18 +78,25 @@ def test_a_row_uses_the_memory_with_the_largest_score_above_its_threshold(transp
     assert layer.last_route.tolist() == [0, 0, -1]
 
 
-def test_edit_prompts_route_to_the_side_memory_with_the_recorded_threshold(repo, tiny, tmp_path):
+def test_thresholds_come_from_the_edits_scores_on_the_finished_shard(repo, tiny, tmp_path):
     from memedit_cli.methods.wise.side import WISELayer
     from memedit_cli.repo import Repo
+    from memedit_cli.tokens import prompt_target_batch
 
-    rec = repo.json("show", repo.json("apply", write_facts(tmp_path / "f.jsonl"), *WISE)["revision"])
-    objects = Repo.open(repo.dir).objects
-    scores = torch.cat([objects.get(seg["objects"]["tensors"])["scores"] for seg in rec["segments"]])
+    rec = repo.json("show", repo.json("apply", write_facts(tmp_path / "f.jsonl"), *WISE,
+                                      "--set", "threshold_from=final")["revision"])
+    stored = Repo.open(repo.dir).objects.get(rec["segments"][0]["objects"]["tensors"])["scores"]
     model, tok = repo.state()
     layer = next(m for m in model.modules() if isinstance(m, WISELayer))
-    assert layer.eps == pytest.approx([rec["hparams"]["act_ratio"] * float(scores.min())])
-    for p in PROMPTS:
-        assert _route(model, tok, p) == 0, p
+    eps = rec["hparams"]["act_ratio"] * float(stored.min())
+    assert layer.eps == pytest.approx([eps])
+    for f, score in zip(FACTS, stored):
+        prompts = [p.replace("{}", f["prompt"]) for p in rec["hparams"]["prefixes"]]
+        ids, attn, _ = prompt_target_batch(tok, prompts, [f["target_new"]] * len(prompts), "cpu")
+        rows = [tok.decode(r[m.bool()]) for r, m in zip(ids, attn)]
+        per_row = torch.tensor([float(layer.scores(_act(model, tok, layer, r))[0]) for r in rows])
+        assert float(per_row.mean()) == pytest.approx(float(score), rel=1e-4)  # what the router computes
+        assert float(per_row.max()) > eps and _route(model, tok, rows[int(per_row.argmax())]) == 0
     assert not torch.allclose(logits(model, tok), base_logits(tiny), atol=1e-4)
     layer.bypass = True  # the main memory alone is the base model
     assert torch.allclose(logits(model, tok), base_logits(tiny), atol=1e-5)
@@ -141,7 +148,7 @@ def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch
     D = (torch.randn(base.weight.shape) * 0.05).requires_grad_()
     grads = []
     for fast in (True, False):
-        rows = EditRows(model, tok, fact, dataclasses.replace(hp, fast_path=fast), UNRELATED[0], base, name, hp.layer, "cpu")
+        rows = EditRows(model, tok, fact, dataclasses.replace(hp, fast_path=fast), UNRELATED, base, name, hp.layer, "cpu")
         D.grad = None
         loss, nll, _ = rows.loss(D)
         loss.backward()

@@ -25,6 +25,7 @@ class WISEHparams:
     merge_freq: int = 1000  # retrieve: shards are merged into one memory per this many edits (WISE: 1000)
     densities: float = 0.53  # TIES: the fraction of each shard's entries kept, by magnitude (WISE: 0.53)
     act_ratio: float = 0.88  # ε = act_ratio · (smallest routing score of the memory's edits) (WISE: 0.88)
+    threshold_from: str = "edit"  # edit: each edit's score when it finished (WISE); final: re-measured on the finished shard
     # routing loss: max(0, Δ_irr − α) + max(0, β − Δ_edit) + max(0, γ − (Δ_edit − Δ_irr))
     alpha: float = 0.0  # 0: resolved as alpha_rel · m, m = mean ‖FFN output‖ per token of the base layer
     beta: float = 0.0
@@ -37,14 +38,19 @@ class WISEHparams:
     prefixes: tuple[str, ...] = ()  # (): generated once per model, then recorded here
     irrelevant: tuple[str, ...] = ()  # the pool of unrelated prompts (x_irr); (): generated once per model
     n_irrelevant: int = 32
+    irrelevant_per_edit: int = 1  # unrelated prompts each edit's routing loss pushes below α (WISE: 1)
     fast_path: bool = True  # run only the blocks above the side memory while editing (False: the full model)
 
     def check(self) -> str | None:
         if self.variant not in VARIANTS:
             return f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"
-        for name in ("n_iter", "save_freq", "merge_freq", "prefix_length", "n_irrelevant"):
+        if self.threshold_from not in ("edit", "final"):
+            return f"threshold_from must be edit or final, got {self.threshold_from!r}"
+        for name in ("n_iter", "save_freq", "merge_freq", "prefix_length", "n_irrelevant", "irrelevant_per_edit"):
             if getattr(self, name) < 1:
                 return f"{name} must be >= 1, got {getattr(self, name)}"
+        if self.irrelevant_per_edit > self.n_irrelevant:
+            return f"irrelevant_per_edit ({self.irrelevant_per_edit}) must be <= n_irrelevant ({self.n_irrelevant})"
         if not 0 < self.mask_ratio <= 1:
             return f"mask_ratio must be in (0, 1], got {self.mask_ratio}"
         if not 0 < self.densities <= 1:

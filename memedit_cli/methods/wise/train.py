@@ -8,7 +8,8 @@ turn, D is optimized for at most `n_iter` steps on
          + routing(Δ_edit, Δ_irr; α, β, γ)
 
 with Δ(x) = mean over positions of ‖a(x) Dᵀ‖ (a(x): the FFN activation
-entering the projection), the gradient multiplied by the mask, and D clamped
+entering the projection) and the Δ_irr of `irrelevant_per_edit` prompts
+from the unrelated pool (WISE: one), the gradient multiplied by the mask, and D clamped
 to ±norm_constraint after each step. The next fact starts from the D the last
 one left. Only the shard trains: its outputs replace nothing else, and other
 shards (side memories) are switched off, as in WISE, so a shard depends only
@@ -26,7 +27,7 @@ import hashlib
 
 import torch
 
-from memedit_cli.arch import arch_for, extra_output
+from memedit_cli.arch import extra_output
 from memedit_cli.nethook import StopForward, add_to_output, capture
 from memedit_cli.progress import bar
 from memedit_cli.tokens import prompt_target_batch
@@ -77,19 +78,19 @@ def _hinge_mean(x):
 
 
 class EditRows:
-    """One fact's rows (its prompt under every prefix, plus one unrelated prompt) and its loss as a function of D."""
+    """One fact's rows (its prompt under every prefix), the unrelated prompts its routing
+    loss pushes away (`irrelevant_per_edit` of the pool), and its loss as a function of D."""
 
-    def __init__(self, model, tok, fact, hp, irrelevant: str, base, name: str, layer: int, device):
+    def __init__(self, model, tok, fact, hp, irrelevant: list[str], base, name: str, layer: int, device):
         prompts = [p.replace("{}", fact.prompt) for p in hp.prefixes]
         self.ids, self.attn, labels = prompt_target_batch(tok, prompts, [fact.target_new] * len(prompts), device)
         self.lab_r, self.lab_c = (labels != -100).nonzero(as_tuple=True)
         self.lab_tok = labels[self.lab_r, self.lab_c]
         self.per_row = torch.bincount(self.lab_r, minlength=len(prompts)).clamp(min=1)  # target tokens per row
-        irr = tok([irrelevant], return_tensors="pt")
+        irr = tok(list(irrelevant), return_tensors="pt", padding=True)
         self.irr_attn = irr["attention_mask"].to(device)
-        self.a_irr = activation(model, name, irr["input_ids"].to(device), self.irr_attn)  # (1, T', d_in)
+        self.a_irr = activation(model, name, irr["input_ids"].to(device), self.irr_attn)  # (k, T', d_in)
         self.base, self.model, self.name, self.hp = base, model, name, hp
-        self.block = model.get_submodule(arch_for(model.config).layer(layer))
         if hp.fast_path:
             with torch.no_grad(), capture(model, inputs=[name]) as seen:
                 self.upper = Upper(model, layer, self.ids, self.attn)
@@ -118,17 +119,22 @@ class EditRows:
         row_nll = torch.zeros(len(self.per_row), device=logp.device).index_add(0, self.lab_r, -logp) / self.per_row
         nll = row_nll.mean()
         d_edit = _masked_mean_norm(extra.float(), self.attn)  # (B,)
-        d_irr = _masked_mean_norm(extra_output(self.base, self.a_irr, D).float(), self.irr_attn)  # (1,)
+        d_irr = _masked_mean_norm(extra_output(self.base, self.a_irr, D).float(), self.irr_attn)  # (k,)
         routing = (_hinge_mean(d_irr - hp.alpha) + _hinge_mean(hp.beta - d_edit)
-                   + _hinge_mean(hp.gamma - (d_edit - d_irr)))
+                   + _hinge_mean(hp.gamma - (d_edit[:, None] - d_irr[None, :])))
         return nll + routing, nll, d_edit
 
     def score(self, D) -> float:
-        """The fact's routing score with D: Δ over its prompt rows, averaged (what ε is built from)."""
-        with torch.no_grad():
-            return float(_masked_mean_norm(extra_output(self.base, self.a if self.upper is not None else
-                                                        activation(self.model, self.name, self.ids, self.attn), D).float(),
-                                           self.attn).mean())
+        """The fact's routing score with D: Δ over its prompt rows, averaged."""
+        return prompt_score(self.model, self.name, self.base, self.ids, self.attn, D,
+                            self.a if self.upper is not None else None)
+
+
+def prompt_score(model, name, base, ids, attn, D, a=None) -> float:
+    """Mean over rows of Δ = mean over real positions of ‖a(x) Dᵀ‖ (a computed here unless given)."""
+    with torch.no_grad():
+        a = activation(model, name, ids, attn) if a is None else a
+        return float(_masked_mean_norm(extra_output(base, a, D).float(), attn).mean())
 
 
 def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
@@ -140,8 +146,9 @@ def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
     D = torch.zeros(w.shape, dtype=torch.float32, device=w.device, requires_grad=True)
     scores, steps, losses = [], [], []
     for fact in bar(facts, desc=f"wise: {len(facts)} edit(s)", unit="edit"):
-        pick = derived_seed(seed, "irrelevant", fact.id) % len(hp.irrelevant)
-        rows = EditRows(model, tok, fact, hp, hp.irrelevant[pick], base, name, hp.layer, device)
+        gen = torch.Generator().manual_seed(derived_seed(seed, "irrelevant", fact.id))
+        picks = torch.randperm(len(hp.irrelevant), generator=gen)[: hp.irrelevant_per_edit].tolist()
+        rows = EditRows(model, tok, fact, hp, [hp.irrelevant[i] for i in picks], base, name, hp.layer, device)
         for step in range(hp.n_iter):
             loss, nll, _ = rows.loss(D)
             if loss.item() < hp.stop_loss:
@@ -154,5 +161,11 @@ def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
         steps.append(step + 1)
         losses.append(round(loss.item(), 6))
         scores.append(rows.score(D.detach()))
+    if hp.threshold_from == "final":  # re-measured on the finished shard: later edits moved D
+        scores = []
+        for fact in facts:
+            prompts = [p.replace("{}", fact.prompt) for p in hp.prefixes]
+            ids, attn, _ = prompt_target_batch(tok, prompts, [fact.target_new] * len(prompts), device)
+            scores.append(prompt_score(model, name, base, ids, attn, D.detach()))
     info = {"edits": len(facts), "steps": steps, "loss_last": losses, "mask_seed": str(mask_seed)}
     return D.detach(), mask, torch.tensor(scores, dtype=torch.float32), info
