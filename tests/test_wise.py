@@ -76,6 +76,13 @@ def test_a_row_uses_the_memory_with_the_largest_score_above_its_threshold(transp
     layer.eps = [0.5, 100.0]  # memory 1's threshold now excludes row 1: the best memory above its own ε wins
     layer(x)
     assert layer.last_route.tolist() == [0, 0, -1]
+    y = torch.zeros(1, 4, 4)
+    y[0, 0, 0] = 1.0  # one position of four reacts to memory 0: mean 0.25·sqrt(3) < ε, max sqrt(3) > ε
+    layer(y)
+    assert layer.last_route.tolist() == [-1]
+    layer.reduce = "max"
+    layer(y)
+    assert layer.last_route.tolist() == [0]
 
 
 def test_thresholds_come_from_the_edits_scores_on_the_finished_shard(repo, tiny, tmp_path):

@@ -45,7 +45,8 @@ def export_extras(model, out_dir) -> dict | None:
     # JSON-able: module name -> thresholds, variant, memory count and shape (the base weight's layout:
     # (d_out, d_in) for nn.Linear, (d_in, d_out) for GPT-2's Conv1D)
     model.config.memedit_wise = {
-        name: {"eps": [float(e) for e in layer.eps], "variant": layer.variant, "memories": len(layer.eps),
+        name: {"eps": [float(e) for e in layer.eps], "variant": layer.variant, "reduce": layer.reduce,
+               "memories": len(layer.eps),
                "shape": list(layer.base.weight.shape)}
         for name, layer in layers.items()
     }

@@ -25,6 +25,7 @@ class WISEHparams:
     merge_freq: int = 1000  # retrieve: shards are merged into one memory per this many edits (WISE: 1000)
     densities: float = 0.53  # TIES: the fraction of each shard's entries kept, by magnitude (WISE: 0.53)
     act_ratio: float = 0.88  # ε = act_ratio · (smallest routing score of the memory's edits) (WISE: 0.88)
+    route_reduce: str = "mean"  # Δ over a row's positions: mean (WISE) or max (the most affected position)
     threshold_from: str = "edit"  # edit: each edit's score when it finished (WISE); final: re-measured on the finished shard
     # routing loss: max(0, Δ_irr − α) + max(0, β − Δ_edit) + max(0, γ − (Δ_edit − Δ_irr))
     alpha: float = 0.0  # 0: resolved as alpha_rel · m, m = mean ‖FFN output‖ per token of the base layer
@@ -44,6 +45,8 @@ class WISEHparams:
     def check(self) -> str | None:
         if self.variant not in VARIANTS:
             return f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"
+        if self.route_reduce not in ("mean", "max"):
+            return f"route_reduce must be mean or max, got {self.route_reduce!r}"
         if self.threshold_from not in ("edit", "final"):
             return f"threshold_from must be edit or final, got {self.threshold_from!r}"
         for name in ("n_iter", "save_freq", "merge_freq", "prefix_length", "n_irrelevant", "irrelevant_per_edit"):

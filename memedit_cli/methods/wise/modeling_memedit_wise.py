@@ -34,16 +34,17 @@ from transformers.pytorch_utils import Conv1D
 class WISELayer(nn.Module):
     """The base projection W plus side memories M_i = W'_i − W, one picked per batch row.
 
-    Memory i's routing score for a row is the mean over its T positions of
-    ‖a_t M_iᵀ‖₂, a_t the projection's input. A row uses W + M_i for the memory
+    Memory i's routing score for a row is the mean (or, with "reduce": "max",
+    the max) over its T positions of ‖a_t M_iᵀ‖₂, a_t the projection's input. A row uses W + M_i for the memory
     with the largest score among those above their ε_i, else W alone. Routing
     is per row and per call, so in cached generation each new token is routed
     on its own (as in memedit and EasyEdit).
     """
 
-    def __init__(self, base: nn.Module, eps, variant: str, shape):
+    def __init__(self, base: nn.Module, eps, variant: str, shape, reduce: str = "mean"):
         super().__init__()
         self.base = base
+        self.reduce = reduce  # the score over a row's positions: "mean" (WISE) or "max"
         self.eps = [float(e) for e in eps]
         self.variant = variant  # informational: both variants route the same way at inference
         self.last_route = None  # (B,) long: the memory each row of the last call used, -1 for W alone
@@ -69,7 +70,8 @@ class WISELayer(nn.Module):
         squeeze = x.dim() == 2  # (T, d_in) without a batch dimension
         xb = x[None] if squeeze else x  # (B, T, d_in)
         extra = [self._extra(xb, d) for d in self.memories]  # each (B, T, d_out)
-        score = torch.stack([e.norm(dim=-1).mean(-1) for e in extra])  # (n, B)
+        norms = [e.norm(dim=-1) for e in extra]  # each (B, T)
+        score = torch.stack([n.amax(-1) if self.reduce == "max" else n.mean(-1) for n in norms])  # (n, B)
         eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]  # (n, 1)
         above = score > eps
         pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
@@ -87,7 +89,8 @@ def attach_side_memories(model: nn.Module, config) -> None:
             raise ValueError(f"memedit_wise[{name!r}]: {spec['memories']} memories but {len(spec['eps'])} thresholds")
         parent, _, child = name.rpartition(".")
         base = model.get_submodule(name)
-        setattr(model.get_submodule(parent), child, WISELayer(base, spec["eps"], spec["variant"], spec["shape"]))
+        setattr(model.get_submodule(parent), child, WISELayer(base, spec["eps"], spec["variant"], spec["shape"],
+                                                                  spec.get("reduce", "mean")))
 
 
 # One subclass per supported architecture: the stock __init__ (which ends in

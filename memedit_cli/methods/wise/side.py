@@ -7,7 +7,7 @@ memory i's routing score is
 
     Δ_i(x) = mean over the T positions of ‖a(x)_t M_iᵀ‖₂          (B,)
 
-(WISE's ‖a(x)(W'−W)‖). A row uses W + M_i where Δ_i > ε_i (retrieve: the
+(WISE's ‖a(x)(W'−W)‖; with `route_reduce=max`, the max over positions). A row uses W + M_i where Δ_i > ε_i (retrieve: the
 memory with the largest Δ_i among those above their own ε_i), else W alone.
 Routing is per row and per forward call, over every position of the call, as
 EasyEdit does: score a batch of different lengths row by row (padding counts),
@@ -37,6 +37,7 @@ class WISELayer(nn.Module):
         self.eps: list[float] = []
         self.edits: list[int] = []  # edits per memory
         self.variant = "merge"
+        self.reduce = "mean"  # Δ over a row's positions: "mean" (WISE) or "max"
         self.bypass = False  # True while editing: the main memory only
         self.last_route = None  # (B,) long: the memory each row of the last call used, -1 for the main memory
 
@@ -58,7 +59,7 @@ class WISELayer(nn.Module):
         for i in range(len(self.eps)):
             delattr(self, f"memory_{i}")
         w = self.base.weight
-        self.eps, self.edits, self.variant = [], [], hp.variant
+        self.eps, self.edits, self.variant, self.reduce = [], [], hp.variant, hp.route_reduce
         for i, group in enumerate(g for g in groups if g):
             merged = ties([d for d, _ in group], hp.densities)
             self.register_buffer(f"memory_{i}", merged.to(device=w.device, dtype=w.dtype))
@@ -67,7 +68,11 @@ class WISELayer(nn.Module):
 
     def scores(self, x) -> torch.Tensor:
         """(n_memories, B) routing scores Δ_i for an activation x (B, T, d_in)."""
-        return torch.stack([extra_output(self.base, x, d).norm(dim=-1).mean(-1) for d in self.memories])
+        return torch.stack([self._reduce(extra_output(self.base, x, d).norm(dim=-1)) for d in self.memories])
+
+    def _reduce(self, norms):
+        """(B, T) per-position ‖a_t Mᵀ‖ -> (B,) Δ."""
+        return norms.amax(-1) if self.reduce == "max" else norms.mean(-1)
 
     def forward(self, x):
         out = self.base(x)
@@ -76,7 +81,7 @@ class WISELayer(nn.Module):
         squeeze = x.dim() == 2  # (T, d_in) without a batch dimension
         xb = x[None] if squeeze else x
         extra = [extra_output(self.base, xb, d) for d in self.memories]  # each (B, T, d_out)
-        score = torch.stack([e.norm(dim=-1).mean(-1) for e in extra])  # (n, B)
+        score = torch.stack([self._reduce(e.norm(dim=-1)) for e in extra])  # (n, B)
         eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]
         above = score > eps
         pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)

@@ -65,10 +65,13 @@ def activation(model, name: str, input_ids, attention_mask):
     return seen["a"].detach()
 
 
-def _masked_mean_norm(extra, attn):
-    """(B,) mean over real positions of ‖extra_t‖ for extra (B, T, d_out), attn (B, T)."""
+def row_score(extra, attn, reduce: str = "mean"):
+    """(B,) Δ per row: mean (or max) over real positions of ‖extra_t‖, for extra (B, T, d_out), attn (B, T)."""
+    norms = extra.norm(dim=-1)
+    if reduce == "max":
+        return norms.masked_fill(attn == 0, 0.0).amax(1)
     m = attn.to(extra.dtype)
-    return (extra.norm(dim=-1) * m).sum(1) / m.sum(1)
+    return (norms * m).sum(1) / m.sum(1)
 
 
 def _hinge_mean(x):
@@ -118,23 +121,23 @@ class EditRows:
         logp = torch.log_softmax(logits.float(), -1).gather(1, self.lab_tok[:, None]).squeeze(1)  # (m,)
         row_nll = torch.zeros(len(self.per_row), device=logp.device).index_add(0, self.lab_r, -logp) / self.per_row
         nll = row_nll.mean()
-        d_edit = _masked_mean_norm(extra.float(), self.attn)  # (B,)
-        d_irr = _masked_mean_norm(extra_output(self.base, self.a_irr, D).float(), self.irr_attn)  # (k,)
+        d_edit = row_score(extra.float(), self.attn, hp.route_reduce)  # (B,)
+        d_irr = row_score(extra_output(self.base, self.a_irr, D).float(), self.irr_attn, hp.route_reduce)  # (k,)
         routing = (_hinge_mean(d_irr - hp.alpha) + _hinge_mean(hp.beta - d_edit)
                    + _hinge_mean(hp.gamma - (d_edit[:, None] - d_irr[None, :])))
         return nll + routing, nll, d_edit
 
     def score(self, D) -> float:
         """The fact's routing score with D: Δ over its prompt rows, averaged."""
-        return prompt_score(self.model, self.name, self.base, self.ids, self.attn, D,
+        return prompt_score(self.model, self.name, self.base, self.ids, self.attn, D, self.hp.route_reduce,
                             self.a if self.upper is not None else None)
 
 
-def prompt_score(model, name, base, ids, attn, D, a=None) -> float:
-    """Mean over rows of Δ = mean over real positions of ‖a(x) Dᵀ‖ (a computed here unless given)."""
+def prompt_score(model, name, base, ids, attn, D, reduce: str, a=None) -> float:
+    """Mean over rows of Δ (`row_score` of a(x) Dᵀ; a computed here unless given)."""
     with torch.no_grad():
         a = activation(model, name, ids, attn) if a is None else a
-        return float(_masked_mean_norm(extra_output(base, a, D).float(), attn).mean())
+        return float(row_score(extra_output(base, a, D).float(), attn, reduce).mean())
 
 
 def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
@@ -166,6 +169,6 @@ def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
         for fact in facts:
             prompts = [p.replace("{}", fact.prompt) for p in hp.prefixes]
             ids, attn, _ = prompt_target_batch(tok, prompts, [fact.target_new] * len(prompts), device)
-            scores.append(prompt_score(model, name, base, ids, attn, D.detach()))
+            scores.append(prompt_score(model, name, base, ids, attn, D.detach(), hp.route_reduce))
     info = {"edits": len(facts), "steps": steps, "loss_last": losses, "mask_seed": str(mask_seed)}
     return D.detach(), mask, torch.tensor(scores, dtype=torch.float32), info
