@@ -187,3 +187,16 @@ def test_an_apply_bigger_than_save_freq_makes_several_shards(repo, tmp_path):
     assert [len(s["facts"]) for s in rec["segments"]] == [2, 1]
     masks = [repo.json("show", "HEAD")["segments"][i]["info"]["mask_seed"] for i in range(2)]
     assert masks[0] != masks[1]  # every shard draws its own mask
+
+
+def test_wise_records_follow_the_schema(repo, tmp_path):
+    import json
+
+    import jsonschema
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "formats" / "record.schema.json").read_text())
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *WISE, "--set", "n_iter=2")
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *WISE, "--set", "n_iter=2")
+    repo("forget", "eiffel")
+    for rec in repo.json("log"):
+        jsonschema.validate(rec, schema)

@@ -29,11 +29,11 @@ The repository owns history, storage and replay; a method only turns
   of another method before them had to be replayed.
 - export: `export_extras(model, out_dir)` runs before the model is saved by
   `export --merged`. Methods whose state is plain weights (`ft`, MEMIT) need
-  nothing. Methods with wrapper modules (WISE, Larimar) must put the base
-  layers back into the model here, write their extra tensors into `out_dir`
-  and return `{"auto_map": {...}, "modeling_file": name}` naming a modeling
-  file of memedit's own, so that `from_pretrained(..., trust_remote_code=True)`
-  rebuilds the wrappers.
+  nothing. Methods with wrapper modules (WISE, Larimar) keep their tensors
+  as parameters or buffers of the wrappers (so `save_pretrained` writes them),
+  describe the wrappers in the config, copy a modeling file of memedit's own
+  into `out_dir`, and return `{"auto_map": {...}, "modeling_file": name}`, so
+  that `from_pretrained(..., trust_remote_code=True)` rebuilds the wrappers.
 """
 
 from __future__ import annotations
