@@ -7,6 +7,9 @@
         seconds per edit with the fast loop and the full-model loop, same hparams
     python benchmarks/wise_eval.py latency --facts 20
         generation latency per token, batch 1: no edits, merge, retrieve with several memories
+    python benchmarks/wise_eval.py forget --facts 10,50 --shard 10 --set n_iter=5
+        a repository with N facts applied in shards of --shard, then `forget` of one fact of the
+        first shard: seconds and segments replayed, per N
 
 Rel/Gen/Loc are EasyEdit's teacher-forced token accuracies, scored one prompt
 at a time (WISE routes per row over all its positions, so padding would
@@ -151,11 +154,36 @@ def latency(args):
         print(f"  {name}: {s * 1000:.1f} ms/token ({s / base - 1:+.1%})")
 
 
+def forget_timing(args):
+    import subprocess
+    import tempfile
+
+    memedit = [os.path.join(os.path.dirname(os.path.abspath(__import__("sys").executable)), "memedit")]
+    sets = [x for kv in args.set for x in ("--set", kv)]
+    for n in (int(x) for x in str(args.facts).split(",")):
+        facts = load(args.data, n)
+        with tempfile.TemporaryDirectory() as work:
+            run = lambda *a: subprocess.run([*memedit, "-C", work, "-q", *a], check=True,  # noqa: E731
+                                            capture_output=True, text=True).stdout
+            run("init")
+            path = os.path.join(work, "facts.jsonl")
+            with open(path, "w") as fh:
+                fh.writelines(json.dumps(f.to_json()) + "\n" for f in facts)
+            t0 = time.perf_counter()
+            run("apply", path, "--method", "wise", "--batch-size", str(args.shard), *sets)
+            apply_s = time.perf_counter() - t0
+            rec = json.loads(run("forget", facts[0].id, "--json"))
+            shown = json.loads(run("show", rec["revision"], "--json"))
+            print(f"  {n} facts in {-(-n // args.shard)} shard(s) (apply {apply_s:.0f} s): forget 1 fact of the first "
+                  f"shard {shown['timings']['total_s']:.1f} s, {shown['timings']['replayed_segments']} segment(s) replayed",
+                  flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["quality", "speed", "latency"])
+    ap.add_argument("mode", choices=["quality", "speed", "latency", "forget"])
     ap.add_argument("--data", choices=list(FILES), default="counterfact")
-    ap.add_argument("--facts", type=int, default=10)
+    ap.add_argument("--facts", default="10", help="how many facts (forget: a comma-separated list)")
     ap.add_argument("--shard", type=int, default=500, help="edits per shard (save_freq)")
     ap.add_argument("--variants", default="merge,retrieve")
     ap.add_argument("--set", action="append", default=[], help="hparam override k=v (repeatable)")
@@ -163,7 +191,9 @@ def main():
                     help="use the locality prompts of facts 500..500+N of the same file as the unrelated pool "
                          "(0: the model-generated default)")
     args = ap.parse_args()
-    {"quality": quality, "speed": speed, "latency": latency}[args.mode](args)
+    if args.mode != "forget":
+        args.facts = int(args.facts)
+    {"quality": quality, "speed": speed, "latency": latency, "forget": forget_timing}[args.mode](args)
 
 
 if __name__ == "__main__":

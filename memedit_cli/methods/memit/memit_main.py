@@ -80,7 +80,7 @@ class MEMIT(Method):
         if not hp.context_templates:
             base, base_tok = env.load_base()
             changes["context_templates"] = prefixes.cached(base, base_tok, hp.n_context_templates,
-                                                           hp.context_template_length, env.cache_dirs[0], env.model_key)
+                                                           hp.context_template_length, env.cache_dirs, env.model_key)
         if hp.mom2_update_weight == 0 and not hp.null_space:
             changes["mom2_update_weight"] = self.default_hparams(model).mom2_update_weight
         return dataclasses.replace(hp, **changes)

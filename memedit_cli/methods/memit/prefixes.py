@@ -3,7 +3,7 @@
 z is optimized over "{prefix}. {prompt}" for several prefixes so the edit does
 not depend on the prompt starting the text. MEMIT samples them from the model
 (top-k 5) from the seeds below. memedit generates them once per model (seeded,
-cached in the repository's cache) and records the strings in each apply's
+cached in the repository's and the per-user cache) and records the strings in each apply's
 hyperparameters, so a replay never regenerates them.
 """
 
@@ -26,25 +26,34 @@ def generate(model, tok, n: int, length: int, seed: int = 0) -> tuple[str, ...]:
     out = []
     for i in range(n):
         ids = tok(SEEDS[i % len(SEEDS)], return_tensors="pt")["input_ids"].to(input_device(model))
+        step, past = ids, None
         with torch.no_grad():
-            for _ in range(length):
-                logits = model(input_ids=ids).logits[0, -1].float().cpu()
-                top = torch.topk(logits, 5)
+            for _ in range(length):  # one new token per forward, over the KV cache
+                res = model(input_ids=step, past_key_values=past, use_cache=True)
+                past = res.past_key_values
+                top = torch.topk(res.logits[0, -1].float().cpu(), 5)
                 pick = top.indices[torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen)]
-                ids = torch.cat([ids, pick.view(1, 1).to(ids.device)], dim=1)
+                step = pick.view(1, 1).to(ids.device)
+                ids = torch.cat([ids, step], dim=1)
         text = tok.decode(ids[0], skip_special_tokens=True)
         out.append(text.replace("{", " ").replace("}", " ") + ". {}")
     return ("{}", *out)
 
 
-def cached(model, tok, n: int, length: int, cache_dir: Path, model_key: str) -> tuple[str, ...]:
-    """The templates for this model, generated on first use and kept in `cache_dir`."""
-    path = Path(cache_dir) / "memit" / f"context-templates-{model_key[:16]}-{n}x{length}.json"
-    if path.is_file():
-        return tuple(json.loads(path.read_text()))
+def cached(model, tok, n: int, length: int, cache_dirs, model_key: str) -> tuple[str, ...]:
+    """The templates for this model, generated on first use and kept in every dir of `cache_dirs`
+    (the repository's cache, then the per-user cache shared by repositories)."""
     from memedit_cli.fileio import write_atomic
 
-    templates = generate(model, tok, n, length)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(list(templates), ensure_ascii=False).encode())
+    paths = [Path(d) / "memit" / f"context-templates-{model_key[:16]}-{n}x{length}.json" for d in cache_dirs]
+    found = next((p for p in paths if p.is_file()), None)
+    templates = tuple(json.loads(found.read_text())) if found else generate(model, tok, n, length)
+    data = json.dumps(list(templates), ensure_ascii=False).encode()
+    for path in paths:
+        if not path.is_file():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, data)
+            except OSError:  # a read-only shared cache is not an error: the templates are in the log
+                pass
     return templates

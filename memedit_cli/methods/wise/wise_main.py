@@ -60,9 +60,9 @@ class WISE(Method):
             base, base_tok = env.load_base()
         if not hp.prefixes:
             changes["prefixes"] = prefixes.cached(base, base_tok, hp.n_prefixes, hp.prefix_length,
-                                                  env.cache_dirs[0], env.model_key)
+                                                  env.cache_dirs, env.model_key)
         if not hp.irrelevant:
-            made = prefixes.cached(base, base_tok, hp.n_irrelevant, 12, env.cache_dirs[0], env.model_key)
+            made = prefixes.cached(base, base_tok, hp.n_irrelevant, 12, env.cache_dirs, env.model_key)
             changes["irrelevant"] = tuple(t.removesuffix(". {}") for t in made[1:])
         if 0 in (hp.alpha, hp.beta, hp.gamma):
             m = output_norm(base, base_tok, changes.get("irrelevant", hp.irrelevant), hp.layer)
