@@ -7,8 +7,9 @@ memory i's routing score is
 
     Δ_i(x) = mean over the T positions of ‖a(x)_t M_iᵀ‖₂          (B,)
 
-(WISE's ‖a(x)(W'−W)‖; with `route_reduce=max`, the max over positions). A row uses W + M_i where Δ_i > ε_i (retrieve: the
-memory with the largest Δ_i among those above their own ε_i), else W alone.
+(WISE's ‖a(x)(W'−W)‖; with `route_reduce=max`, the max over positions).
+A row uses W + M_i where Δ_i > ε_i (retrieve: the memory with the largest
+Δ_i among those above their own ε_i), else W alone.
 Routing is per row and per forward call, over every position of the call, as
 EasyEdit does: score a batch of different lengths row by row (padding counts),
 and in cached generation each new token is routed on its own.
@@ -68,11 +69,12 @@ class WISELayer(nn.Module):
 
     def scores(self, x) -> torch.Tensor:
         """(n_memories, B) routing scores Δ_i for an activation x (B, T, d_in)."""
-        return torch.stack([self._reduce(extra_output(self.base, x, d).norm(dim=-1)) for d in self.memories])
+        return self._score([extra_output(self.base, x, d) for d in self.memories])
 
-    def _reduce(self, norms):
-        """(B, T) per-position ‖a_t Mᵀ‖ -> (B,) Δ."""
-        return norms.amax(-1) if self.reduce == "max" else norms.mean(-1)
+    def _score(self, extra):
+        """[(B, T, d_out)] per memory -> (n, B): the mean (or max) over positions of ‖a_t M_iᵀ‖."""
+        norms = [e.norm(dim=-1) for e in extra]
+        return torch.stack([n.amax(-1) if self.reduce == "max" else n.mean(-1) for n in norms])
 
     def forward(self, x):
         out = self.base(x)
@@ -81,7 +83,7 @@ class WISELayer(nn.Module):
         squeeze = x.dim() == 2  # (T, d_in) without a batch dimension
         xb = x[None] if squeeze else x
         extra = [extra_output(self.base, xb, d) for d in self.memories]  # each (B, T, d_out)
-        score = torch.stack([self._reduce(e.norm(dim=-1)) for e in extra])  # (n, B)
+        score = self._score(extra)  # (n, B)
         eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]
         above = score > eps
         pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
