@@ -4,6 +4,7 @@
         seconds per fact of z with the fast path and with the full-model loop (same hparams)
     python benchmarks/memit_eval.py quality --data counterfact --facts 100 --batch 100 \
         [--layers 2,3,4,5,6] [--lam 700,2093] [--corpus FILE|samples] [--tokens 50000,200000] [--null-space]
+        [--set v_num_grad_steps=15 ...] [--sweep null_space_threshold=0.3,1 ...]
         apply all facts (batches of --batch, one after another), then score all of them
 
 Scores are EasyEdit's teacher-forced token accuracies: Rel on the prompt, Gen
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from memedit_cli import hparams as hparams_mod
 from memedit_cli import models
 from memedit_cli.facts import Fact, load_facts
 from memedit_cli.methods.base import Env
@@ -98,7 +101,9 @@ def quality(args, model, tok, env):
     changes = {"null_space": args.null_space}
     if args.layers:
         changes["layers"] = tuple(int(x) for x in args.layers.split(","))
-    hp = method.resolve(dataclasses.replace(hp, **changes), model, tok, env)
+    hp = hparams_mod.resolve(dataclasses.replace(hp, **changes), hparams_mod.parse_set(args.set))
+    hp = method.resolve(hp, model, tok, env)
+    print(f"# --set {' '.join(args.set) or '(none)'}", flush=True)
     _, base_loc = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts])
     lams = [float(x) for x in args.lam.split(",")] if args.lam else [hp.mom2_update_weight]
     batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
@@ -106,9 +111,11 @@ def quality(args, model, tok, env):
     variants = [(c, t, lam) for c in args.corpus.split(",") for t in args.tokens for lam in lams]
     if args.variants:  # explicit CORPUS:TOKENS:LAMBDA triples instead of the cross product
         variants = [(c, int(t), float(lam)) for c, t, lam in (v.rsplit(":", 2) for v in args.variants.split(";"))]
-    for corpus, tokens, lam in variants:
+    sweep = [dict(zip(keys, vals)) for keys, grid in [_sweep_grid(args.sweep)] for vals in itertools.product(*grid)]
+    for (corpus, tokens, lam), extra in itertools.product(variants, sweep):
         hp_l = dataclasses.replace(hp, mom2_update_weight=lam, mom2_n_tokens=tokens,
                                    mom2_corpus="" if corpus == "samples" else corpus)
+        hp_l = hparams_mod.resolve(hp_l, extra)
         t0 = time.perf_counter()
         method.stats(hp_l, env, model)
         stats_s = time.perf_counter() - t0
@@ -124,10 +131,21 @@ def quality(args, model, tok, env):
         nbytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if k != "z") / len(batches[-1])
         print(f"| {args.data} | {len(facts)} | {len(batches)}x{args.batch} | {list(hp.layers)} | {lam:g} | "
               f"{'yes' if args.null_space else 'no'} | {Path(corpus).name}:{tokens} | {rel:.2f} | {gen:.2f} | {loc:.2f} | "
-              f"{edit_s:.2f} | {stats_s:.0f} | {nbytes / 1024:.1f} KiB |", flush=True)
+              f"{edit_s:.2f} | {stats_s:.0f} | {nbytes / 1024:.1f} KiB | {' '.join(f'{k}={v}' for k, v in extra.items())} |",
+              flush=True)
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(originals[n])
+
+
+def _sweep_grid(items: list[str]):
+    """["null_space_threshold=0.3,1", ...] -> (keys, [values of each key]); one batch reuses z across them."""
+    keys, grid = [], []
+    for item in items:
+        key, _, values = item.partition("=")
+        keys.append(key)
+        grid.append([hparams_mod.parse_set([f"{key}={v}"])[key] for v in values.split(",")])
+    return keys, grid
 
 
 def main():
@@ -142,6 +160,9 @@ def main():
     ap.add_argument("--tokens", type=lambda v: [int(x) for x in v.split(",")], default=[100_000],
                     help="comma-separated token counts for C₀ (z is computed once for all)")
     ap.add_argument("--null-space", action="store_true")
+    ap.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                    help="hyperparameter values to cross (repeatable); with one batch, z is computed once for all")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a MEMIT hyperparameter (repeatable)")
     ap.add_argument("--variants", default="", help="CORPUS:TOKENS:LAMBDA;... (overrides --corpus/--tokens/--lam)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -151,8 +172,8 @@ def main():
     if args.mode == "speed":
         speed(args, model, tok, env)
     else:
-        print("| data | facts | batches | layers | λ | null space | C₀ corpus:tokens | Rel | Gen | Loc | s/fact | stats s | bytes/fact |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| data | facts | batches | layers | λ | null space | C₀ corpus:tokens | Rel | Gen | Loc | s/fact | stats s | bytes/fact | swept |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         quality(args, model, tok, env)
 
 

@@ -39,7 +39,7 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
                             "`memedit forget` it first or give the new fact another id")
         segments = repo.segments_at(head)
         model, tok = materialize(repo, segments)
-        env = method_env(repo, model, tok, len(segments))
+        env = method_env(repo, model, tok, segments)
         check_fit(tok, facts, context_length(model))  # all batches, before anything is computed or cached
         hp = method.resolve(hparams_mod.resolve(method.default_hparams(model), overrides), model, tok, env)
         load_s = time.perf_counter() - t0

@@ -298,7 +298,7 @@ def stats(ctx, corpus, tokens, layers):
         overrides["layers"] = hparams_mod.parse_set([f"layers=[{layers}]"])["layers"]
     hp = hparams_mod.resolve(method.default_hparams(model), overrides)
     t0 = time.perf_counter()
-    cov, key = method.stats(hp, method_env(repo, model, tok, 0), model)
+    cov, key = method.stats(hp, method_env(repo, model, tok, []), model)
     click.echo(f"statistics {key} for {len(cov)} layer(s) ({', '.join(cov)}) ready in {time.perf_counter() - t0:.1f} s")
 
 

@@ -60,7 +60,7 @@ def forget(repo, ids: list[str]) -> dict:
         first = next(i for i, s in enumerate(segments) if gone_set & set(s["facts"]))
         facts = {f["id"]: Fact.from_json(f) for r in repo.chain(head) if r["op"] == "apply" for f in r["facts"]}
         model, tok = materialize(repo, segments[:first])
-        env = method_env(repo, model, tok, first)
+        env = method_env(repo, model, tok, segments[:first])
         rebuilt = []
         others_changed = False  # has a segment of a method that sees the whole model been replayed?
         for n, seg in enumerate(bar(segments[first:], desc="forget: replay", unit="segment")):
@@ -70,6 +70,7 @@ def forget(repo, ids: list[str]) -> dict:
             method = methods.get(seg["method"])
             if n > 0 and method.independent and not others_changed and len(keep) == len(seg["facts"]):
                 attach_segment(repo, model, seg)  # its result cannot have changed: kept as it is
+                env.attached.append(seg)
                 rebuilt.append(seg)
                 continue
             others_changed |= not method.independent

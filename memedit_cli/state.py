@@ -34,8 +34,8 @@ def materialize(repo, segments: list[dict]):
     return model, tok
 
 
-def method_env(repo, model, tok, attached: int):
-    """The Env for computing on a model with `attached` segments attached."""
+def method_env(repo, model, tok, attached: list[dict]):
+    """The Env for computing on a model with the segments `attached` attached."""
     from memedit_cli import models
     from memedit_cli.methods.base import Env
 
@@ -49,7 +49,8 @@ def method_env(repo, model, tok, attached: int):
         return loaded[0]
 
     return Env(cache_dirs=[repo.root / "cache", models.user_cache()], model_key=key,
-               load_base=(lambda: (model, tok)) if attached == 0 else fresh, load_fresh=fresh)
+               load_base=(lambda: (model, tok)) if not attached else fresh, load_fresh=fresh,
+               attached=list(attached), segment_tensors=lambda seg: load_segment_tensors(repo, seg))
 
 
 def run_segment(repo, model, tok, method, hp, facts: list[Fact], seed: int, env, reuse: dict | None = None) -> dict:
@@ -77,5 +78,6 @@ def run_segment(repo, model, tok, method, hp, facts: list[Fact], seed: int, env,
         "compute_s": round(compute_s, 3),
     }
     attach_segment(repo, model, seg)
+    env.attached.append(seg)
     env.load_base = env.load_fresh  # the model in hand is no longer the base model
     return seg

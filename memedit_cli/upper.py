@@ -14,7 +14,9 @@ model is causal): they are computed once into the model's own KV cache, and
 each step runs the upper blocks on positions c.. only. In a MEMIT batch the
 edit sits at the last subject token, so most of each row (context template,
 the prompt before the subject) leaves the loop. Every row must have real
-(not padding) tokens at positions < c; rows are right-padded.
+(not padding) tokens at positions < c when rows are right-padded; rows that
+are left-padded (methods/memit/rows.left_cut: each row's edit at column c)
+pass `position_ids` so every real token keeps its own position.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from memedit_cli.nethook import StopForward
 
 
 class Upper:
-    def __init__(self, model, layer: int, input_ids, attention_mask, start: int = 0):
+    def __init__(self, model, layer: int, input_ids, attention_mask, start: int = 0, position_ids=None):
         import torch
 
         arch = arch_for(model.config)
@@ -35,14 +37,16 @@ class Upper:
         self.start, self.cache = 0, None
         with torch.no_grad():
             if start > 0 and self.blocks:
-                self.cache = _prefix_cache(model, input_ids[:, :start], attention_mask[:, :start])
+                pos = None if position_ids is None else position_ids[:, :start]
+                self.cache = _prefix_cache(model, input_ids[:, :start], attention_mask[:, :start], pos)
             if self.cache is not None:
                 self.start = start
-                self._capture(model, blocks[layer], input_ids[:, start:], attention_mask, self.cache)
+                pos = None if position_ids is None else position_ids[:, start:]
+                self._capture(model, blocks[layer], input_ids[:, start:], attention_mask, pos, self.cache)
             else:
-                self._capture(model, blocks[layer], input_ids, attention_mask, None)
+                self._capture(model, blocks[layer], input_ids, attention_mask, position_ids, None)
 
-    def _capture(self, model, block_l, input_ids, attention_mask, cache):
+    def _capture(self, model, block_l, input_ids, attention_mask, position_ids, cache):
         seen: dict = {}
 
         def take_output(mod, args, output):
@@ -58,6 +62,8 @@ class Upper:
         if self.blocks:
             handles.append(self.blocks[0].register_forward_pre_hook(take_args, with_kwargs=True))
         extra = {"past_key_values": cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids
         try:
             model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         except StopForward:
@@ -86,12 +92,13 @@ class Upper:
         return self.head(hidden_rows)
 
 
-def _prefix_cache(model, input_ids, attention_mask):
+def _prefix_cache(model, input_ids, attention_mask, position_ids=None):
     """The model's KV cache after positions 0..start-1, or None where the model gives none we can crop.
 
     Only plain per-layer caches (transformers' DynamicLayer, 4.56+) qualify: a
     sliding-window or quantized layer may drop or alter past states."""
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)  # no LM head
+    extra = {} if position_ids is None else {"position_ids": position_ids}
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **extra)  # no LM head
     layers = getattr(getattr(out, "past_key_values", None), "layers", None)
     if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
         return None

@@ -67,13 +67,14 @@ def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, cor
     assert factored.abs().max() > 0
 
 
-def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models, arch):
     from memedit_cli import models
     from memedit_cli.facts import Fact
     from memedit_cli.methods.memit.compute_z import compute_z
     from memedit_cli.methods.memit.hparams import MEMITHparams
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["gpt2"])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])}, "dtype": "float32", "device": "cpu"})
     hp = MEMITHparams(layers=(0,), v_num_grad_steps=6, context_templates=("{}", "A prefix. {}"))
     facts = [Fact(**f) for f in FACTS]
     together, _ = compute_z(model, tok, facts, hp, 0, hp.context_templates, "cpu")
@@ -138,6 +139,35 @@ def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tm
     delta = tensors[f"{name}.U"].double() @ tensors[f"{name}.V"].double().T
     assert delta.abs().max() > 0
     assert (delta @ kept).norm() < 1e-4 * delta.norm()
+
+
+def test_null_space_keeps_earlier_batches_keys(tiny_models, tmp_path, corpus):
+    """AlphaEdit's Kp term: a later null-space batch changes the earlier batches' keys
+    far less when their stored keys are in the solve than when they are not."""
+    from memedit_cli import models
+    from memedit_cli.facts import Fact
+    from memedit_cli.methods.base import Env
+    from memedit_cli.methods.memit import MEMIT
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
+    method = MEMIT()
+    hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, null_space=True,
+                             null_space_threshold=0.9, null_space_l2=1e-4, mom2_corpus=str(corpus), mom2_n_tokens=2000)
+    env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok))
+    hp = method.resolve(hp, model, tok, env)
+    facts = [Fact(**f) for f in FACTS]
+    first, _ = method.compute(model, tok, facts[:2], hp, 0, env)
+    name = "model.layers.1.mlp.down_proj"
+    assert first[f"{name}.K"].shape == (64, 2)  # (d_in, n): stored for later batches
+    method.attach(model, first, hp)
+    seg = {"method": "memit", "hparams": {"null_space": True}}
+    moved = {}
+    for label, attached in (("with", [seg]), ("without", [])):
+        env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok), attached, lambda s: first)
+        second, _ = method.compute(model, tok, facts[2:], hp, 0, env)
+        delta = second[f"{name}.U"].double() @ second[f"{name}.V"].double().T  # (d_out, d_in)
+        moved[label] = (delta @ first[f"{name}.K"].double()).norm() / delta.norm()
+    assert moved["with"] < 0.5 * moved["without"]
 
 
 @pytest.mark.parametrize("fact,says", [

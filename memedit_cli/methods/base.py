@@ -12,7 +12,9 @@ The repository owns history, storage and replay; a method only turns
   and a small JSON-able info dict. It must leave the model exactly as it found
   it (hooks only inside `with` blocks; weights changed for a while are
   restored from copies) and be deterministic given the seed and the model.
-  `env` gives the repository's caches and the unedited base model on demand;
+  `env` gives the repository's caches, the unedited base model on demand, and
+  the segments already attached (with their tensors, for methods whose update
+  depends on earlier edits' stored keys: MEMIT's null-space option);
   `reuse` is, during a forget's replay of the first affected segment (whose
   starting state is unchanged), that segment's stored facts and tensors, so a
   method can skip work whose result cannot have changed.
@@ -38,7 +40,7 @@ The repository owns history, storage and replay; a method only turns
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -51,6 +53,9 @@ class Env:
     model_key: str  # identifies the base weights (sha256, or hub id@revision)
     load_base: Callable[[], tuple]  # () -> (model, tok) of the unedited base model, loaded on demand
     load_fresh: Callable[[], tuple]  # () -> a separately loaded base model (loaded once, then reused)
+    # the log segments attached to the model, in order; grows as segments are computed
+    attached: list[dict] = field(default_factory=list)
+    segment_tensors: Callable[[dict], dict] = lambda seg: {}  # a segment's stored tensors
 
 
 class Method:

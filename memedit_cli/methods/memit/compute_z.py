@@ -9,10 +9,11 @@ z does not depend on which other facts share its batch: forget can reuse it.
 
 Fast path: block L's output and the arguments of block L+1 are computed once
 (`Upper`); each step runs only blocks L+1.., the final norm, and the LM head
-at the target and KL positions. Rows are sorted by the position of their last
-subject token and cut into a few buckets; in each, the positions before the
-bucket's first such position are never re-run (their keys and values stay in
-a KV cache), and rows are padded only to the bucket's longest row.
+at the target and KL positions. The positions before a row's last subject
+token are never re-run: their keys and values stay in a KV cache, each row
+left-padded so that its subject token sits in the bucket's common column
+(rows.left_cut). Rows are sorted by how many tokens follow that column and
+cut into a few buckets, padded only to the bucket's longest remainder.
 """
 
 from __future__ import annotations
@@ -33,16 +34,22 @@ class _Bucket:
     def __init__(self, model, layer, rows, idx, fast: bool, prefix_cache: bool):
         import torch
 
-        width = int(rows.attention_mask[idx].sum(1).max())
         self.idx = idx  # (b,) global row numbers
-        self.ids, self.attn = rows.input_ids[idx, :width], rows.attention_mask[idx, :width]
         self.fact = rows.fact[idx]
         self.upper = None
-        if fast:  # positions before the bucket's first lookup are never edited: cached, not re-run
-            self.upper = Upper(model, layer, self.ids, self.attn, start=int(rows.lookup[idx].min()) if prefix_cache else 0)
-        start = self.upper.start if fast else 0  # 0 where the model has no croppable KV cache
-        self.lookup = rows.lookup[idx] - start  # (b,) positions from here on count from `start`
-        labels = rows.labels[idx, start:width]
+        if fast and prefix_cache:  # each row cut at its own subject token: columns < c go to a KV cache
+            self.ids, self.attn, pos, labels, c = rows_mod.left_cut(rows, idx)
+            lookup = torch.full_like(idx, c)
+            self.upper = Upper(model, layer, self.ids, self.attn, start=c, position_ids=pos)
+        else:  # right-padded rows, every position run
+            width = int(rows.attention_mask[idx].sum(1).max())
+            self.ids, self.attn = rows.input_ids[idx, :width], rows.attention_mask[idx, :width]
+            labels, lookup = rows.labels[idx, :width], rows.lookup[idx]
+            if fast:
+                self.upper = Upper(model, layer, self.ids, self.attn)
+        start = self.upper.start if self.upper is not None else 0  # 0 where the model has no croppable KV cache
+        self.lookup = lookup - start  # (b,) positions from here on count from `start`
+        labels = labels[:, start:]
         self.lab_r, self.lab_c = (labels != -100).nonzero(as_tuple=True)  # scored positions
         self.lab_tok = labels[self.lab_r, self.lab_c]
         self.kl = rows.kl[idx].nonzero(as_tuple=True)[0]  # local rows holding a KL prompt
@@ -54,8 +61,10 @@ class _Bucket:
                 model(input_ids=self.ids, attention_mask=self.attn, use_cache=False)
             self.h0 = seen[f"out:{name}"].detach()
 
-    def logits(self, model, block, delta):
-        """(target-position logits (m, V), KL-row logits (k, V)) with each row's δ added at its lookup."""
+    def outputs(self, model, block, delta):
+        """(target rows (m, ·), KL rows (k, ·)) with each row's δ added at its lookup: final
+        hidden states (d) on the fast path, whose LM head runs once for all buckets; logits (V)
+        from the whole model otherwise."""
         import torch
 
         b = len(self.idx)
@@ -63,7 +72,7 @@ class _Bucket:
         add = add.index_put((torch.arange(b, device=delta.device), self.lookup), delta[self.fact])
         if self.upper is not None:
             hidden = self.upper.final_hidden(self.h0 + add.to(self.h0.dtype))
-            return self.upper.logits(hidden[self.lab_r, self.lab_c]), self.upper.logits(hidden[self.kl, self.lookup[self.kl]])
+            return hidden[self.lab_r, self.lab_c], hidden[self.kl, self.lookup[self.kl]]
         with edit_output(block, lambda h: h + add.to(h.dtype)):
             logits = model(input_ids=self.ids, attention_mask=self.attn, use_cache=False).logits
         return logits[self.lab_r, self.lab_c], logits[self.kl, self.lookup[self.kl]]
@@ -76,8 +85,9 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
 
     rows = rows_mod.build(tok, facts, templates, device)
     n, B = len(facts), rows.input_ids.shape[0]
-    if hp.z_fast_path:  # rows sorted by last subject token, then length; buckets of equal row count
-        order = (rows.lookup * rows.input_ids.shape[1] + rows.attention_mask.sum(1)).argsort(stable=True)
+    if hp.z_fast_path:  # rows sorted by the tokens from the subject on (what a step runs); equal-count buckets
+        width = rows.input_ids.shape[1]
+        order = ((rows.attention_mask.sum(1) - rows.lookup) * width + rows.lookup).argsort(stable=True)
         count = min(B, max(MIN_BUCKETS, min(MAX_BUCKETS, B // ROWS_PER_BUCKET)))
         groups = [g for g in order.tensor_split(count) if len(g)]
     else:  # the straightforward loop: one padded batch through the whole model
@@ -95,23 +105,25 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
             if target_rows[g] and (g == 0 or rows.fact[g - 1] != rows.fact[g]):  # a fact's first row: template "{}"
                 h_init[rows.fact[g]] = bk.h0[j, bk.lookup[j]].float()
     max_norm = hp.clamp_norm_factor * h_init.norm(dim=1)  # (n,)
+    lab_tok = torch.cat([bk.lab_tok for bk in buckets])  # (M,) target tokens, bucket by bucket
+    lab_row = torch.cat([bk.idx[bk.lab_r] for bk in buckets])  # (M,) their global rows
+    kl_order = torch.cat([bk.fact[bk.kl] for bk in buckets]).argsort()  # KL rows -> fact order
 
     delta = torch.zeros_like(h_init, requires_grad=True)  # (n, d)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     init_kl, last, steps = None, None, 0
     for step in bar(range(hp.v_num_grad_steps), desc=f"memit z: {n} fact(s)", unit="step"):
-        row_nll = torch.zeros(B, device=device)
-        kl_logp = [None] * n
-        for bk in buckets:
-            tgt_logits, kl_logits = bk.logits(model, block, delta)
-            logp = torch.log_softmax(tgt_logits.float(), -1).gather(1, bk.lab_tok[:, None]).squeeze(1)  # (m,)
-            row_nll = row_nll.index_add(0, bk.idx[bk.lab_r], -logp)
-            for r, lp in zip(bk.kl.tolist(), torch.log_softmax(kl_logits.float(), -1)):
-                kl_logp[int(bk.fact[r])] = lp
+        parts = [bk.outputs(model, block, delta) for bk in buckets]
+        tgt, kl_out = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # (M, ·), (n, ·)
+        if hp.z_fast_path:  # one LM head call: its (V, d) weight is read once per step, not once per bucket
+            logits = buckets[0].upper.logits(torch.cat([tgt, kl_out]))
+            tgt, kl_out = logits[: len(tgt)], logits[len(tgt):]
+        logp = torch.log_softmax(tgt.float(), -1).gather(1, lab_tok[:, None]).squeeze(1)  # (M,)
+        row_nll = torch.zeros(B, device=device).index_add(0, lab_row, -logp)
+        kl_logp = torch.log_softmax(kl_out.float(), -1)[kl_order]  # (n, V), fact order
         row_nll = row_nll / tokens_per_row
         nll = torch.zeros(n, device=device).index_add(0, rows.fact[target_rows], row_nll[target_rows]) / templates_per_fact
-        kl_logp = torch.stack(kl_logp)  # (n, V)
         if init_kl is None:
             init_kl = kl_logp.detach()
         kl = (init_kl.exp() * (init_kl - kl_logp)).sum(1)  # KL(initial ‖ current) per fact
@@ -131,5 +143,5 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
             delta.mul_(scale[:, None])
     z = (h_init + delta.detach()).float()
     info = {"z_steps": steps, "z_loss_max": round(float(last.max()), 6), "z_loss_mean": round(float(last.mean()), 6),
-            "z_reached": int(done.sum())}
+            "z_reached": int(done.sum()), "z_tokens_per_step": sum(bk.h0.shape[0] * bk.h0.shape[1] for bk in buckets)}
     return z, info

@@ -9,8 +9,10 @@ and the closed-form update
 
 which is rank ≤ n and stored factored: U = R_l (d_out, n), V = (λC₀ + KKᵀ)⁻¹K
 (d_in, n), ΔW = U Vᵀ. With `null_space` (AlphaEdit, arXiv 2410.02355) the
-update is projected onto the null space P of C₀: V = (P K Kᵀ + α I)⁻¹ P K, so
-the keys the statistics preserve are (nearly) untouched.
+update is projected onto the null space P of C₀ and kept small on the keys
+Kp of earlier null-space batches: V = (P (K Kᵀ + Kp Kpᵀ) + α I)⁻¹ P K, so the
+keys the statistics preserve are untouched and earlier edits are kept. Those
+batches store their keys K (d_in, n) per layer for this.
 """
 
 from __future__ import annotations
@@ -124,8 +126,10 @@ class MEMIT(Method):
                 C = cov[name].to(K.device)
                 if hp.null_space:
                     P = _null_space_projector(C, hp.null_space_threshold)
-                    A = P @ (K @ K.T) + hp.null_space_l2 * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+                    Cp = _earlier_keys(env, self.name, name, C)  # (d_in, d_in): Σ Kp Kpᵀ of earlier batches
+                    A = P @ (K @ K.T + Cp) + hp.null_space_l2 * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
                     V = torch.linalg.solve(A, P @ K)
+                    tensors[f"{name}.K"] = K.float().cpu()  # what later batches' Cp is made of
                 else:
                     V = torch.linalg.solve(hp.mom2_update_weight * C + K @ K.T, K)  # (d_in, n)
                 U, V = R.float().cpu(), V.float().cpu()
@@ -143,6 +147,21 @@ class MEMIT(Method):
         for name in (arch_for(model.config).mlp_out_at(layer) for layer in hp.layers):
             deltas[f"{name}.weight"] = _dense(model.get_submodule(name), tensors[f"{name}.U"], tensors[f"{name}.V"])
         add_weight_deltas(model, deltas)
+
+
+def _earlier_keys(env, method: str, name: str, like):
+    """AlphaEdit's Kp Kpᵀ: the keys at `name` of the earlier null-space batches, as
+    the log has them attached (a forget's replay sees the rebuilt ones)."""
+    import torch
+
+    total = torch.zeros_like(like)
+    for seg in env.attached:
+        if seg["method"] == method and seg["hparams"].get("null_space"):
+            K = env.segment_tensors(seg).get(f"{name}.K")
+            if K is not None:
+                K = K.to(like)
+                total += K @ K.T
+    return total
 
 
 def _null_space_projector(C, threshold: float):

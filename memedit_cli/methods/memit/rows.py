@@ -62,3 +62,35 @@ def build(tok, facts, templates, device, with_target: bool = True, with_kl: bool
         labels[b, : len(lab)] = torch.tensor(lab)
     return Rows(input_ids.to(device), attn.to(device), torch.tensor(owners, device=device),
                 torch.tensor(lookups, device=device), labels.to(device), torch.tensor(kl_flags, device=device))
+
+
+def left_cut(rows: Rows, idx):
+    """Rows `idx` laid out so that every row's last subject token sits in one column c.
+
+    Positions before a row's subject token never change while z is optimized,
+    so they go to a KV cache once (upper.Upper, start=c); only the columns
+    c.. are run at each step. Left-padding the part before the lookup and
+    right-padding the rest cuts each row at its own subject token instead of
+    the bucket's earliest one. Returns (input_ids, attention_mask,
+    position_ids, labels), each (b, c + S) with S the longest remainder, and
+    c. position_ids keep every real token's original position, so rotary and
+    learned position embeddings see the same positions as the right-padded row.
+    """
+    import torch
+
+    lookup = rows.lookup[idx]  # (b,)
+    length = rows.attention_mask[idx].sum(1)  # (b,)
+    c, S = int(lookup.max()), int((length - lookup).max())
+    b = len(idx)
+    input_ids = torch.zeros((b, c + S), dtype=torch.long, device=lookup.device)  # filler ids: masked out
+    attn = torch.zeros((b, c + S), dtype=rows.attention_mask.dtype, device=lookup.device)
+    pos = torch.zeros((b, c + S), dtype=torch.long, device=lookup.device)
+    labels = torch.full((b, c + S), -100, dtype=torch.long, device=lookup.device)
+    for j, g in enumerate(idx.tolist()):
+        shift = c - int(lookup[j])  # columns of left padding
+        n = int(length[j])
+        input_ids[j, shift:shift + n] = rows.input_ids[g, :n]
+        attn[j, shift:shift + n] = 1
+        pos[j, shift:shift + n] = torch.arange(n, device=lookup.device)
+        labels[j, shift:shift + n] = rows.labels[g, :n]
+    return input_ids, attn, pos, labels, c
