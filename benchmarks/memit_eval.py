@@ -6,6 +6,8 @@
         [--layers 2,3,4,5,6] [--lam 700,2093] [--corpus FILE|samples] [--tokens 50000,200000] [--null-space]
         [--set v_num_grad_steps=15 ...] [--sweep null_space_threshold=0.3,1 ...]
         apply all facts (batches of --batch, one after another), then score all of them
+    python benchmarks/memit_eval.py forget --facts 10,100,1000 --batch 100 [--set v_num_grad_steps=1]
+        `memedit forget` of one fact of the last and of the first batch, through the CLI
 
 Scores are EasyEdit's teacher-forced token accuracies: Rel on the prompt, Gen
 on the rephrase, Loc = argmax agreement with the unedited model on the
@@ -138,6 +140,35 @@ def quality(args, model, tok, env):
                 p.copy_(originals[n])
 
 
+def forget_timing(args):
+    """Apply N facts through the CLI (batches of --batch), then time `memedit forget` of one
+    fact of the last batch (re-solve from stored z) and of the first (later batches replayed)."""
+    import subprocess
+
+    memedit = [str(Path(sys.executable).with_name("memedit"))]
+    sets = [x for kv in args.set for x in ("--set", kv)]
+    for n in args.facts_list:
+        facts = load(args.data, n)
+        with tempfile.TemporaryDirectory() as work:
+            run = lambda *a: subprocess.run([*memedit, "-C", work, "-q", *a], check=True,  # noqa: E731
+                                            capture_output=True, text=True).stdout
+            run("init")
+            path = Path(work) / "facts.jsonl"
+            path.write_text("".join(json.dumps(f.to_json()) + "\n" for f in facts))
+            t0 = time.perf_counter()
+            run("apply", str(path), "--method", "memit", "--batch-size", str(args.batch), *sets)
+            apply_s = time.perf_counter() - t0
+            size = min(args.batch, n)
+            last = facts[(n - 1) // size * size]  # a fact of the last batch
+            for label, fact in (("last", last), ("first", facts[0])):
+                if label == "first" and fact is last:
+                    continue
+                t = json.loads(run("forget", fact.id, "--json"))["timings"]
+                print(f"| {n} | {-(-n // size)}x{size} | {apply_s:.0f} | {label} | {t['total_s']:.1f} | "
+                      f"{t['replayed_segments']} |", flush=True)
+                run("checkout", "HEAD~1")  # back to all N facts for the next measurement
+
+
 def _sweep_grid(items: list[str]):
     """["null_space_threshold=0.3,1", ...] -> (keys, [values of each key]); one batch reuses z across them."""
     keys, grid = [], []
@@ -150,9 +181,9 @@ def _sweep_grid(items: list[str]):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["speed", "quality"])
+    ap.add_argument("mode", choices=["speed", "quality", "forget"])
     ap.add_argument("--data", choices=list(FILES), default="counterfact")
-    ap.add_argument("--facts", type=int, default=10)
+    ap.add_argument("--facts", default="10", help="how many facts (forget: a comma-separated list)")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--layers", default="")
     ap.add_argument("--lam", default="", help="comma-separated λ values (default: the resolved default)")
@@ -165,6 +196,12 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a MEMIT hyperparameter (repeatable)")
     ap.add_argument("--variants", default="", help="CORPUS:TOKENS:LAMBDA;... (overrides --corpus/--tokens/--lam)")
     args = ap.parse_args()
+    args.facts_list = [int(x) for x in args.facts.split(",")]
+    args.facts = args.facts_list[0]
+    if args.mode == "forget":
+        print("| facts | batches | apply s | forgotten fact's batch | forget s | segments replayed |")
+        print("|---|---|---|---|---|---|")
+        return forget_timing(args)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     model, tok = models.load({"model": {"kind": "default"}, "dtype": "float32", "device": "cpu"})
     key = json.loads((models.default_model_dir() / "memedit-converted.json").read_text())["weights_sha256"]

@@ -24,6 +24,21 @@ class StopForward(Exception):
 
 
 @contextlib.contextmanager
+def stop_after(module):
+    """Inside the block, a forward raises StopForward right after `module` ran (its
+    output hooks registered earlier have seen it); the caller catches it."""
+
+    def hook(mod, args, output):
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield module
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def capture(model, inputs: list[str] = (), outputs: list[str] = ()):
     """Record the first positional input and/or the output of named modules.
 

@@ -67,6 +67,26 @@ def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, cor
     assert factored.abs().max() > 0
 
 
+def test_keys_in_chunks_stopping_at_block_L_equal_one_full_forward(tiny_models, monkeypatch):
+    from memedit_cli import models
+    from memedit_cli.facts import Fact
+    from memedit_cli.methods.memit import compute_ks, rows as rows_mod
+    from memedit_cli.nethook import capture
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
+    facts, templates = [Fact(**f) for f in FACTS], ("{}", "A prefix. {}")
+    monkeypatch.setattr(compute_ks, "CHUNK_ROWS", 4)  # 6 rows: two chunks
+    keys, current = compute_ks.keys_and_current(model, tok, facts, templates, 0, 1, "cpu")
+    rows = rows_mod.build(tok, facts, templates, "cpu", with_target=False, with_kl=False)
+    proj, block = "model.layers.0.mlp.down_proj", "model.layers.1"
+    with torch.no_grad(), capture(model, inputs=[proj], outputs=[block]) as seen:
+        model(input_ids=rows.input_ids, attention_mask=rows.attention_mask)
+    at = (torch.arange(len(rows.lookup)), rows.lookup)
+    want_keys = seen[f"in:{proj}"][at].double().reshape(3, 2, -1).mean(1)  # rows: fact by fact, template by template
+    assert torch.allclose(keys, want_keys, atol=1e-6)
+    assert torch.allclose(current, seen[f"out:{block}"][at].double()[::2], atol=1e-6)  # the bare prompt rows
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models, arch):
     from memedit_cli import models

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from memedit_cli.arch import arch_for
 from memedit_cli.methods.memit import rows as rows_mod
-from memedit_cli.nethook import capture
+from memedit_cli.nethook import StopForward, capture, stop_after
+
+CHUNK_ROWS = 256  # rows per forward: bounds activation memory for batches of thousands of facts
 
 
 def keys_and_current(model, tok, facts, templates, layer: int, z_layer: int, device):
@@ -20,15 +22,24 @@ def keys_and_current(model, tok, facts, templates, layer: int, z_layer: int, dev
     proj, block = arch.mlp_out_at(layer), arch.layer(z_layer)
     rows = rows_mod.build(tok, facts, templates, device, with_target=False, with_kl=False)
     n = len(facts)
-    with torch.no_grad(), capture(model, inputs=[proj], outputs=[block]) as seen:
-        model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False)
     B = rows.input_ids.shape[0]
-    at = (torch.arange(B, device=device), rows.lookup)
-    k_rows = seen[f"in:{proj}"][at].double()  # (B, d_in)
+    k_rows, h_rows = [], []
+    # nothing above block L is needed: the forward stops there (no upper blocks, no LM head)
+    with torch.no_grad(), capture(model, inputs=[proj], outputs=[block]) as seen, stop_after(model.get_submodule(block)):
+        for i in range(0, B, CHUNK_ROWS):
+            sl = slice(i, i + CHUNK_ROWS)
+            try:
+                model(input_ids=rows.input_ids[sl], attention_mask=rows.attention_mask[sl], use_cache=False)
+            except StopForward:
+                pass
+            at = (torch.arange(len(rows.lookup[sl]), device=device), rows.lookup[sl])
+            k_rows.append(seen[f"in:{proj}"][at].double())
+            h_rows.append(seen[f"out:{block}"][at].double())
+    k_rows, h_rows = torch.cat(k_rows), torch.cat(h_rows)  # (B, d_in), (B, d) at each row's lookup
     keys = torch.zeros(n, k_rows.shape[1], dtype=torch.float64, device=device).index_add(0, rows.fact, k_rows)
     keys /= torch.bincount(rows.fact, minlength=n)[:, None]
     bare = torch.zeros(n, dtype=torch.long, device=device)
     for b in reversed(range(B)):  # each fact's first row is its bare prompt ("{}")
         bare[rows.fact[b]] = b
-    current = seen[f"out:{block}"][bare, rows.lookup[bare]].double()
+    current = h_rows[bare]
     return keys, current

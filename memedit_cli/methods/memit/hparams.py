@@ -26,8 +26,8 @@ class MEMITHparams:
     mom2_corpus: str = ""  # text corpus for C₀ (plain text or JSONL); "": text sampled from the model itself
     mom2_n_tokens: int = 50_000  # tokens of corpus behind C₀ (docs/methods/memit.md: the measurement)
     null_space: bool = False  # AlphaEdit: project updates onto the null space of C₀ (sequential robustness)
-    null_space_threshold: float = 1e-2  # eigenvalues of C₀ below this fraction of the mean count as null
-    null_space_l2: float = 10.0  # AlphaEdit's α: ridge term of the projected solve
+    null_space_threshold: float = 1.0  # eigenvalues of C₀ below this fraction of the mean count as null (docs: sweep)
+    null_space_l2: float = 1.0  # AlphaEdit's α: ridge term of the projected solve (docs: sweep)
     z_fast_path: bool = True  # run only the blocks above max(R) while optimizing z (False: the full model, for comparison)
 
     def check(self) -> str | None:
