@@ -161,7 +161,7 @@ def forget_timing(args):
             size = min(args.batch, n)
             last = facts[(n - 1) // size * size]  # a fact of the last batch
             for label, fact in (("last", last), ("first", facts[0])):
-                if label == "first" and fact is last:
+                if label == "first" and (fact is last or n > args.first_max):
                     continue
                 t = json.loads(run("forget", fact.id, "--json"))["timings"]
                 print(f"| {n} | {-(-n // size)}x{size} | {apply_s:.0f} | {label} | {t['total_s']:.1f} | "
@@ -191,6 +191,8 @@ def main():
     ap.add_argument("--tokens", type=lambda v: [int(x) for x in v.split(",")], default=[100_000],
                     help="comma-separated token counts for C₀ (z is computed once for all)")
     ap.add_argument("--null-space", action="store_true")
+    ap.add_argument("--first-max", type=int, default=100,
+                    help="forget: time forgetting a fact of the first batch only up to this many facts")
     ap.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                     help="hyperparameter values to cross (repeatable); with one batch, z is computed once for all")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a MEMIT hyperparameter (repeatable)")

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from memedit_cli import models
-from memedit_cli.stats import CorpusSpec, _corpus_tokens, second_moments
+from memedit_cli.corpus import corpus_tokens
+from memedit_cli.stats import CorpusSpec, second_moments
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test.txt"
 LAYERS = range(2, 7)
@@ -42,7 +43,7 @@ def main() -> None:
     spec = CorpusSpec(str(DATA), args.tokens, args.seq_len)
 
     t0 = time.perf_counter()
-    _corpus_tokens(tok, str(DATA), args.tokens)
+    corpus_tokens(tok, str(DATA), args.tokens)
     t_tok = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
