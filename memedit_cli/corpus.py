@@ -15,9 +15,8 @@ from memedit_cli.dist import broadcast_object, coll_device
 from memedit_cli.errors import UserError
 from memedit_cli.samples import model_samples
 
+
 @functools.lru_cache(maxsize=64)
-
-
 def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

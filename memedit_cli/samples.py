@@ -132,8 +132,6 @@ def _extend_samples(model, tok, state: dict, n: int) -> dict:
 
 
 @torch.no_grad()
-
-
 def _sample_batch(model, tok, prompts: list[list[int]], max_new: int, seed: int) -> list[list[int]]:
     """Prompt + sampled continuation (temperature 1, full distribution) of each prompt, up to EOS."""
     from memedit_cli.models import input_device

@@ -55,8 +55,6 @@ from memedit_cli.samples import SAMPLES_ID
 
 
 @dataclass(frozen=True)
-
-
 class CorpusSpec:
     """What the statistics are computed over."""
 
@@ -157,8 +155,6 @@ class _Stop(Exception):
 
 
 @contextlib.contextmanager
-
-
 def _input_hooks(model, names: list[str], on_input):
     """Inside the block, `on_input(name, x)` sees each named module's input; once all have, the forward stops.
 
@@ -311,14 +307,3 @@ def _batch(stream: torch.Tensor, rows: list[int], seq: int, pad: int):
         ids[i, :p.numel()] = p
         attn[i, :p.numel()] = 1
     return ids, attn
-
-
-# -- the corpus -----------------------------------------------------------------
-
-
-# -- files ----------------------------------------------------------------------
-
-
-# -- torch.distributed ------------------------------------------------------------
-
-
