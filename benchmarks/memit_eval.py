@@ -199,6 +199,8 @@ def main():
     ap.add_argument("--variants", default="", help="CORPUS:TOKENS:LAMBDA;... (overrides --corpus/--tokens/--lam)")
     args = ap.parse_args()
     args.facts_list = [int(x) for x in args.facts.split(",")]
+    if args.mode != "forget" and len(args.facts_list) > 1:
+        ap.error(f"{args.mode} takes one --facts count, got {args.facts}")
     args.facts = args.facts_list[0]
     if args.mode == "forget":
         print("| facts | batches | apply s | forgotten fact's batch | forget s | segments replayed |")

@@ -14,13 +14,18 @@ from memedit_cli.nethook import StopForward, capture, stop_after
 CHUNK_ROWS = 256  # rows per forward: bounds activation memory for batches of thousands of facts
 
 
-def keys_and_current(model, tok, facts, templates, layer: int, z_layer: int, device):
-    """Returns (keys (n, d_in), current h (n, d)) on the model as it is now."""
+def key_rows(tok, facts, templates, device):
+    """The rows keys are read from (prompts without targets); one build serves every layer."""
+    return rows_mod.build(tok, facts, templates, device, with_target=False, with_kl=False)
+
+
+def keys_and_current(model, tok, facts, templates, layer: int, z_layer: int, device, rows=None):
+    """Returns (keys (n, d_in), current h (n, d)) on the model as it is now; `rows` from key_rows, or built here."""
     import torch
 
     arch = arch_for(model.config)
     proj, block = arch.mlp_out_at(layer), arch.layer(z_layer)
-    rows = rows_mod.build(tok, facts, templates, device, with_target=False, with_kl=False)
+    rows = key_rows(tok, facts, templates, device) if rows is None else rows
     n = len(facts)
     B = rows.input_ids.shape[0]
     k_rows, h_rows = [], []

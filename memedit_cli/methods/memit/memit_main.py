@@ -22,7 +22,7 @@ import dataclasses
 from memedit_cli.arch import arch_for, is_transposed, num_layers, shape_key
 from memedit_cli.errors import HparamsError
 from memedit_cli.methods.base import Method, add_weight_deltas
-from memedit_cli.methods.memit.compute_ks import keys_and_current
+from memedit_cli.methods.memit.compute_ks import key_rows, keys_and_current
 from memedit_cli.methods.memit.compute_z import compute_z
 from memedit_cli.methods.memit.hparams import MEMITHparams
 from memedit_cli.methods.memit import prefixes
@@ -118,15 +118,18 @@ class MEMIT(Method):
         names = [arch.mlp_out_at(layer) for layer in hp.layers]
         originals = {n: model.get_submodule(n).weight.detach().clone() for n in names}
         tensors = {"z": z.float().cpu()}
+        # AlphaEdit's earlier keys: each earlier null-space segment read once, not once per layer
+        earlier = _earlier_null_space(env, self.name) if hp.null_space else []
+        rows = key_rows(tok, facts, hp.context_templates, device)
         try:
             for i, (layer, name) in enumerate(zip(hp.layers, names)):
-                keys, current = keys_and_current(model, tok, facts, hp.context_templates, layer, z_layer, device)
+                keys, current = keys_and_current(model, tok, facts, hp.context_templates, layer, z_layer, device, rows)
                 K = keys.T  # (d_in, n)
                 R = (z.double().to(current.device) - current).T / (len(hp.layers) - i)  # (d_out, n)
                 C = cov[name].to(K.device)
                 if hp.null_space:
                     P = _null_space_projector(C, hp.null_space_threshold)
-                    Cp = _earlier_keys(env, self.name, name, C)  # (d_in, d_in): Σ Kp Kpᵀ of earlier batches
+                    Cp = _gram([t[f"{name}.K"] for t in earlier if f"{name}.K" in t], C)  # (d_in, d_in): Σ Kp Kpᵀ
                     A = P @ (K @ K.T + Cp) + hp.null_space_l2 * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
                     V = torch.linalg.solve(A, P @ K)
                     tensors[f"{name}.K"] = K.float().cpu()  # what later batches' Cp is made of
@@ -149,18 +152,21 @@ class MEMIT(Method):
         add_weight_deltas(model, deltas)
 
 
-def _earlier_keys(env, method: str, name: str, like):
-    """AlphaEdit's Kp Kpᵀ: the keys at `name` of the earlier null-space batches, as
-    the log has them attached (a forget's replay sees the rebuilt ones)."""
+def _earlier_null_space(env, method: str) -> list[dict]:
+    """Tensors of the earlier null-space batches of `method`, as the log has them
+    attached (a forget's replay sees the rebuilt ones): their keys make AlphaEdit's Kp."""
+    return [env.segment_tensors(seg) for seg in env.attached
+            if seg["method"] == method and seg["hparams"].get("null_space")]
+
+
+def _gram(keys: list, like):
+    """Σ K Kᵀ over key matrices K (d_in, n_j), in `like`'s dtype and device (zeros if none)."""
     import torch
 
     total = torch.zeros_like(like)
-    for seg in env.attached:
-        if seg["method"] == method and seg["hparams"].get("null_space"):
-            K = env.segment_tensors(seg).get(f"{name}.K")
-            if K is not None:
-                K = K.to(like)
-                total += K @ K.T
+    for K in keys:
+        K = K.to(like)
+        total += K @ K.T
     return total
 
 
