@@ -7,8 +7,10 @@ def greedy(model, tok, prompt: str, max_new_tokens: int) -> str:
     """The greedy continuation of `prompt` (without the prompt)."""
     import torch
 
+    from memedit_cli.methods.wise import router
     from memedit_cli.models import input_device
 
+    router.reset(model)  # a new sequence: WISE key routers drop the previous one's routes
     enc = tok(prompt, return_tensors="pt").to(input_device(model))
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,

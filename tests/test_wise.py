@@ -118,7 +118,7 @@ def test_retrieve_keeps_one_memory_per_merge_group(repo, tmp_path):
 
     layer = next(m for m in model.modules() if isinstance(m, WISELayer))
     assert len(layer.memories) == 3 and layer.edits == [1, 1, 1]
-    shards = [d for d, _ in layer.shards]
+    shards = [s["delta"] for s in layer.shards]
     assert all(torch.equal(m, d) for m, d in zip(layer.memories, shards))  # a group of one shard is not trimmed
     assert len({float(e) for e in layer.eps}) == 3  # each memory has its own threshold
     route = _route(model, tok, PROMPTS[0])

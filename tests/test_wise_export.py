@@ -86,3 +86,38 @@ def test_export_keeps_side_memories_and_routing(repo, tiny, tmp_path):
     enc = tok([EDITED], return_tensors="pt")
     kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": tok.pad_token_id}
     assert torch.equal(exported.generate(**enc, **kw), ours.generate(**enc, **kw))
+
+
+def test_export_with_the_key_router_reproduces_routes_logits_and_generation(repo, tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "wise", "--set", "n_iter=5", "--set", "router=keys",
+         "--set", "layer=1", "--set", "key_layer=0", "--set", "variant=retrieve", "--set", "merge_freq=1",
+         "--batch-size", "2", "--set", f"irrelevant={json.dumps([UNRELATED])}")  # the pool τ is fitted on
+    out = tmp_path / "out"
+    repo("export", "--merged", out)
+    ours, tok = repo.state()
+    ours.eval()
+    (name, layer), = wise_layers(ours).items()
+    spec = json.loads((out / "config.json").read_text())["memedit_wise"][name]
+    router = layer._router[0]
+    assert spec["router"]["keys"] == router.counts == [2, 1]  # two shards, one memory each
+
+    exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    theirs = exported.get_submodule(spec["router"]["module"])
+    assert type(theirs).__name__ == "KeyRouter"
+    for i in range(2):
+        assert torch.equal(getattr(theirs, f"keys_{i}"), getattr(router, f"keys_{i}"))
+        assert torch.equal(getattr(theirs, f"tau_{i}"), getattr(router, f"tau_{i}"))
+    texts = [f["prompt"] for f in FACTS] + [UNRELATED]
+    assert torch.allclose(logits(exported, tok, texts), logits(ours, tok, texts), atol=1e-5)
+    assert torch.equal(exported.get_submodule(name).last_route, layer.last_route)
+    assert layer.last_route[:3].tolist() == [0, 0, 1]  # each prompt's own shard
+
+    from memedit_cli.generate import greedy
+
+    enc = tok([EDITED], return_tensors="pt")
+    kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    theirs_ids = exported.generate(**enc, **kw)
+    assert tok.decode(theirs_ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True) == greedy(ours, tok, EDITED, 4)
+    assert exported.get_submodule(name).last_route.tolist() == [0]

@@ -44,10 +44,14 @@ def export_extras(model, out_dir) -> dict | None:
                         "or add a class to memedit_cli/methods/wise/modeling_memedit_wise.py")
     # JSON-able: module name -> thresholds, variant, memory count and shape (the base weight's layout:
     # (d_out, d_in) for nn.Linear, (d_in, d_out) for GPT-2's Conv1D)
+    names = {m: n for n, m in model.named_modules()}
     model.config.memedit_wise = {
         name: {"eps": [float(e) for e in layer.eps], "variant": layer.variant, "reduce": layer.reduce,
                "memories": len(layer.eps),
-               "shape": list(layer.base.weight.shape)}
+               "shape": list(layer.base.weight.shape),
+               # router=keys: the KeyRouter's module and its keys per memory (its buffers hold them)
+               **({"router": {"module": names[r], "keys": list(r.counts)}}
+                  if (r := layer._router[0]) is not None else {})}
         for name, layer in layers.items()
     }
     shutil.copyfile(MODELING_FILE, Path(out_dir) / MODELING_FILE.name)

@@ -24,6 +24,11 @@ class WISEHparams:
     save_freq: int = 500  # edits per shard at most; an apply is cut into shards of this size (WISE: 500)
     merge_freq: int = 1000  # retrieve: shards are merged into one memory per this many edits (WISE: 1000)
     densities: float = 0.53  # TIES: the fraction of each shard's entries kept, by magnitude (WISE: 0.53)
+    # routing: activation (WISE: ‖a(x)(W'−W)‖ > ε) or keys (the nearest edit subject, router.py)
+    router: str = "activation"
+    key_layer: int = -1  # keys: the block whose FFN activation is the key; -1: a tenth of the depth, below `layer`
+    key_threshold: float = 0.7  # keys: a key's cosine threshold is at least this...
+    key_margin: float = 0.05  # ...and this above the unrelated pool's best cosine to it
     act_ratio: float = 0.88  # ε = act_ratio · (smallest routing score of the memory's edits) (WISE: 0.88)
     route_reduce: str = "mean"  # Δ over a row's positions: mean (WISE) or max (the most affected position)
     threshold_from: str = "edit"  # edit: each edit's score when it finished (WISE); final: re-measured on the finished shard
@@ -45,6 +50,10 @@ class WISEHparams:
     def check(self) -> str | None:
         if self.variant not in VARIANTS:
             return f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"
+        if self.router not in ("activation", "keys"):
+            return f"router must be activation or keys, got {self.router!r}"
+        if not -1 <= self.key_threshold <= 1:
+            return f"key_threshold is a cosine, between -1 and 1, got {self.key_threshold}"
         if self.route_reduce not in ("mean", "max"):
             return f"route_reduce must be mean or max, got {self.route_reduce!r}"
         if self.threshold_from not in ("edit", "final"):
@@ -62,7 +71,7 @@ class WISEHparams:
             if getattr(self, name) <= 0:
                 return f"{name} must be > 0, got {getattr(self, name)}"
         for name in ("weight_decay", "stop_loss", "alpha", "beta", "gamma", "alpha_rel", "beta_rel", "gamma_rel",
-                     "n_prefixes"):
+                     "n_prefixes", "key_margin"):
             if getattr(self, name) < 0:
                 return f"{name} must be >= 0, got {getattr(self, name)}"
         return None

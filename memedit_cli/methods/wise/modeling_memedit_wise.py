@@ -11,12 +11,20 @@ transformers. It mirrors memedit_cli/methods/wise/side.py's `WISELayer.forward`
 `config.memedit_wise` names each wrapped projection, relative to the model:
 
     {"model.layers.27.mlp.down_proj": {"eps": [ε_0, ...], "variant": "merge",
-                                       "memories": k, "shape": [d_out, d_in]}}
+                                       "memories": k, "shape": [d_out, d_in],
+                                       "router": {"module": "model.layers.3.mlp.down_proj",
+                                                  "keys": [n_0, ...]}}}
 
 Each class below builds the stock model, then replaces every listed module by
 a `WISELayer` holding the original module as `base` and k zero buffers
 `memory_0..memory_{k-1}` of `shape`, so the checkpoint's `<name>.base.weight`
-and `<name>.memory_i` load into them by name.
+and `<name>.memory_i` load into them by name. With a "router" entry (memedit's
+`router=keys`), the named earlier projection is wrapped by a `KeyRouter`
+holding each memory's edit keys (`keys_i`, (n_i, d_in)) and key thresholds
+(`tau_i`, (n_i,)), and the WISELayer takes its routes from it.
+
+memedit_cli imports `KeyRouter` from this file (one definition for memedit and
+the export); `WISELayer` has an in-memedit twin in side.py.
 """
 
 import torch
@@ -31,6 +39,61 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 
+class KeyRouter(nn.Module):
+    """An early FFN output projection, unchanged, that decides which side memory each row uses.
+
+    Memory i holds one key k_j per edit (the projection's input a at the edit's last
+    subject token) and a threshold τ_j per key. For a row, memory i's margin is
+
+        max over positions t and the memory's keys j of  cos(a_t, k_j) − τ_j
+
+    and the row uses the memory with the largest margin above 0, else the main memory
+    (`route`, (B,), −1 for the main memory). A call of one position that continues the
+    previous call's rows (cached generation) keeps the running max of the margins, so
+    an answer's later tokens use the memory its prompt chose; a call of several
+    positions, or `reset()`, starts new sequences.
+    """
+
+    def __init__(self, base: nn.Module, counts):
+        super().__init__()
+        self.base = base
+        w = base.weight
+        d_in = w.shape[0] if isinstance(base, Conv1D) else w.shape[1]
+        self.counts = [int(n) for n in counts]
+        for i, n in enumerate(self.counts):  # zeros until loaded or rebuilt; w's device/dtype (meta while loading)
+            self.register_buffer(f"keys_{i}", torch.zeros(n, d_in, dtype=w.dtype, device=w.device))
+            self.register_buffer(f"tau_{i}", torch.zeros(n, dtype=w.dtype, device=w.device))
+        self.route = None  # (B,) long: the memory each row uses, -1 for the main memory
+        self._margin = None  # (n_memories, B): the running max for cached generation
+
+    def reset(self) -> None:
+        self._margin = None
+
+    def margins(self, x) -> torch.Tensor:
+        """(n_memories, B) margins for the projection input x (B, T, d_in)."""
+        a = nn.functional.normalize(x.float(), dim=-1)
+        out = []
+        for i in range(len(self.counts)):
+            keys = nn.functional.normalize(getattr(self, f"keys_{i}").float(), dim=-1)  # (n_i, d_in)
+            cos = a @ keys.T  # (B, T, n_i)
+            out.append((cos - getattr(self, f"tau_{i}").float()).amax(dim=(1, 2)))
+        return torch.stack(out)
+
+    def forward(self, x):
+        out = self.base(x)
+        if not self.counts:
+            return out
+        xb = x[None] if x.dim() == 2 else x  # (B, T, d_in)
+        margin = self.margins(xb)
+        prev = self._margin
+        if prev is not None and xb.shape[1] == 1 and prev.shape[1] == xb.shape[0]:
+            margin = torch.maximum(margin, prev)  # the next token of the same rows
+        self._margin = margin
+        best, pick = margin.max(0)
+        self.route = torch.where(best > 0, pick, torch.full_like(pick, -1))
+        return out
+
+
 class WISELayer(nn.Module):
     """The base projection W plus side memories M_i = W'_i − W, one picked per batch row.
 
@@ -41,9 +104,10 @@ class WISELayer(nn.Module):
     on its own (as in memedit and EasyEdit).
     """
 
-    def __init__(self, base: nn.Module, eps, variant: str, shape, reduce: str = "mean"):
+    def __init__(self, base: nn.Module, eps, variant: str, shape, reduce: str = "mean", router=None):
         super().__init__()
         self.base = base
+        self._router = (router,)  # a KeyRouter in an earlier block, or None; a tuple: not a submodule
         self.reduce = reduce  # the score over a row's positions: "mean" (WISE) or "max"
         self.eps = [float(e) for e in eps]
         self.variant = variant  # informational: both variants route the same way at inference
@@ -70,12 +134,18 @@ class WISELayer(nn.Module):
         squeeze = x.dim() == 2  # (T, d_in) without a batch dimension
         xb = x[None] if squeeze else x  # (B, T, d_in)
         extra = [self._extra(xb, d) for d in self.memories]  # each (B, T, d_out)
-        norms = [e.norm(dim=-1) for e in extra]  # each (B, T)
-        score = torch.stack([n.amax(-1) if self.reduce == "max" else n.mean(-1) for n in norms])  # (n, B)
-        eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]  # (n, 1)
-        above = score > eps
-        pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
-        routed = above.any(0)  # (B,)
+        router = self._router[0]
+        if router is not None:  # the earlier KeyRouter has chosen for this call's rows
+            pick = router.route.to(xb.device)
+            routed = pick >= 0
+            pick = pick.clamp(min=0)
+        else:
+            norms = [e.norm(dim=-1) for e in extra]  # each (B, T)
+            score = torch.stack([n.amax(-1) if self.reduce == "max" else n.mean(-1) for n in norms])  # (n, B)
+            eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]  # (n, 1)
+            above = score > eps
+            pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
+            routed = above.any(0)  # (B,)
         self.last_route = torch.where(routed, pick, torch.full_like(pick, -1))
         chosen = torch.stack(extra)[pick, torch.arange(xb.shape[0], device=xb.device)]  # (B, T, d_out)
         add = chosen * routed[:, None, None].to(chosen.dtype)
@@ -87,10 +157,33 @@ def attach_side_memories(model: nn.Module, config) -> None:
     for name, spec in (getattr(config, "memedit_wise", None) or {}).items():
         if len(spec["eps"]) != spec["memories"]:
             raise ValueError(f"memedit_wise[{name!r}]: {spec['memories']} memories but {len(spec['eps'])} thresholds")
-        parent, _, child = name.rpartition(".")
-        base = model.get_submodule(name)
-        setattr(model.get_submodule(parent), child, WISELayer(base, spec["eps"], spec["variant"], spec["shape"],
-                                                                  spec.get("reduce", "mean")))
+        router = None
+        if spec.get("router"):
+            keys = spec["router"]["keys"]
+            if len(keys) != spec["memories"]:
+                raise ValueError(f"memedit_wise[{name!r}]: {spec['memories']} memories but {len(keys)} key sets")
+            router = KeyRouter(model.get_submodule(spec["router"]["module"]), keys)
+            _replace(model, spec["router"]["module"], router)
+        layer = WISELayer(model.get_submodule(name), spec["eps"], spec["variant"], spec["shape"],
+                          spec.get("reduce", "mean"), router)
+        _replace(model, name, layer)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+class _Routed:
+    """A new sequence (no cached positions yet) resets every KeyRouter's running margins."""
+
+    def forward(self, *args, **kwargs):
+        past = kwargs.get("past_key_values")
+        if past is None or (hasattr(past, "get_seq_length") and past.get_seq_length() == 0):
+            for m in self.modules():
+                if isinstance(m, KeyRouter):
+                    m.reset()
+        return super().forward(*args, **kwargs)
 
 
 # One subclass per supported architecture: the stock __init__ (which ends in
@@ -99,31 +192,31 @@ def attach_side_memories(model: nn.Module, config) -> None:
 # the embeddings) are untouched.
 
 
-class WISELlamaForCausalLM(LlamaForCausalLM):
+class WISELlamaForCausalLM(_Routed, LlamaForCausalLM):
     def __init__(self, config):
         super().__init__(config)
         attach_side_memories(self, config)
 
 
-class WISEMistralForCausalLM(MistralForCausalLM):
+class WISEMistralForCausalLM(_Routed, MistralForCausalLM):
     def __init__(self, config):
         super().__init__(config)
         attach_side_memories(self, config)
 
 
-class WISEQwen2ForCausalLM(Qwen2ForCausalLM):
+class WISEQwen2ForCausalLM(_Routed, Qwen2ForCausalLM):
     def __init__(self, config):
         super().__init__(config)
         attach_side_memories(self, config)
 
 
-class WISEGPT2LMHeadModel(GPT2LMHeadModel):
+class WISEGPT2LMHeadModel(_Routed, GPT2LMHeadModel):
     def __init__(self, config):
         super().__init__(config)
         attach_side_memories(self, config)
 
 
-class WISEGPTJForCausalLM(GPTJForCausalLM):
+class WISEGPTJForCausalLM(_Routed, GPTJForCausalLM):
     def __init__(self, config):
         super().__init__(config)
         attach_side_memories(self, config)

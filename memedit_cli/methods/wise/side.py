@@ -9,7 +9,9 @@ memory i's routing score is
 
 (WISE's ‖a(x)(W'−W)‖; with `route_reduce=max`, the max over positions).
 A row uses W + M_i where Δ_i > ε_i (retrieve: the memory with the largest
-Δ_i among those above their own ε_i), else W alone.
+Δ_i among those above their own ε_i), else W alone. With `router=keys` the
+choice is made earlier in the same forward pass by a `KeyRouter` (router.py)
+from the edits' keys, and Δ_i and ε_i are not used.
 Routing is per row and per forward call, over every position of the call, as
 EasyEdit does: score a batch of different lengths row by row (padding counts),
 and in cached generation each new token is routed on its own.
@@ -34,7 +36,8 @@ class WISELayer(nn.Module):
     def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
-        self.shards: list[tuple] = []  # (D float32 in the base layout, routing scores (n,)) per shard, in order
+        self.shards: list[dict] = []  # per shard, in order: its stored tensors with "delta" (D float32, base layout)
+        self._router = (None,)  # the KeyRouter of router=keys (a tuple: not a submodule)
         self.eps: list[float] = []
         self.edits: list[int] = []  # edits per memory
         self.variant = "merge"
@@ -56,16 +59,19 @@ class WISELayer(nn.Module):
                 groups.append([])
                 count = 0
             groups[-1].append(shard)
-            count += len(shard[1])
+            count += len(shard["scores"])
         for i in range(len(self.eps)):
             delattr(self, f"memory_{i}")
         w = self.base.weight
         self.eps, self.edits, self.variant, self.reduce = [], [], hp.variant, hp.route_reduce
         for i, group in enumerate(g for g in groups if g):
-            merged = ties([d for d, _ in group], hp.densities)
+            merged = ties([s["delta"] for s in group], hp.densities)
             self.register_buffer(f"memory_{i}", merged.to(device=w.device, dtype=w.dtype))
-            self.eps.append(hp.act_ratio * float(torch.cat([s for _, s in group]).min()))
-            self.edits.append(sum(len(s) for _, s in group))
+            self.eps.append(hp.act_ratio * float(torch.cat([s["scores"] for s in group]).min()))
+            self.edits.append(sum(len(s["scores"]) for s in group))
+        router = self._router[0]
+        if router is not None:
+            router.rebuild([[(s["keys"], s["key_tau"]) for s in g] for g in groups if g])
 
     def scores(self, x) -> torch.Tensor:
         """(n_memories, B) routing scores Δ_i for an activation x (B, T, d_in)."""
@@ -83,11 +89,17 @@ class WISELayer(nn.Module):
         squeeze = x.dim() == 2  # (T, d_in) without a batch dimension
         xb = x[None] if squeeze else x
         extra = [extra_output(self.base, xb, d) for d in self.memories]  # each (B, T, d_out)
-        score = self._score(extra)  # (n, B)
-        eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]
-        above = score > eps
-        pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
-        routed = above.any(0)
+        router = self._router[0]
+        if router is not None:  # chosen earlier in this forward pass, from the edits' keys
+            pick = router.route.to(xb.device)
+            routed = pick >= 0
+            pick = pick.clamp(min=0)
+        else:
+            score = self._score(extra)  # (n, B)
+            eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]
+            above = score > eps
+            pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
+            routed = above.any(0)
         self.last_route = torch.where(routed, pick, torch.full_like(pick, -1))
         chosen = torch.stack(extra)[pick, torch.arange(xb.shape[0], device=xb.device)]  # (B, T, d_out)
         add = chosen * routed[:, None, None].to(chosen.dtype)

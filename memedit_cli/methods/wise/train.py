@@ -19,6 +19,9 @@ Fast path: D only adds a(x) Dᵀ to block L's output, and a(x) does not depend
 on D, so for each fact a(x) and block L's output are computed once (`Upper`)
 and each step runs only blocks L+1.., the final norm, and the LM head at the
 target positions; Δ_irr needs no forward pass at all.
+
+With `router=keys` routing does not depend on D (router.py), so the loss is
+the cross-entropy alone.
 """
 
 from __future__ import annotations
@@ -90,9 +93,10 @@ class EditRows:
         self.lab_r, self.lab_c = (labels != -100).nonzero(as_tuple=True)
         self.lab_tok = labels[self.lab_r, self.lab_c]
         self.per_row = torch.bincount(self.lab_r, minlength=len(prompts)).clamp(min=1)  # target tokens per row
-        irr = tok(list(irrelevant), return_tensors="pt", padding=True)
-        self.irr_attn = irr["attention_mask"].to(device)
-        self.a_irr = activation(model, name, irr["input_ids"].to(device), self.irr_attn)  # (k, T', d_in)
+        if hp.router == "activation":
+            irr = tok(list(irrelevant), return_tensors="pt", padding=True)
+            self.irr_attn = irr["attention_mask"].to(device)
+            self.a_irr = activation(model, name, irr["input_ids"].to(device), self.irr_attn)  # (k, T', d_in)
         self.base, self.model, self.name, self.hp = base, model, name, hp
         if hp.fast_path:
             with torch.no_grad(), capture(model, inputs=[name]) as seen:
@@ -122,6 +126,8 @@ class EditRows:
         row_nll = torch.zeros(len(self.per_row), device=logp.device).index_add(0, self.lab_r, -logp) / self.per_row
         nll = row_nll.mean()
         d_edit = row_score(extra.float(), self.attn, hp.route_reduce)  # (B,)
+        if hp.router == "keys":
+            return nll, nll, d_edit
         d_irr = row_score(extra_output(self.base, self.a_irr, D).float(), self.irr_attn, hp.route_reduce)  # (k,)
         routing = (_hinge_mean(d_irr - hp.alpha) + _hinge_mean(hp.beta - d_edit)
                    + _hinge_mean(hp.gamma - (d_edit[:, None] - d_irr[None, :])))

@@ -7,7 +7,8 @@
   its own facts, seeds and the base model: forgetting a fact rebuilds only its
   shard (`independent = True`), and no other shard takes a gradient step.
 - Stored per shard: D's values inside the mask (float32, the mask's nnz
-  entries), the mask as packed bits, and each edit's routing score.
+  entries), the mask as packed bits, and each edit's routing score; with
+  `router=keys` also each edit's key and key threshold (router.py).
 - `attach` adds the shard to the layer's `WISELayer` and rebuilds the side
   memories from all shards: merge, one memory, the TIES merge of every shard;
   retrieve, one memory per group of consecutive shards holding `merge_freq`
@@ -56,6 +57,20 @@ class WISE(Method):
         if not 0 <= hp.layer < n:
             raise HparamsError(f"layer must be a block between 0 and {n - 1}, got {hp.layer}")
         changes = {}
+        if hp.router == "keys":
+            key_layer = min(round(n / 10), hp.layer - 1) if hp.key_layer == -1 else hp.key_layer
+            if not 0 <= key_layer < hp.layer:
+                raise HparamsError(f"router=keys reads its keys below the side memory: key_layer must be a block "
+                                   f"between 0 and {hp.layer - 1} (layer is {hp.layer}), got {key_layer}; "
+                                   "set --set key_layer=N or a higher --set layer=N")
+            changes["key_layer"] = key_layer
+        mine = _routing({"router": hp.router, "key_layer": changes.get("key_layer")})
+        for seg in env.attached:  # one router for all side memories: refuse a mix before computing anything
+            theirs = _routing(seg["hparams"])
+            if seg["method"] == self.name and theirs != mine:
+                raise HparamsError(f"the WISE edits already applied route with router={theirs[0]}"
+                                   f"{f', key_layer={theirs[1]}' if theirs[1] is not None else ''}; apply with the "
+                                   "same --set router=... (and key_layer), or forget those edits first")
         if not hp.prefixes or not hp.irrelevant or 0 in (hp.alpha, hp.beta, hp.gamma):
             base, base_tok = env.load_base()
         if not hp.prefixes:
@@ -86,12 +101,22 @@ class WISE(Method):
         bits = torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1)))
         tensors = {"values": D[mask].float().cpu(), "mask_bits": bits, "scores": scores,
                    "shape": torch.tensor(list(D.shape), dtype=torch.int64)}
+        if hp.router == "keys":  # the layers below the side memory are the base model's: no switch needed
+            from memedit_cli.methods.wise import router
+
+            key_name = router.key_module(model, hp)
+            keys = router.edit_keys(model, tok, facts, key_name, input_device(model))
+            tensors["keys"] = keys
+            tensors["key_tau"] = router.key_thresholds(model, tok, keys, hp.irrelevant, key_name, hp,
+                                                       input_device(model))
+            tensors["key_layer"] = torch.tensor(hp.key_layer, dtype=torch.int64)
         return tensors, info
 
     def attach(self, model, tensors, hp: WISEHparams) -> None:
         import numpy as np
         import torch
 
+        from memedit_cli.methods.wise import router
         from memedit_cli.methods.wise.side import WISELayer
 
         name = arch_for(model.config).mlp_out_at(hp.layer)
@@ -105,13 +130,24 @@ class WISE(Method):
         mask = torch.from_numpy(np.unpackbits(tensors["mask_bits"].numpy())[:numel].astype(bool)).reshape(shape)
         D = torch.zeros(shape, dtype=torch.float32)
         D[mask] = tensors["values"].float()
-        layer.shards.append((D, tensors["scores"].float()))
+        shard = {"delta": D, "scores": tensors["scores"].float()}
+        if "keys" in tensors:
+            shard.update(keys=tensors["keys"].float(), key_tau=tensors["key_tau"].float(),
+                         key_layer=int(tensors["key_layer"]))
+        layer.shards.append(shard)
+        router.link(model, layer, hp)
         layer.rebuild(hp)
 
     def export_extras(self, model, out_dir) -> dict | None:
         from memedit_cli.methods.wise.export import export_extras
 
         return export_extras(model, out_dir)
+
+
+def _routing(h: dict) -> tuple:
+    """What all WISE segments of a state must agree on: the router, and the block its keys come from."""
+    router = h.get("router", "activation")
+    return router, h.get("key_layer") if router == "keys" else None
 
 
 def output_norm(model, tok, texts, layer: int) -> float:

@@ -1,0 +1,125 @@
+"""WISE with router=keys: routing by the edits' subject keys, on a hand-made router and tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import FACTS, Memedit, base_logits, logits, write_facts
+from test_wise import PROMPTS, UNRELATED, wise_models  # noqa: F401  (a fixture)
+
+KEYS = ["--method", "wise", "--set", "n_iter=10", "--set", "router=keys", "--set", "layer=1", "--set", "key_layer=0"]
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny(request, wise_models):  # noqa: F811
+    return wise_models[request.param]
+
+
+def _layers(model):
+    from memedit_cli.methods.wise.router import KeyRouter
+    from memedit_cli.methods.wise.side import WISELayer
+
+    layer = next(m for m in model.modules() if isinstance(m, WISELayer))
+    router = next(m for m in model.modules() if isinstance(m, KeyRouter))
+    return layer, router
+
+
+def test_a_row_uses_the_memory_whose_key_it_matches_best_and_keeps_it_while_generating():
+    from memedit_cli.methods.wise.router import KeyRouter
+
+    router = KeyRouter(torch.nn.Linear(4, 3), [])
+    e = torch.eye(4)
+    # memory 0 holds keys e0 and e1, memory 1 holds e2; each key's threshold is its own
+    router.rebuild([[(e[:2], torch.tensor([0.9, 0.5]))], [(e[2:3], torch.tensor([0.8]))]])
+    assert router.counts == [2, 1]
+    x = torch.zeros(4, 3, 4)  # (B, T, d_in)
+    x[0, 1] = e[0]  # one position is key e0: margin 1 − 0.9 on memory 0
+    x[1, 2] = e[0] + e[2]  # cos 0.707 to e0 (below 0.9) and to e2 (below 0.8): nothing
+    x[2, 0], x[2, 2] = e[1], e[2]  # e1: margin 0.5 on memory 0; e2: margin 0.2 on memory 1 -> memory 0
+    x[3] = e[3]  # no key
+    out = router(x)
+    assert torch.equal(out, router.base(x))  # the router's own projection is unchanged
+    assert router.route.tolist() == [0, -1, 0, -1]
+    # cached generation: one new position per row keeps each row's best margin so far
+    router(e[3].expand(4, 1, 4).clone())
+    assert router.route.tolist() == [0, -1, 0, -1]
+    router(e[3].expand(4, 2, 4).clone())  # several positions: new sequences
+    assert router.route.tolist() == [-1, -1, -1, -1]
+    router(x)
+    router.reset()  # memedit's generate and the export's forward reset at a new sequence
+    router(e[3].expand(4, 1, 4).clone())
+    assert router.route.tolist() == [-1, -1, -1, -1]
+
+
+def test_edits_use_the_side_memory_and_unrelated_prompts_the_base_model_exactly(repo, tiny, tmp_path):
+    import json
+
+    from memedit_cli.repo import Repo
+
+    # the unrelated pool the key thresholds are fitted on: a random tiny model's activations are not
+    # a trained model's, so its own sampled text says little about these prompts
+    pool = json.dumps(UNRELATED + ["Thomas Joannes Stieltjes is Dutch."])
+    rec = repo.json("apply", write_facts(tmp_path / "f.jsonl"), *KEYS, "--set", f"irrelevant={pool}")
+    shown = repo.json("show", rec["revision"])
+    assert shown["hparams"]["router"] == "keys" and shown["hparams"]["key_layer"] == 0
+    stored = Repo.open(repo.dir).objects.get(shown["segments"][0]["objects"]["tensors"])
+    assert stored["keys"].shape[0] == len(FACTS) and (stored["key_tau"] >= 0.7).all()
+    model, tok = repo.state()
+    layer, router = _layers(model)
+    for text in PROMPTS:
+        logits(model, tok, [text])
+        assert layer.last_route.tolist() == [0] == router.route.tolist()
+    assert not torch.allclose(logits(model, tok, PROMPTS[:1]), base_logits(tiny, PROMPTS[:1]), atol=1e-4)
+    for text in UNRELATED:
+        got = logits(model, tok, [text])
+        assert router.route.tolist() == [-1]
+        assert torch.equal(got, base_logits(tiny, [text]))  # bit for bit: the side memory is not added
+
+
+def test_cached_generation_routes_like_the_whole_sequence(repo, tiny, tmp_path):
+    from memedit_cli.generate import greedy
+
+    repo("apply", write_facts(tmp_path / "f.jsonl"), *KEYS)
+    model, tok = repo.state()
+    layer, _ = _layers(model)
+    prompt = FACTS[0]["prompt"]
+    cached = greedy(model, tok, prompt, 6)
+    assert layer.last_route.tolist() == [0]  # the last new token still used the side memory
+    ids = tok([prompt], return_tensors="pt")["input_ids"]
+    for _ in range(6):  # no cache: every step sees the subject again
+        with torch.no_grad():
+            nxt = model(input_ids=ids).logits[0, -1].argmax()
+        ids = torch.cat([ids, nxt.view(1, 1)], 1)
+    n = len(tok([prompt])["input_ids"][0])
+    assert cached == tok.decode(ids[0, n:], skip_special_tokens=True)
+
+
+def test_forget_with_keys_equals_a_fresh_repository(repo, tiny, tmp_path):
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *KEYS)
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *KEYS, "--set", "variant=retrieve",
+         "--set", "merge_freq=1")
+    repo("forget", "eiffel")
+    model, tok = repo.state()
+    after = logits(model, tok, PROMPTS + UNRELATED)
+    assert _layers(model)[1].counts == [1, 1]  # retrieve: one memory per shard, one key each
+
+    fresh = Memedit(tmp_path / "fresh")
+    fresh.dir.mkdir()
+    fresh("init", "--model", tiny, "--device", "cpu")
+    fresh("apply", write_facts(tmp_path / "fa.jsonl", FACTS[1:2]), *KEYS)
+    fresh("apply", write_facts(tmp_path / "fb.jsonl", FACTS[2:]), *KEYS, "--set", "variant=retrieve",
+          "--set", "merge_freq=1")
+    assert torch.allclose(after, logits(*fresh.state(), PROMPTS + UNRELATED), atol=1e-6)
+
+
+def test_one_router_per_repository(repo, tmp_path):
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), *KEYS)
+    before = repo.tree()
+    r = repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:2]), "--method", "wise", "--set", "n_iter=2",
+             "--set", "layer=1", ok=False)
+    assert r.exit_code != 0 and "router=keys" in r.output and "forget those edits" in r.output
+    r = repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:2]), "--method", "wise", "--set", "layer=1",
+             "--set", "router=keys", "--set", "key_layer=1", ok=False)
+    assert r.exit_code != 0 and "key_layer must be a block between 0 and 0" in r.output
+    assert repo.tree() == before
