@@ -3,6 +3,9 @@
     python benchmarks/wise_eval.py quality --data counterfact --facts 10 [--set k=v ...] [--shard 500]
         the WISE protocol: apply the facts one after another (shards of --shard edits),
         then score all of them, for the merge and the retrieve variant of the same shards
+    python benchmarks/wise_eval.py routing --facts 10,100,500 [--pool 100] [--set key_threshold=0.7 ...]
+        router=keys only: keys and thresholds for the first N facts (no training: routing does
+        not depend on the side memory), then where their edit, rephrase and locality prompts go
     python benchmarks/wise_eval.py speed --facts 5
         seconds per edit with the fast loop and the full-model loop, same hparams
     python benchmarks/wise_eval.py latency --facts 20
@@ -113,6 +116,46 @@ def quality(args):
               f"{routing:.2f} ({r_edit:.2f} edit, {r_loc:.2f} loc) | {per_edit:.2f} |", flush=True)
 
 
+def key_routing(args):
+    from memedit_cli.methods.wise import router as keyrouter
+
+    args.set = ["router=keys", *args.set]
+    model, tok, env, method, hp = setup(args)
+    counts = [int(x) for x in str(args.facts).split(",")]
+    facts = load(args.data, max(counts))
+    name = keyrouter.key_module(model, hp)
+    t0 = time.perf_counter()
+    keys = keyrouter.edit_keys(model, tok, facts, name, "cpu")
+    tau = keyrouter.key_thresholds(model, tok, keys, hp.irrelevant, name, hp, "cpu")
+    key_s = (time.perf_counter() - t0) / len(facts)
+    router = keyrouter.KeyRouter(model.get_submodule(name), [])
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, router)
+
+    def where(texts):
+        out = []
+        for t in texts:
+            with torch.no_grad():
+                model(**tok([t], return_tensors="pt"))
+            out.append(int(router.route[0]))
+        return torch.tensor(out)
+
+    print(f"# router=keys, key_layer {hp.key_layer}, key_threshold {hp.key_threshold}, key_margin {hp.key_margin}, "
+          f"pool: {'held-out locality prompts' if args.pool else 'sampled from the model'} ({len(hp.irrelevant)}); "
+          f"keys and thresholds {key_s * 1000:.0f} ms/fact")
+    print("| data | edits | edit → side | rephrase → side | rephrase → its own edit | locality → main | routing acc |")
+    for n in counts:
+        # one memory per edit, so a route names the edit whose key matched best
+        router.rebuild([[(keys[i:i + 1], tau[i:i + 1])] for i in range(n)])
+        own = torch.arange(n)
+        e = where([f"{f.prompt} {f.target_new}" for f in facts[:n]])
+        r = where([f"{f.rephrase_prompt} {f.target_new}" for f in facts[:n]])
+        loc = where([f"{f.locality_prompt} {f.locality_ground_truth}" for f in facts[:n]])
+        acc = torch.cat([e >= 0, r >= 0, loc == -1]).float().mean()
+        print(f"| {args.data} | {n} | {(e >= 0).float().mean():.2f} | {(r >= 0).float().mean():.2f} | "
+              f"{(r == own).float().mean():.2f} | {(loc == -1).float().mean():.2f} | {acc:.3f} |", flush=True)
+
+
 def speed(args):
     model, tok, env, method, hp = setup(args)
     facts = load("counterfact", args.facts)
@@ -181,9 +224,9 @@ def forget_timing(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["quality", "speed", "latency", "forget"])
+    ap.add_argument("mode", choices=["quality", "speed", "latency", "forget", "routing"])
     ap.add_argument("--data", choices=list(FILES), default="counterfact")
-    ap.add_argument("--facts", default="10", help="how many facts (forget: a comma-separated list)")
+    ap.add_argument("--facts", default="10", help="how many facts (forget, routing: a comma-separated list)")
     ap.add_argument("--shard", type=int, default=500, help="edits per shard (save_freq)")
     ap.add_argument("--variants", default="merge,retrieve")
     ap.add_argument("--set", action="append", default=[], help="hparam override k=v (repeatable)")
@@ -191,9 +234,10 @@ def main():
                     help="use the locality prompts of facts 500..500+N of the same file as the unrelated pool "
                          "(0: the model-generated default)")
     args = ap.parse_args()
-    if args.mode != "forget":
+    if args.mode not in ("forget", "routing"):
         args.facts = int(args.facts)
-    {"quality": quality, "speed": speed, "latency": latency, "forget": forget_timing}[args.mode](args)
+    {"quality": quality, "speed": speed, "latency": latency, "forget": forget_timing,
+     "routing": key_routing}[args.mode](args)
 
 
 if __name__ == "__main__":

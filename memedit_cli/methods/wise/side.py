@@ -87,22 +87,26 @@ class WISELayer(nn.Module):
         if self.bypass or not self.eps:
             return out
         squeeze = x.dim() == 2  # (T, d_in) without a batch dimension
-        xb = x[None] if squeeze else x
-        extra = [extra_output(self.base, xb, d) for d in self.memories]  # each (B, T, d_out)
+        xb = x[None] if squeeze else x  # (B, T, d_in)
         router = self._router[0]
-        if router is not None:  # chosen earlier in this forward pass, from the edits' keys
-            pick = router.route.to(xb.device)
-            routed = pick >= 0
-            pick = pick.clamp(min=0)
+        if router is not None:  # chosen earlier in this forward pass, from the edits' keys: only those memories run
+            route = router.route.to(xb.device)  # (B,)
+            add = torch.zeros(*xb.shape[:2], out.shape[-1], dtype=out.dtype, device=out.device)  # (B, T, d_out)
+            for i in route.unique().tolist():
+                if i >= 0:
+                    rows = route == i
+                    add[rows] = extra_output(self.base, xb[rows], self.memories[i]).to(add.dtype)
         else:
+            extra = [extra_output(self.base, xb, d) for d in self.memories]  # each (B, T, d_out)
             score = self._score(extra)  # (n, B)
-            eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]
+            eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]  # (n, 1)
             above = score > eps
             pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
-            routed = above.any(0)
-        self.last_route = torch.where(routed, pick, torch.full_like(pick, -1))
-        chosen = torch.stack(extra)[pick, torch.arange(xb.shape[0], device=xb.device)]  # (B, T, d_out)
-        add = chosen * routed[:, None, None].to(chosen.dtype)
+            routed = above.any(0)  # (B,)
+            route = torch.where(routed, pick, torch.full_like(pick, -1))
+            chosen = torch.stack(extra)[pick, torch.arange(xb.shape[0], device=xb.device)]  # (B, T, d_out)
+            add = chosen * routed[:, None, None].to(chosen.dtype)
+        self.last_route = route
         return out + (add[0] if squeeze else add)
 
 
