@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -77,13 +78,15 @@ def setup(args):
         held = load(args.data, POOL_START + args.pool)[POOL_START:]
         overrides["irrelevant"] = [f"{f.locality_prompt} {f.locality_ground_truth}" for f in held]
         overrides["n_irrelevant"] = len(held)
-    hp = method.resolve(hparams_mod.resolve(method.default_hparams(model), overrides), model, tok, env)
+    start = method.paper_hparams(model) if getattr(args, "paper", False) else method.default_hparams(model)
+    hp = method.resolve(hparams_mod.resolve(start, overrides), model, tok, env)
     return model, tok, env, method, hp
 
 
 def train(model, tok, env, method, hp, facts, shard):
     """Shards of `shard` facts, computed in order (each on the base: shards are independent). -> [(tensors, info)]."""
     out, t0 = [], time.perf_counter()
+    shard = shard or hp.save_freq
     for i in range(0, len(facts), shard):
         out.append(method.compute(model, tok, facts[i:i + shard], hp, 0, env))
     return out, (time.perf_counter() - t0) / len(facts)
@@ -106,7 +109,8 @@ def quality(args):
     _, base_loc = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts], batch=1)
     shards, per_edit = train(model, tok, env, method, hp, facts, args.shard)
     steps = [s for _, info in shards for s in info["steps"]]
-    print(f"# layer {hp.layer}, α/β/γ {hp.alpha}/{hp.beta}/{hp.gamma}, {args.set}, shards of {args.shard}; "
+    print(f"# layer {hp.layer}, router {hp.router}, α/β/γ {hp.alpha}/{hp.beta}/{hp.gamma}, {args.set}, "
+          f"shards of {args.shard or hp.save_freq}; "
           f"{per_edit:.2f} s/edit, mean steps {sum(steps) / len(steps):.1f}", flush=True)
     for variant in args.variants.split(","):
         hp_v = dataclasses.replace(hp, variant=variant)
@@ -213,11 +217,14 @@ def forget_timing(args):
             with open(path, "w") as fh:
                 fh.writelines(json.dumps(f.to_json()) + "\n" for f in facts)
             t0 = time.perf_counter()
-            run("apply", path, "--method", "wise", "--batch-size", str(args.shard), *sets)
+            run("apply", path, "--method", "wise", *(["--batch-size", str(args.shard)] if args.shard else []), *sets)
             apply_s = time.perf_counter() - t0
+            shards = len(json.loads(run("show", "HEAD", "--json"))["segments"])
+            objects = sum(p.stat().st_size for p in Path(work, ".memedit", "objects").rglob("*") if p.is_file())
             rec = json.loads(run("forget", facts[0].id, "--json"))
             shown = json.loads(run("show", rec["revision"], "--json"))
-            print(f"  {n} facts in {-(-n // args.shard)} shard(s) (apply {apply_s:.0f} s): forget 1 fact of the first "
+            print(f"  {n} facts in {shards} shard(s) (apply {apply_s:.0f} s, objects {objects / n / 1e6:.2f} MB/fact): "
+                  f"forget 1 fact of the first "
                   f"shard {shown['timings']['total_s']:.1f} s, {shown['timings']['replayed_segments']} segment(s) replayed",
                   flush=True)
 
@@ -227,9 +234,12 @@ def main():
     ap.add_argument("mode", choices=["quality", "speed", "latency", "forget", "routing"])
     ap.add_argument("--data", choices=list(FILES), default="counterfact")
     ap.add_argument("--facts", default="10", help="how many facts (forget, routing: a comma-separated list)")
-    ap.add_argument("--shard", type=int, default=500, help="edits per shard (save_freq)")
+    ap.add_argument("--shard", type=int, default=0, help="edits per shard (0: the resolved save_freq)")
     ap.add_argument("--variants", default="merge,retrieve")
     ap.add_argument("--set", action="append", default=[], help="hparam override k=v (repeatable)")
+    ap.add_argument("--paper", action="store_true",
+                    help="start from WISE's own settings (activation router, block 25, shards of 500, merge) "
+                         "instead of memedit's defaults for this model")
     ap.add_argument("--pool", type=int, default=0,
                     help="use the locality prompts of facts 500..500+N of the same file as the unrelated pool "
                          "(0: the model-generated default)")
