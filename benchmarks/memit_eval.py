@@ -34,7 +34,6 @@ from memedit_cli import models
 from memedit_cli.facts import Fact, load_facts
 from memedit_cli.methods.base import Env
 from memedit_cli.methods.memit import MEMIT
-from memedit_cli.methods.memit import memit_main
 from memedit_cli.methods.memit.compute_z import compute_z
 from memedit_cli.tokens import prompt_target_batch
 

@@ -8,8 +8,9 @@
         not depend on the side memory), then where their edit, rephrase and locality prompts go
     python benchmarks/wise_eval.py speed --facts 5
         seconds per edit with the fast loop and the full-model loop, same hparams
-    python benchmarks/wise_eval.py latency --facts 20
-        generation latency per token, batch 1: no edits, merge, retrieve with several memories
+    python benchmarks/wise_eval.py latency --facts 4 --set n_iter=5
+        generation latency per token, batch 1, for an unrelated and an edited prompt: no edits,
+        merge, retrieve with several memories
     python benchmarks/wise_eval.py forget --facts 10,50 --shard 10 --set n_iter=5
         a repository with N facts applied in shards of --shard, then `forget` of one fact of the
         first shard: seconds and segments replayed, per N
@@ -92,15 +93,21 @@ def train(model, tok, env, method, hp, facts, shard):
     return out, (time.perf_counter() - t0) / len(facts)
 
 
+def detach(model):
+    """The base model again: every WISELayer and KeyRouter replaced by the module it wraps."""
+    from memedit_cli.methods.wise.router import KeyRouter
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (WISELayer, KeyRouter)):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.base)
+
+
 def attach_all(model, method, hp, shards):
-    name = arch_for(model.config).mlp_out_at(hp.layer)
-    layer = model.get_submodule(name)
-    if isinstance(layer, WISELayer):  # start over from the base layer
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer.base)
+    detach(model)
     for tensors, _ in shards:
         method.attach(model, tensors, hp)
-    return model.get_submodule(name)
+    return model.get_submodule(arch_for(model.config).mlp_out_at(hp.layer))
 
 
 def quality(args):
@@ -176,28 +183,39 @@ def speed(args):
 
 
 def latency(args):
+    from memedit_cli.methods.wise import router
+
     model, tok, env, method, hp = setup(args)
     facts = load("counterfact", args.facts)
-    ids = tok(["The capital of France is"], return_tensors="pt")
+    prompts = {"unrelated prompt": "The capital of France is", "edited prompt": facts[0].prompt}
 
-    def per_token():
+    def per_token(text):
+        ids = tok([text], return_tensors="pt")
+        router.reset(model)
         t0 = time.perf_counter()
         with torch.no_grad():
             model.generate(**ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
         return (time.perf_counter() - t0) / 32
 
     shards, _ = train(model, tok, env, method, hp, facts, max(1, len(facts) // 4))
-    per_token()  # warm-up
+    per_token(prompts["unrelated prompt"])  # warm-up
     best: dict = {}
+
+    def keep(label, text):
+        best[label] = min(best.get(label, float("inf")), per_token(text))
+
+    routes = {}
     for _ in range(5):  # interleaved rounds, best of each: the machine is shared and noisy
         for variant in ("merge", "retrieve"):
-            layer = attach_all(model, method, dataclasses.replace(hp, variant=variant, merge_freq=1), shards)
-            for label, bypass in (("no edits (base layer)", True), (f"{variant}, {len(layer.memories)} memories", False)):
-                layer.bypass = bypass
-                best[label] = min(best.get(label, float("inf")), per_token())
-            layer.bypass = False
-    base = best["no edits (base layer)"]
+            for what, text in prompts.items():
+                detach(model)  # the base model: no wrapper at all
+                keep(f"{what}, no edits", text)
+                layer = attach_all(model, method, dataclasses.replace(hp, variant=variant, merge_freq=1), shards)
+                keep(f"{what}, {variant}, {len(layer.memories)} memories", text)
+                routes[(what, variant)] = layer.last_route.tolist()
+    print(f"# router {hp.router}, layer {hp.layer}; routes of the last token: {routes}")
     for name, s in best.items():
+        base = best[f"{name.split(',')[0]}, no edits"]
         print(f"  {name}: {s * 1000:.1f} ms/token ({s / base - 1:+.1%})")
 
 

@@ -17,6 +17,8 @@ FACTS = [
 ]
 # ft settings that move a random 2-layer model visibly, in few steps
 FAST = ["--set", "lr=0.05", "--set", "norm_constraint=0.05", "--set", "steps=5"]
+UNRELATED = ["Autonomous University of Madrid is located in Spain.", "The Space Needle is in Seattle."]
+PROMPTS = [f"{f['prompt']} {f['target_new']}" for f in FACTS]  # the facts with their new targets
 PROBES = ["The Eiffel Tower is in Rome", "Danielle Darrieux speaks English", "Toko Yasuda plays the violin"]
 
 
@@ -34,6 +36,14 @@ def _env(monkeypatch, tmp_path_factory):
 def tiny_models(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("tiny")
     return {arch: build_tiny(base / arch, arch) for arch in ("llama", "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def wise_models(tmp_path_factory) -> dict:
+    # larger random weights than the shared tiny models: with initializer_range 0.02 a
+    # 32-wide model's logits are too flat for any edit to make a target likely
+    base = tmp_path_factory.mktemp("tiny-wise")
+    return {arch: build_tiny(base / arch, arch, initializer_range=0.3) for arch in ("llama", "gpt2")}
 
 
 @pytest.fixture(params=["llama", "gpt2"])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import FACTS, FAST, Memedit, write_facts
+from conftest import FACTS, FAST, write_facts
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 
 from conftest import FACTS, FAST, write_facts
 from memedit_cli.errors import EXIT_LOCKED

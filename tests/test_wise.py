@@ -8,24 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FACTS, Memedit, base_logits, logits, write_facts
-from tiny import build_tiny
+from conftest import FACTS, PROMPTS, UNRELATED, Memedit, base_logits, logits, write_facts
 
 WISE = ["--method", "wise", "--set", "n_iter=10"]
-
-
-@pytest.fixture(scope="session")
-def wise_models(tmp_path_factory) -> dict:
-    # larger random weights than the shared tiny models: with initializer_range 0.02 a
-    # 32-wide model's logits are too flat for any edit to make a target likely
-    base = tmp_path_factory.mktemp("tiny-wise")
-    return {arch: build_tiny(base / arch, arch, initializer_range=0.3) for arch in ("llama", "gpt2")}
 
 
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny(request, wise_models) -> Path:
     return wise_models[request.param]
-UNRELATED = ["Autonomous University of Madrid is located in Spain.", "The Space Needle is in Seattle."]
 
 
 def _route(model, tok, text):
@@ -37,7 +27,6 @@ def _route(model, tok, text):
     return int(layer.last_route[0])
 
 
-PROMPTS = [f"{f['prompt']} {f['target_new']}" for f in FACTS]
 
 
 def _act(model, tok, layer, text):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FACTS, Memedit, base_logits, logits, write_facts
-from test_wise import PROMPTS, UNRELATED, wise_models  # noqa: F401  (a fixture)
+from conftest import FACTS, PROMPTS, UNRELATED, Memedit, base_logits, logits, write_facts
 
 KEYS = ["--method", "wise", "--set", "n_iter=10", "--set", "router=keys", "--set", "layer=1", "--set", "key_layer=0"]
 
 
 @pytest.fixture(params=["llama", "gpt2"])
-def tiny(request, wise_models):  # noqa: F811
+def tiny(request, wise_models):
     return wise_models[request.param]
 
 
