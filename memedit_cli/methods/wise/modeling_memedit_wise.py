@@ -20,8 +20,9 @@ a `WISELayer` holding the original module as `base` and k zero buffers
 `memory_0..memory_{k-1}` of `shape`, so the checkpoint's `<name>.base.weight`
 and `<name>.memory_i` load into them by name. With a "router" entry (memedit's
 `router=keys`), the named earlier projection is wrapped by a `KeyRouter`
-holding each memory's edit keys (`keys_i`, (n_i, d_in)) and key thresholds
-(`tau_i`, (n_i,)), and the WISELayer takes its routes from it.
+holding the edit keys of all memories (`keys`, (N, d_in), memory by memory in
+the order of "keys", which gives each memory's count) and their thresholds
+(`tau`, (N,)), and the WISELayer takes its routes from it.
 
 memedit_cli imports `KeyRouter` from this file (one definition for memedit and
 the export); `WISELayer` has an in-memedit twin in side.py.
@@ -59,12 +60,21 @@ class KeyRouter(nn.Module):
         self.base = base
         w = base.weight
         d_in = w.shape[0] if isinstance(base, Conv1D) else w.shape[1]
-        self.counts = [int(n) for n in counts]
-        for i, n in enumerate(self.counts):  # zeros until loaded or rebuilt; w's device/dtype (meta while loading)
-            self.register_buffer(f"keys_{i}", torch.zeros(n, d_in, dtype=w.dtype, device=w.device))
-            self.register_buffer(f"tau_{i}", torch.zeros(n, dtype=w.dtype, device=w.device))
+        n = sum(int(c) for c in counts)
+        # all memories' keys in one matrix, so routing is one matmul however many memories there are;
+        # zeros until loaded or rebuilt, on w's device/dtype (meta while loading)
+        self.register_buffer("keys", torch.zeros(n, d_in, dtype=w.dtype, device=w.device))  # (N, d_in)
+        self.register_buffer("tau", torch.zeros(n, dtype=w.dtype, device=w.device))  # (N,)
+        self.set_counts(counts)
         self.route = None  # (B,) long: the memory each row uses, -1 for the main memory
         self._margin = None  # (n_memories, B): the running max for cached generation
+
+    def set_counts(self, counts) -> None:
+        """Keys per memory, in order: the memory each row of `keys` belongs to."""
+        self.counts = [int(c) for c in counts]
+        # (N,) long, a plain tensor (not a buffer: from_pretrained builds buffers on the meta device)
+        self.owner = torch.repeat_interleave(torch.arange(len(self.counts), device="cpu"),
+                                             torch.tensor(self.counts, dtype=torch.long, device="cpu"))
 
     def reset(self) -> None:
         self._margin = None
@@ -72,12 +82,13 @@ class KeyRouter(nn.Module):
     def margins(self, x) -> torch.Tensor:
         """(n_memories, B) margins for the projection input x (B, T, d_in)."""
         a = nn.functional.normalize(x.float(), dim=-1)
-        out = []
-        for i in range(len(self.counts)):
-            keys = nn.functional.normalize(getattr(self, f"keys_{i}").float(), dim=-1)  # (n_i, d_in)
-            cos = a @ keys.T  # (B, T, n_i)
-            out.append((cos - getattr(self, f"tau_{i}").float()).amax(dim=(1, 2)))
-        return torch.stack(out)
+        keys = nn.functional.normalize(self.keys.float(), dim=-1)  # (N, d_in)
+        per_key = (a @ keys.T - self.tau.float()).amax(1)  # (B, N): the best position per key
+        if self.owner.device != per_key.device:
+            self.owner = self.owner.to(per_key.device)
+        B, owner = per_key.shape[0], self.owner
+        per_memory = per_key.new_full((B, len(self.counts)), float("-inf"))
+        return per_memory.scatter_reduce(1, owner.expand(B, -1), per_key, "amax").T
 
     def forward(self, x):
         out = self.base(x)

@@ -35,16 +35,12 @@ class KeyRouter(modeling.KeyRouter):
 
     def rebuild(self, groups) -> None:
         """groups: per side memory, the [(keys (n, d_in), key_tau (n,))] of its shards."""
-        for i in range(len(self.counts)):
-            delattr(self, f"keys_{i}")
-            delattr(self, f"tau_{i}")
         w = self.base.weight
-        self.counts = []
-        for i, group in enumerate(groups):
-            keys = torch.cat([k for k, _ in group]).to(device=w.device, dtype=w.dtype)
-            self.register_buffer(f"keys_{i}", keys)
-            self.register_buffer(f"tau_{i}", torch.cat([t for _, t in group]).to(device=w.device, dtype=w.dtype))
-            self.counts.append(len(keys))
+        pairs = [pair for group in groups for pair in group]
+        d_in = self.keys.shape[1]
+        self.keys = torch.cat([k for k, _ in pairs]).to(w) if pairs else w.new_zeros(0, d_in)
+        self.tau = torch.cat([t for _, t in pairs]).to(w) if pairs else w.new_zeros(0)
+        self.set_counts([sum(len(k) for k, _ in group) for group in groups])
         self.reset()
 
 
