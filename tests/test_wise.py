@@ -127,8 +127,9 @@ def test_ties_merge():
     assert ties([a], 0.5) is a  # one shard is not trimmed
 
 
+@pytest.mark.parametrize("router", ["activation", "keys"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch):
+def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch, router):
     from memedit_cli import models
     from memedit_cli.arch import arch_for
     from memedit_cli.facts import Fact
@@ -137,7 +138,7 @@ def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch
 
     model, tok = models.load({"model": {"kind": "local", "path": str(wise_models[arch])}, "dtype": "float32", "device": "cpu"})
     hp = dataclasses.replace(Wise().default_hparams(model), prefixes=("{}", "A prefix. {}", "Another one here. {}"),
-                             alpha=1.0, beta=3.0, gamma=2.0)
+                             alpha=1.0, beta=3.0, gamma=2.0, router=router)
     name = arch_for(model.config).mlp_out_at(hp.layer)
     base = model.get_submodule(name)
     fact = Fact(**FACTS[0])
@@ -151,6 +152,7 @@ def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch
         grads.append((loss.detach(), nll.detach(), D.grad.clone()))
     (l1, n1, g1), (l2, n2, g2) = grads
     assert torch.allclose(l1, l2, atol=1e-5) and torch.allclose(n1, n2, atol=1e-5)
+    assert (l1 == n1) == (router == "keys")  # keys: no routing loss, the cross-entropy alone
     assert g1.abs().max() > 0 and torch.allclose(g1, g2, rtol=1e-4, atol=1e-6)
 
 

@@ -110,7 +110,7 @@ class WISE(Method):
         bits = torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1)))
         tensors = {"values": D[mask].float().cpu(), "mask_bits": bits, "scores": scores,
                    "shape": torch.tensor(list(D.shape), dtype=torch.int64)}
-        if hp.router == "keys":  # the layers below the side memory are the base model's: no switch needed
+        if hp.router == "keys":  # read from the model as it stands: the route is decided there, below the memory
             from memedit_cli.methods.wise import router
 
             key_name = router.key_module(model, hp)
@@ -140,9 +140,8 @@ class WISE(Method):
         D = torch.zeros(shape, dtype=torch.float32)
         D[mask] = tensors["values"].float()
         shard = {"delta": D, "scores": tensors["scores"].float()}
-        if "keys" in tensors:
-            shard.update(keys=tensors["keys"].float(), key_tau=tensors["key_tau"].float(),
-                         key_layer=int(tensors["key_layer"]))
+        if "keys" in tensors:  # router=keys (resolve saw to it that all shards agree on the key block)
+            shard.update(keys=tensors["keys"].float(), key_tau=tensors["key_tau"].float())
         layer.shards.append(shard)
         router.link(model, layer, hp)
         layer.rebuild(hp)
