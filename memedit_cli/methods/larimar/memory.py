@@ -1,0 +1,81 @@
+"""Larimar's linear episodic memory, written and erased by exact least squares.
+
+An episode (a fact) is encoded to z ∈ R^C. The memory M (K × C) holds all
+written episodes as the ridge least-squares solution
+
+    M = argmin over M of  Σ_i ‖Z_i − W_i M‖² + λ ‖M‖²
+
+where W_i (n_i × K) are the episodes' addressing weights. Addressing goes
+through a fixed reference memory M_ref (K × C, drawn from a seed), W = Z M_ref⁺,
+not through M itself: a write's W can then be recomputed at forget time from
+the episode alone, whatever was written since.
+
+The solution is kept as the pair (Cov, M) with Cov = λI + Σ WᵢᵀWᵢ (K × K), and
+updated per write (α = +1) or forget (α = −1), the paper's sequential rule:
+
+    Cov ← Cov + α WᵀW
+    M   ← M + α Cov⁻¹ Wᵀ (Z − W M)
+
+Both keep Cov·M = Σ α WᵢᵀZᵢ, so after any sequence of writes and forgets M is
+the least-squares memory of the episodes still written: forgetting needs no
+replay of the others. λ > 0 keeps Cov invertible. Everything is float64 on
+the CPU generator, so a state does not depend on the device or the order of
+operations beyond rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def reference_memory(K: int, C: int, seed: int) -> torch.Tensor:
+    """(K, C) float64 M_ref, rows ~ N(0, I/C), drawn on the CPU so every device gets the same one."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(K, C, generator=gen, dtype=torch.float64) / C ** 0.5
+
+
+class EpisodicMemory:
+    """The memory M (K × C) and its key covariance Cov (K × K), float64."""
+
+    def __init__(self, K: int, C: int, ridge: float = 1.0, seed: int = 0):
+        if K < 1 or C < 1:
+            raise ValueError(f"memory sizes must be >= 1, got K={K}, C={C}")
+        if not ridge > 0:
+            raise ValueError(f"ridge must be > 0 (it keeps the covariance invertible), got {ridge}")
+        self.K, self.C, self.ridge, self.seed = K, C, float(ridge), seed
+        self.ref_pinv = torch.linalg.pinv(reference_memory(K, C, seed))  # (C, K)
+        self.M = torch.zeros(K, C, dtype=torch.float64)
+        self.cov = self.ridge * torch.eye(K, dtype=torch.float64)
+
+    def address(self, Z: torch.Tensor) -> torch.Tensor:
+        """(n, K) addressing weights W = Z M_ref⁺ of episodes Z (n, C)."""
+        Z = self._check(Z)
+        return Z @ self.ref_pinv
+
+    def write(self, Z: torch.Tensor) -> None:
+        """Write episodes Z (n, C)."""
+        self._update(Z, +1.0)
+
+    def forget(self, Z: torch.Tensor) -> None:
+        """Erase episodes Z (n, C) written earlier (exactly those encodings)."""
+        self._update(Z, -1.0)
+
+    def read(self, Zq: torch.Tensor) -> torch.Tensor:
+        """(n, C) readouts z_r = W M with W = Z_q M⁺: each query projected onto what the memory holds."""
+        Zq = self._check(Zq)
+        return (Zq @ torch.linalg.pinv(self.M)) @ self.M
+
+    def _update(self, Z, alpha: float) -> None:
+        Z = self._check(Z)
+        W = Z @ self.ref_pinv  # (n, K)
+        cov = self.cov + alpha * (W.T @ W)
+        M = self.M + alpha * torch.linalg.solve(cov, W.T @ (Z - W @ self.M))
+        if not (torch.isfinite(cov).all() and torch.isfinite(M).all()):
+            raise ValueError("the memory update is not finite; nothing was changed")
+        self.cov, self.M = cov, M
+
+    def _check(self, Z) -> torch.Tensor:
+        Z = torch.as_tensor(Z).to(torch.float64).cpu()
+        if Z.dim() != 2 or Z.shape[1] != self.C:
+            raise ValueError(f"episodes must be (n, {self.C}), got {tuple(Z.shape)}")
+        return Z
