@@ -41,7 +41,10 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
         model, tok = materialize(repo, segments)
         env = method_env(repo, model, tok, segments)
         check_fit(tok, facts, context_length(model))  # all batches, before anything is computed or cached
-        hp = method.resolve(hparams_mod.resolve(method.default_hparams(model), overrides), model, tok, env)
+        hp = hparams_mod.resolve(method.default_hparams(model), overrides)
+        if method.needs_subject_with(hp) and not method.needs_subject:  # known only now, from the model's defaults
+            check_subjects(facts, source)
+        hp = method.resolve(hp, model, tok, env)
         load_s = time.perf_counter() - t0
         size = min(batch_size or len(facts), method.batch_limit(hp) or len(facts))
         batches = [facts[i : i + size] for i in range(0, len(facts), size)]

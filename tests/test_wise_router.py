@@ -122,3 +122,12 @@ def test_one_router_per_repository(repo, tmp_path):
              "--set", "router=keys", "--set", "key_layer=1", ok=False)
     assert r.exit_code != 0 and "key_layer must be a block between 0 and 0" in r.output
     assert repo.tree() == before
+
+
+def test_a_subject_missing_from_its_prompt_is_refused_with_keys(repo, tmp_path):
+    before = repo.tree()
+    bad = [{"id": "x", "prompt": "The tower is in", "subject": "Eiffel Tower", "target_new": "Rome"}]
+    r = repo("apply", write_facts(tmp_path / "f.jsonl", bad), *KEYS, ok=False)
+    assert r.exit_code != 0 and "does not occur in prompt" in r.output
+    assert repo.tree() == before
+    repo("apply", write_facts(tmp_path / "f.jsonl", bad), "--method", "wise", "--set", "n_iter=1")  # activation: no subject needed

@@ -67,6 +67,10 @@ class Method:
     def batch_limit(self, hp) -> int | None:
         return None
 
+    def needs_subject_with(self, hp) -> bool:
+        """Whether these (resolved) hparams locate the subject in the prompt (apply checks before computing)."""
+        return self.needs_subject
+
     def default_hparams(self, model):
         raise NotImplementedError
 

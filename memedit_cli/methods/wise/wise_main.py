@@ -61,6 +61,9 @@ class WISE(Method):
     def batch_limit(self, hp: WISEHparams) -> int:
         return hp.save_freq
 
+    def needs_subject_with(self, hp: WISEHparams) -> bool:
+        return hp.router == "keys"  # a key is read at the subject's last token
+
     def resolve(self, hp: WISEHparams, model, tok, env) -> WISEHparams:
         n = num_layers(model.config)
         if not 0 <= hp.layer < n:
