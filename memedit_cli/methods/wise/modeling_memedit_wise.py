@@ -112,7 +112,8 @@ class WISELayer(nn.Module):
     the max) over its T positions of ‖a_t M_iᵀ‖₂, a_t the projection's input. A row uses W + M_i for the memory
     with the largest score among those above their ε_i, else W alone. Routing
     is per row and per call, so in cached generation each new token is routed
-    on its own (as in memedit and EasyEdit).
+    on its own (as in memedit and EasyEdit). With a KeyRouter the route is the
+    router's, which keeps the prompt's route while generating.
     """
 
     def __init__(self, base: nn.Module, eps, variant: str, shape, reduce: str = "mean", router=None):
@@ -151,7 +152,7 @@ class WISELayer(nn.Module):
             for i in route.unique().tolist():
                 if i >= 0:
                     rows = route == i
-                    add[rows] = self._extra(xb[rows], self.memories[i]).to(add.dtype)
+                    add[rows] = self._extra(xb[rows], getattr(self, f"memory_{i}")).to(add.dtype)
         else:
             extra = [self._extra(xb, d) for d in self.memories]  # each (B, T, d_out)
             norms = [e.norm(dim=-1) for e in extra]  # each (B, T)

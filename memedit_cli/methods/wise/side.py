@@ -14,7 +14,8 @@ choice is made earlier in the same forward pass by a `KeyRouter` (router.py)
 from the edits' keys, and Δ_i and ε_i are not used.
 Routing is per row and per forward call, over every position of the call, as
 EasyEdit does: score a batch of different lengths row by row (padding counts),
-and in cached generation each new token is routed on its own.
+and in cached generation each new token is routed on its own (a KeyRouter,
+instead, keeps the route its prompt chose).
 
 The memories are rebuilt from the shards (one per apply batch, see
 wise_main.py) by `rebuild`, never edited in place. They are registered
@@ -95,7 +96,7 @@ class WISELayer(nn.Module):
             for i in route.unique().tolist():
                 if i >= 0:
                     rows = route == i
-                    add[rows] = extra_output(self.base, xb[rows], self.memories[i]).to(add.dtype)
+                    add[rows] = extra_output(self.base, xb[rows], getattr(self, f"memory_{i}")).to(add.dtype)
         else:
             extra = [extra_output(self.base, xb, d) for d in self.memories]  # each (B, T, d_out)
             score = self._score(extra)  # (n, B)
