@@ -53,7 +53,7 @@ def test_a_row_uses_the_memory_with_the_largest_score_above_its_threshold(transp
     (m1.T if transposed else m1)[:, 1] = 2.0
     layer.register_buffer("memory_0", m0)
     layer.register_buffer("memory_1", m1)
-    layer.eps, layer.variant = [0.5, 0.5], "retrieve"
+    layer.eps, layer.nnz, layer.variant = [0.5, 0.5], [-1, -1], "retrieve"  # both memories dense
     x = torch.zeros(3, 2, 4)  # rows: e0 only, e0 and e1, e2 only
     x[0, :, 0] = 1.0
     x[1, :, 0], x[1, :, 1] = 1.0, 1.0
@@ -107,8 +107,11 @@ def test_retrieve_keeps_one_memory_per_merge_group(repo, tmp_path):
 
     layer = next(m for m in model.modules() if isinstance(m, WISELayer))
     assert len(layer.memories) == 3 and layer.edits == [1, 1, 1]
-    shards = [s["delta"] for s in layer.shards]
+    from memedit_cli.methods.wise.side import _dense
+
+    shards = [_dense(s, layer.base.weight.shape) for s in layer.shards]
     assert all(torch.equal(m, d) for m, d in zip(layer.memories, shards))  # a group of one shard is not trimmed
+    assert all(n > 0 for n in layer.nnz)  # kept sparse: a shard changes a fraction ρ = 0.2 of the entries
     assert len({float(e) for e in layer.eps}) == 3  # each memory has its own threshold
     route = _route(model, tok, PROMPTS[0])
     assert route >= 0 and float(layer.scores(_act(model, tok, layer, PROMPTS[0]))[route]) > layer.eps[route]

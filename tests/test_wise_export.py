@@ -51,6 +51,7 @@ def test_export_keeps_side_memories_and_routing(repo, tiny, tmp_path):
     spec = config["memedit_wise"][name]
     assert spec["memories"] == len(layer.eps) >= 1 and spec["eps"] == layer.eps
     assert spec["shape"] == list(layer.base.weight.shape)
+    assert spec["nnz"] == layer.nnz and layer.nnz[0] > 0  # one shard with a 20% mask: stored sparse
 
     exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny).eval()

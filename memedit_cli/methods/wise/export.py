@@ -49,6 +49,7 @@ def export_extras(model, out_dir) -> dict | None:
         name: {"eps": [float(e) for e in layer.eps], "variant": layer.variant, "reduce": layer.reduce,
                "memories": len(layer.eps),
                "shape": list(layer.base.weight.shape),
+               "nnz": list(layer.nnz),  # -1: memory_i dense; n: memory_i_index/_values
                # router=keys: the KeyRouter's module and its keys per memory (its buffers hold them)
                **({"router": {"module": names[r], "keys": list(r.counts)}}
                   if (r := layer._router[0]) is not None else {})}

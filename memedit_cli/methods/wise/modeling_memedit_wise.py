@@ -11,14 +11,17 @@ transformers. It mirrors memedit_cli/methods/wise/side.py's `WISELayer.forward`
 `config.memedit_wise` names each wrapped projection, relative to the model:
 
     {"model.layers.27.mlp.down_proj": {"eps": [ε_0, ...], "variant": "merge",
-                                       "memories": k, "shape": [d_out, d_in],
+                                       "memories": k, "shape": [d_out, d_in], "nnz": [-1, n_1, ...],
                                        "router": {"module": "model.layers.3.mlp.down_proj",
                                                   "keys": [n_0, ...]}}}
 
 Each class below builds the stock model, then replaces every listed module by
 a `WISELayer` holding the original module as `base` and k zero buffers
 `memory_0..memory_{k-1}` of `shape`, so the checkpoint's `<name>.base.weight`
-and `<name>.memory_i` load into them by name. With a "router" entry (memedit's
+and `<name>.memory_i` load into them by name. A memory whose "nnz" is n ≥ 0
+is stored sparse instead, as `<name>.memory_i_index` (int32, flat indices
+into `shape`) and `<name>.memory_i_values` (n each): one edit's shard changes
+only a fraction ρ of the entries. With a "router" entry (memedit's
 `router=keys`), the named earlier projection is wrapped by a `KeyRouter`
 holding the edit keys of all memories (`keys`, (N, d_in), memory by memory in
 the order of "keys", which gives each memory's count) and their thresholds
@@ -116,7 +119,7 @@ class WISELayer(nn.Module):
     router's, which keeps the prompt's route while generating.
     """
 
-    def __init__(self, base: nn.Module, eps, variant: str, shape, reduce: str = "mean", router=None):
+    def __init__(self, base: nn.Module, eps, variant: str, shape, reduce: str = "mean", router=None, nnz=None):
         super().__init__()
         self.base = base
         self._router = (router,)  # a KeyRouter in an earlier block, or None; a tuple: not a submodule
@@ -127,13 +130,27 @@ class WISELayer(nn.Module):
         w = base.weight
         if list(w.shape) != list(shape):
             raise ValueError(f"memedit_wise: memory shape {list(shape)} does not match the base weight {list(w.shape)}")
-        for i in range(len(self.eps)):
-            # zeros until the checkpoint's `memory_i` is loaded into them; w's device/dtype (meta while loading)
-            self.register_buffer(f"memory_{i}", torch.zeros(w.shape, dtype=w.dtype, device=w.device))
+        self.shape = list(w.shape)
+        for i, n in enumerate(nnz or [-1] * len(self.eps)):
+            # zeros until the checkpoint's tensors are loaded into them; w's device/dtype (meta while loading)
+            if n < 0:  # dense: (d_out, d_in) in the base layout
+                self.register_buffer(f"memory_{i}", torch.zeros(w.shape, dtype=w.dtype, device=w.device))
+            else:  # sparse: the n nonzero entries, by flat index into the base layout
+                self.register_buffer(f"memory_{i}_index", torch.zeros(n, dtype=torch.int32, device=w.device))
+                self.register_buffer(f"memory_{i}_values", torch.zeros(n, dtype=w.dtype, device=w.device))
+
+    def memory(self, i: int) -> torch.Tensor:
+        """Memory i as a dense matrix in the base layout (built from its nonzeros when stored sparse)."""
+        dense = getattr(self, f"memory_{i}", None)
+        if dense is not None:
+            return dense
+        values = getattr(self, f"memory_{i}_values")
+        flat = torch.zeros(self.shape[0] * self.shape[1], dtype=values.dtype, device=values.device)
+        return flat.index_copy_(0, getattr(self, f"memory_{i}_index").long(), values).view(self.shape)
 
     @property
     def memories(self) -> list:
-        return [getattr(self, f"memory_{i}") for i in range(len(self.eps))]
+        return [self.memory(i) for i in range(len(self.eps))]
 
     def _extra(self, x, delta):
         # GPT-2's Conv1D stores weights as (d_in, d_out), nn.Linear as (d_out, d_in)
@@ -152,7 +169,7 @@ class WISELayer(nn.Module):
             for i in route.unique().tolist():
                 if i >= 0:
                     rows = route == i
-                    add[rows] = self._extra(xb[rows], getattr(self, f"memory_{i}")).to(add.dtype)
+                    add[rows] = self._extra(xb[rows], self.memory(i)).to(add.dtype)
         else:
             extra = [self._extra(xb, d) for d in self.memories]  # each (B, T, d_out)
             norms = [e.norm(dim=-1) for e in extra]  # each (B, T)
@@ -181,7 +198,7 @@ def attach_side_memories(model: nn.Module, config) -> None:
             router = KeyRouter(model.get_submodule(spec["router"]["module"]), keys)
             _replace(model, spec["router"]["module"], router)
         layer = WISELayer(model.get_submodule(name), spec["eps"], spec["variant"], spec["shape"],
-                          spec.get("reduce", "mean"), router)
+                          spec.get("reduce", "mean"), router, spec.get("nnz"))
         _replace(model, name, layer)
 
 

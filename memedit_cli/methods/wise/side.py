@@ -19,8 +19,9 @@ instead, keeps the route its prompt chose).
 
 The memories are rebuilt from the shards (one per apply batch, see
 wise_main.py) by `rebuild`, never edited in place. They are registered
-buffers (`memory_0`, ...), so `save_pretrained` writes them next to
-`base.weight` and the exported modeling file loads them back by name.
+buffers (`memory_0`, ... or, when fewer than half the entries are nonzero,
+`memory_0_index` and `memory_0_values`), so `save_pretrained` writes them
+next to `base.weight` and the exported modeling file loads them back by name.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ class WISELayer(nn.Module):
     def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
-        self.shards: list[dict] = []  # per shard, in order: its stored tensors with "delta" (D float32, base layout)
+        # per shard, in order: "index" (int64 (nnz,), flat, its mask's entries), "values" (float32 (nnz,)),
+        # "scores", and with router=keys "keys" and "key_tau"; kept sparse, densified only to merge
+        self.shards: list[dict] = []
+        self.nnz: list[int] = []  # per memory: -1 stored dense (memory_i), else its nonzeros (memory_i_index/_values)
         self._router = (None,)  # the KeyRouter of router=keys (a tuple: not a submodule)
         self.eps: list[float] = []
         self.edits: list[int] = []  # edits per memory
@@ -48,7 +52,16 @@ class WISELayer(nn.Module):
 
     @property
     def memories(self) -> list:
-        return [getattr(self, f"memory_{i}") for i in range(len(self.eps))]
+        return [self.memory(i) for i in range(len(self.eps))]
+
+    def memory(self, i: int) -> torch.Tensor:
+        """Memory i as a dense matrix in the base layout (built from its nonzeros when stored sparse)."""
+        if self.nnz[i] < 0:
+            return getattr(self, f"memory_{i}")
+        w = self.base.weight
+        flat = torch.zeros(w.numel(), dtype=w.dtype, device=w.device)
+        return flat.index_copy_(0, getattr(self, f"memory_{i}_index").long(), getattr(self, f"memory_{i}_values"))\
+            .view(w.shape)
 
     def rebuild(self, hp) -> None:
         """Side memories from the shards: merge, one TIES merge of all; retrieve, one per `merge_freq` edits."""
@@ -61,13 +74,26 @@ class WISELayer(nn.Module):
                 count = 0
             groups[-1].append(shard)
             count += len(shard["scores"])
-        for i in range(len(self.eps)):
-            delattr(self, f"memory_{i}")
+        for i, n in enumerate(self.nnz):
+            for suffix in ([""] if n < 0 else ["_index", "_values"]):
+                delattr(self, f"memory_{i}{suffix}")
         w = self.base.weight
-        self.eps, self.edits, self.variant, self.reduce = [], [], hp.variant, hp.route_reduce
+        self.eps, self.edits, self.nnz, self.variant, self.reduce = [], [], [], hp.variant, hp.route_reduce
         for i, group in enumerate(g for g in groups if g):
-            merged = ties([s["delta"] for s in group], hp.densities)
-            self.register_buffer(f"memory_{i}", merged.to(device=w.device, dtype=w.dtype))
+            if len(group) == 1:  # one shard is the memory, untrimmed: keep it sparse
+                index, values = group[0]["index"], group[0]["values"]
+            else:
+                merged = ties([_dense(s, w.shape) for s in group], hp.densities).flatten()
+                index = merged.nonzero().squeeze(1)
+                values = merged[index]
+            if 2 * len(index) < w.numel():  # an int32 index and a value per nonzero are smaller than dense
+                self.register_buffer(f"memory_{i}_index", index.to(device=w.device, dtype=torch.int32))
+                self.register_buffer(f"memory_{i}_values", values.to(device=w.device, dtype=w.dtype))
+                self.nnz.append(len(index))
+            else:
+                dense = torch.zeros(w.numel(), dtype=torch.float32).index_copy_(0, index, values.float())
+                self.register_buffer(f"memory_{i}", dense.view(w.shape).to(device=w.device, dtype=w.dtype))
+                self.nnz.append(-1)
             self.eps.append(hp.act_ratio * float(torch.cat([s["scores"] for s in group]).min()))
             self.edits.append(sum(len(s["scores"]) for s in group))
         router = self._router[0]
@@ -96,7 +122,7 @@ class WISELayer(nn.Module):
             for i in route.unique().tolist():
                 if i >= 0:
                     rows = route == i
-                    add[rows] = extra_output(self.base, xb[rows], getattr(self, f"memory_{i}")).to(add.dtype)
+                    add[rows] = extra_output(self.base, xb[rows], self.memory(i)).to(add.dtype)
         else:
             extra = [extra_output(self.base, xb, d) for d in self.memories]  # each (B, T, d_out)
             score = self._score(extra)  # (n, B)
@@ -109,6 +135,12 @@ class WISELayer(nn.Module):
             add = chosen * routed[:, None, None].to(chosen.dtype)
         self.last_route = route
         return out + (add[0] if squeeze else add)
+
+
+def _dense(shard: dict, shape) -> torch.Tensor:
+    """A shard's delta D as a dense float32 matrix (base layout)."""
+    flat = torch.zeros(int(torch.tensor(shape).prod()), dtype=torch.float32)
+    return flat.index_copy_(0, shard["index"], shard["values"]).view(tuple(shape))
 
 
 @contextlib.contextmanager

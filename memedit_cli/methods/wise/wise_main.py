@@ -139,10 +139,11 @@ class WISE(Method):
             setattr(model.get_submodule(parent), child, layer)
         shape = tuple(int(s) for s in tensors["shape"])
         numel = int(np.prod(shape))
-        mask = torch.from_numpy(np.unpackbits(tensors["mask_bits"].numpy())[:numel].astype(bool)).reshape(shape)
-        D = torch.zeros(shape, dtype=torch.float32)
-        D[mask] = tensors["values"].float()
-        shard = {"delta": D, "scores": tensors["scores"].float()}
+        if tuple(layer.base.weight.shape) != shape:
+            raise ValueError(f"a WISE shard of shape {shape} does not fit {name} {tuple(layer.base.weight.shape)}")
+        mask = np.unpackbits(tensors["mask_bits"].numpy())[:numel].astype(bool)
+        shard = {"index": torch.from_numpy(np.flatnonzero(mask)), "values": tensors["values"].float(),
+                 "scores": tensors["scores"].float()}
         if "keys" in tensors:  # router=keys (resolve saw to it that all shards agree on the key block)
             shard.update(keys=tensors["keys"].float(), key_tau=tensors["key_tau"].float())
         layer.shards.append(shard)
