@@ -95,12 +95,12 @@ def train(model, tok, env, method, hp, facts, shard):
 
 def detach(model):
     """The base model again: every WISELayer and KeyRouter replaced by the module it wraps."""
+    from memedit_cli.methods.wise.modeling_memedit_wise import replace_module
     from memedit_cli.methods.wise.router import KeyRouter
 
     for name, module in list(model.named_modules()):
         if isinstance(module, (WISELayer, KeyRouter)):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.base)
+            replace_module(model, name, module.base)
 
 
 def attach_all(model, method, hp, shards):
@@ -140,8 +140,7 @@ def key_routing(args):
     tau = keyrouter.key_thresholds(model, tok, keys, hp.irrelevant, name, hp, "cpu")
     key_s = (time.perf_counter() - t0) / len(facts)
     router = keyrouter.KeyRouter(model.get_submodule(name), [])
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, router)
+    keyrouter.modeling.replace_module(model, name, router)
 
     def where(texts):
         out = []

@@ -33,6 +33,7 @@ class WISEHparams:
     route_reduce: str = "mean"  # Δ over a row's positions: mean (WISE) or max (the most affected position)
     threshold_from: str = "edit"  # edit: each edit's score when it finished (WISE); final: re-measured on the finished shard
     # routing loss: max(0, Δ_irr − α) + max(0, β − Δ_edit) + max(0, γ − (Δ_edit − Δ_irr))
+    # (router=keys has none; α, β, γ are then left 0)
     alpha: float = 0.0  # 0: resolved as alpha_rel · m, m = mean ‖FFN output‖ per token of the base layer
     beta: float = 0.0
     gamma: float = 0.0

@@ -27,8 +27,9 @@ holding the edit keys of all memories (`keys`, (N, d_in), memory by memory in
 the order of "keys", which gives each memory's count) and their thresholds
 (`tau`, (N,)), and the WISELayer takes its routes from it.
 
-memedit_cli imports `KeyRouter` from this file (one definition for memedit and
-the export); `WISELayer` has an in-memedit twin in side.py.
+memedit_cli builds on `KeyRouter` and `WISELayer` from this file (router.py and
+side.py add how they are rebuilt from shards), so memedit and the export route
+and add the memories with one piece of code.
 """
 
 import torch
@@ -119,7 +120,8 @@ class WISELayer(nn.Module):
     router's, which keeps the prompt's route while generating.
     """
 
-    def __init__(self, base: nn.Module, eps, variant: str, shape, reduce: str = "mean", router=None, nnz=None):
+    def __init__(self, base: nn.Module, eps=(), variant: str = "merge", shape=None, reduce: str = "mean", router=None,
+                 nnz=None):
         super().__init__()
         self.base = base
         self._router = (router,)  # a KeyRouter in an earlier block, or None; a tuple: not a submodule
@@ -128,7 +130,7 @@ class WISELayer(nn.Module):
         self.variant = variant  # informational: both variants route the same way at inference
         self.last_route = None  # (B,) long: the memory each row of the last call used, -1 for W alone
         w = base.weight
-        if list(w.shape) != list(shape):
+        if shape is not None and list(w.shape) != list(shape):
             raise ValueError(f"memedit_wise: memory shape {list(shape)} does not match the base weight {list(w.shape)}")
         self.shape = list(w.shape)
         for i, n in enumerate(nnz or [-1] * len(self.eps)):
@@ -156,6 +158,11 @@ class WISELayer(nn.Module):
         # GPT-2's Conv1D stores weights as (d_in, d_out), nn.Linear as (d_out, d_in)
         return x @ delta if isinstance(self.base, Conv1D) else x @ delta.T
 
+    def _score(self, extra):
+        """[(B, T, d_out)] per memory -> (n, B): the mean (or max) over positions of ‖a_t M_iᵀ‖."""
+        norms = [e.norm(dim=-1) for e in extra]  # each (B, T)
+        return torch.stack([n.amax(-1) if self.reduce == "max" else n.mean(-1) for n in norms])
+
     def forward(self, x):
         out = self.base(x)
         if not self.eps:
@@ -172,8 +179,7 @@ class WISELayer(nn.Module):
                     add[rows] = self._extra(xb[rows], self.memory(i)).to(add.dtype)
         else:
             extra = [self._extra(xb, d) for d in self.memories]  # each (B, T, d_out)
-            norms = [e.norm(dim=-1) for e in extra]  # each (B, T)
-            score = torch.stack([n.amax(-1) if self.reduce == "max" else n.mean(-1) for n in norms])  # (n, B)
+            score = self._score(extra)  # (n, B)
             eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]  # (n, 1)
             above = score > eps
             pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
@@ -196,13 +202,13 @@ def attach_side_memories(model: nn.Module, config) -> None:
             if len(keys) != spec["memories"]:
                 raise ValueError(f"memedit_wise[{name!r}]: {spec['memories']} memories but {len(keys)} key sets")
             router = KeyRouter(model.get_submodule(spec["router"]["module"]), keys)
-            _replace(model, spec["router"]["module"], router)
+            replace_module(model, spec["router"]["module"], router)
         layer = WISELayer(model.get_submodule(name), spec["eps"], spec["variant"], spec["shape"],
                           spec.get("reduce", "mean"), router, spec.get("nnz"))
-        _replace(model, name, layer)
+        replace_module(model, name, layer)
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
 

@@ -71,21 +71,13 @@ def key_thresholds(model, tok, keys, texts, name: str, hp, device) -> torch.Tens
 
 
 def link(model, layer, hp) -> None:
-    """Give the WISELayer `layer` a KeyRouter at block `key_layer` (router=keys), or take it away."""
-    current = layer._router[0]
-    if hp.router != "keys":
-        if current is not None:
-            _replace(model, _name_of(model, current), current.base)
-            layer._router = (None,)
-        return
-    name = key_module(model, hp)
-    module = model.get_submodule(name)
-    if current is not None and current is not module:  # key_layer moved: unwrap the old one
-        _replace(model, _name_of(model, current), current.base)
-    if not isinstance(module, KeyRouter):
-        module = KeyRouter(module, [])
-        _replace(model, name, module)
-    layer._router = (module,)
+    """With router=keys, give the WISELayer `layer` a KeyRouter at block `key_layer` (resolve keeps all
+    WISE segments of a state on one router and key block, so it is made once and never moves)."""
+    if hp.router == "keys" and layer._router[0] is None:
+        name = key_module(model, hp)
+        router = KeyRouter(model.get_submodule(name), [])
+        modeling.replace_module(model, name, router)
+        layer._router = (router,)
 
 
 def reset(model) -> None:
@@ -93,12 +85,3 @@ def reset(model) -> None:
     for m in model.modules():
         if isinstance(m, modeling.KeyRouter):
             m.reset()
-
-
-def _name_of(model, module) -> str:
-    return next(n for n, m in model.named_modules() if m is module)
-
-
-def _replace(model, name: str, module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, module)

@@ -31,37 +31,20 @@ import contextlib
 import torch
 from torch import nn
 
-from memedit_cli.arch import extra_output
+from memedit_cli.methods.wise import modeling_memedit_wise as modeling
 
 
-class WISELayer(nn.Module):
+class WISELayer(modeling.WISELayer):
+    """The exported WISELayer (routing and adding the memories), plus its shards and how memories are rebuilt."""
+
     def __init__(self, base: nn.Module):
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         # per shard, in order: "index" (int64 (nnz,), flat, its mask's entries), "values" (float32 (nnz,)),
         # "scores", and with router=keys "keys" and "key_tau"; kept sparse, densified only to merge
         self.shards: list[dict] = []
         self.nnz: list[int] = []  # per memory: -1 stored dense (memory_i), else its nonzeros (memory_i_index/_values)
-        self._router = (None,)  # the KeyRouter of router=keys (a tuple: not a submodule)
-        self.eps: list[float] = []
         self.edits: list[int] = []  # edits per memory
-        self.variant = "merge"
-        self.reduce = "mean"  # Δ over a row's positions: "mean" (WISE) or "max"
         self.bypass = False  # True while editing: the main memory only
-        self.last_route = None  # (B,) long: the memory each row of the last call used, -1 for the main memory
-
-    @property
-    def memories(self) -> list:
-        return [self.memory(i) for i in range(len(self.eps))]
-
-    def memory(self, i: int) -> torch.Tensor:
-        """Memory i as a dense matrix in the base layout (built from its nonzeros when stored sparse)."""
-        if self.nnz[i] < 0:
-            return getattr(self, f"memory_{i}")
-        w = self.base.weight
-        flat = torch.zeros(w.numel(), dtype=w.dtype, device=w.device)
-        return flat.index_copy_(0, getattr(self, f"memory_{i}_index").long(), getattr(self, f"memory_{i}_values"))\
-            .view(w.shape)
 
     def rebuild(self, hp) -> None:
         """Side memories from the shards: merge, one TIES merge of all; retrieve, one per `merge_freq` edits."""
@@ -102,39 +85,10 @@ class WISELayer(nn.Module):
 
     def scores(self, x) -> torch.Tensor:
         """(n_memories, B) routing scores Δ_i for an activation x (B, T, d_in)."""
-        return self._score([extra_output(self.base, x, d) for d in self.memories])
-
-    def _score(self, extra):
-        """[(B, T, d_out)] per memory -> (n, B): the mean (or max) over positions of ‖a_t M_iᵀ‖."""
-        norms = [e.norm(dim=-1) for e in extra]
-        return torch.stack([n.amax(-1) if self.reduce == "max" else n.mean(-1) for n in norms])
+        return self._score([self._extra(x, d) for d in self.memories])
 
     def forward(self, x):
-        out = self.base(x)
-        if self.bypass or not self.eps:
-            return out
-        squeeze = x.dim() == 2  # (T, d_in) without a batch dimension
-        xb = x[None] if squeeze else x  # (B, T, d_in)
-        router = self._router[0]
-        if router is not None:  # chosen earlier in this forward pass, from the edits' keys: only those memories run
-            route = router.route.to(xb.device)  # (B,)
-            add = torch.zeros(*xb.shape[:2], out.shape[-1], dtype=out.dtype, device=out.device)  # (B, T, d_out)
-            for i in route.unique().tolist():
-                if i >= 0:
-                    rows = route == i
-                    add[rows] = extra_output(self.base, xb[rows], self.memory(i)).to(add.dtype)
-        else:
-            extra = [extra_output(self.base, xb, d) for d in self.memories]  # each (B, T, d_out)
-            score = self._score(extra)  # (n, B)
-            eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]  # (n, 1)
-            above = score > eps
-            pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
-            routed = above.any(0)  # (B,)
-            route = torch.where(routed, pick, torch.full_like(pick, -1))
-            chosen = torch.stack(extra)[pick, torch.arange(xb.shape[0], device=xb.device)]  # (B, T, d_out)
-            add = chosen * routed[:, None, None].to(chosen.dtype)
-        self.last_route = route
-        return out + (add[0] if squeeze else add)
+        return self.base(x) if self.bypass else super().forward(x)
 
 
 def _dense(shard: dict, shape) -> torch.Tensor:

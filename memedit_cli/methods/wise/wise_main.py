@@ -83,7 +83,8 @@ class WISE(Method):
                 raise HparamsError(f"the WISE edits already applied route with router={theirs[0]}"
                                    f"{f', key_layer={theirs[1]}' if theirs[1] is not None else ''}; apply with the "
                                    "same --set router=... (and key_layer), or forget those edits first")
-        if not hp.prefixes or not hp.irrelevant or 0 in (hp.alpha, hp.beta, hp.gamma):
+        margins = hp.router == "activation" and 0 in (hp.alpha, hp.beta, hp.gamma)  # keys: no routing loss
+        if not hp.prefixes or not hp.irrelevant or margins:
             base, base_tok = env.load_base()
         if not hp.prefixes:
             changes["prefixes"] = prefixes.cached(base, base_tok, hp.n_prefixes, hp.prefix_length,
@@ -91,7 +92,7 @@ class WISE(Method):
         if not hp.irrelevant:
             made = prefixes.cached(base, base_tok, hp.n_irrelevant, 12, env.cache_dirs, env.model_key)
             changes["irrelevant"] = tuple(t.removesuffix(". {}") for t in made[1:])
-        if 0 in (hp.alpha, hp.beta, hp.gamma):
+        if margins:
             m = output_norm(base, base_tok, changes.get("irrelevant", hp.irrelevant), hp.layer)
             for k in ("alpha", "beta", "gamma"):
                 if getattr(hp, k) == 0:
@@ -121,7 +122,6 @@ class WISE(Method):
             tensors["keys"] = keys
             tensors["key_tau"] = router.key_thresholds(model, tok, keys, hp.irrelevant, key_name, hp,
                                                        input_device(model))
-            tensors["key_layer"] = torch.tensor(hp.key_layer, dtype=torch.int64)
         return tensors, info
 
     def attach(self, model, tensors, hp: WISEHparams) -> None:
