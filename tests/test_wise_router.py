@@ -131,3 +131,13 @@ def test_a_subject_missing_from_its_prompt_is_refused_with_keys(repo, tmp_path):
     assert r.exit_code != 0 and "does not occur in prompt" in r.output
     assert repo.tree() == before
     repo("apply", write_facts(tmp_path / "f.jsonl", bad), "--method", "wise", "--set", "n_iter=1")  # activation: no subject needed
+
+
+@pytest.mark.parametrize("setting, message", [("router=nearest", "router must be activation or keys"),
+                                              ("key_threshold=1.5", "key_threshold is a cosine"),
+                                              ("key_margin=-0.1", "key_margin must be >= 0")])
+def test_bad_router_settings_are_refused_before_loading(repo, tmp_path, setting, message):
+    before = repo.tree()
+    r = repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "wise", "--set", setting, ok=False)
+    assert r.exit_code != 0 and message in r.output
+    assert repo.tree() == before
