@@ -70,14 +70,91 @@ def speed(args):
           f"write {(t2 - t1) / n * 1000:.1f} ms/fact, forget {(t3 - t2) / 10 * 1000:.1f} ms/fact")
 
 
+def prompt_acc(model, tok, prompt: str, target: str) -> tuple[float, torch.Tensor]:
+    """Teacher-forced token accuracy of ` target` after `prompt`, the prompt read first, as generation reads it.
+
+    The target is fed as a cached continuation, so the scope detector sees the prompt alone, not
+    the answer (a single forward over prompt + target would let the target choose the episode).
+    """
+    p = tok(prompt, return_tensors="pt")["input_ids"]
+    t = torch.tensor([tok(" " + target, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        first = model(input_ids=p, use_cache=True)
+        pred = [first.logits[0, -1].argmax()]
+        if t.shape[1] > 1:
+            rest = model(input_ids=t[:, :-1], past_key_values=first.past_key_values, use_cache=True)
+            pred += list(rest.logits[0].argmax(-1))
+    pred = torch.stack(pred)
+    return float((pred == t[0]).float().mean()), pred
+
+
+def quality(args):
+    """Apply N facts through the repository (one batch), score Rel/Gen/Loc, then forget 10 and score again."""
+    import json
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from memedit_cli import hparams as hparams_mod
+    from memedit_cli.apply import apply
+    from memedit_cli.forget import forget
+    from memedit_cli.repo import Repo
+    from memedit_cli.state import materialize
+
+    facts = load(args.data, args.facts)
+    memedit = str(Path(sys.executable).with_name("memedit"))
+    with tempfile.TemporaryDirectory() as work:
+        subprocess.run([memedit, "-C", work, "-q", "init"], check=True, capture_output=True)
+        repo = Repo.open(work)
+        base, tok = materialize(repo, [])
+        base_loc = [prompt_acc(base, tok, f.locality_prompt, f.locality_ground_truth)[1] for f in facts]
+        rel_base = sum(prompt_acc(base, tok, f.prompt, f.target_new)[0] for f in facts) / len(facts)
+        t0 = time.perf_counter()
+        rec = apply(repo, facts, "larimar", hparams_mod.parse_set(args.set), None, 0, "bench")
+        apply_s = time.perf_counter() - t0
+        model, tok = materialize(repo, repo.segments_at(repo.head()))
+        dec = model.model
+        rel, gen, loc, scope = [], [], [], {"rel": 0, "gen": 0, "loc": 0}
+        for f, bl in zip(facts, base_loc):
+            rel.append(prompt_acc(model, tok, f.prompt, f.target_new)[0])
+            scope["rel"] += int(dec.last_episodes[0] >= 0)
+            gen.append(prompt_acc(model, tok, f.rephrase_prompt, f.target_new)[0])
+            scope["gen"] += int(dec.last_episodes[0] >= 0)
+            _, pred = prompt_acc(model, tok, f.locality_prompt, f.locality_ground_truth)
+            scope["loc"] += int(dec.last_episodes[0] >= 0)
+            loc.append(float((pred == bl).float().mean()))
+        n = len(facts)
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        hp = rec["hparams"]
+        print(f"# {args.data}, {n} facts, --set {' '.join(args.set) or '(none)'}; encoder {hp['encoder']}, "
+              f"threshold {hp['threshold']}, context {json.dumps(hp['context'])}")
+        print(f"| {args.data} | {n} | {hp['threshold']} | {mean(rel):.2f} | {mean(gen):.2f} | {mean(loc):.2f} | "
+              f"{scope['rel'] / n:.2f} | {scope['gen'] / n:.2f} | {scope['loc'] / n:.2f} | {rel_base:.2f} | "
+              f"{rec['timings']['per_fact_s'] * 1000:.0f} ms | {apply_s:.1f} s |", flush=True)
+        if not args.forget:
+            return
+        gone = facts[:10]
+        t0 = time.perf_counter()
+        frec = forget(repo, [f.id for f in gone])
+        forget_s = time.perf_counter() - t0
+        model, tok = materialize(repo, repo.segments_at(repo.head()))
+        rel_gone = mean([prompt_acc(model, tok, f.prompt, f.target_new)[0] for f in gone])
+        rel_kept = mean([prompt_acc(model, tok, f.prompt, f.target_new)[0] for f in facts[10:]])
+        print(f"forget 10 of {n}: {forget_s:.2f} s ({frec['timings']['replayed_segments']} segments replayed); "
+              f"Rel of the forgotten {rel_gone:.2f} (base model {mean([prompt_acc(base, tok, f.prompt, f.target_new)[0] for f in gone]):.2f}), "
+              f"Rel of the other {n - 10}: {rel_kept:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["scope", "speed"])
+    ap.add_argument("mode", choices=["scope", "speed", "quality"])
     ap.add_argument("--data", choices=list(FILES), default="counterfact")
     ap.add_argument("--facts", type=int, default=100)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="quality: Larimar hparams")
+    ap.add_argument("--forget", action="store_true", help="quality: then forget 10 facts and score again")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    {"scope": scope, "speed": speed}[args.mode](args)
+    {"scope": scope, "speed": speed, "quality": quality}[args.mode](args)
 
 
 if __name__ == "__main__":

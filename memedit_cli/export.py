@@ -35,6 +35,11 @@ def export_merged(repo, out_dir: str, force: bool = False) -> dict:
         for name in sorted({s["method"] for s in segments}):
             extra = methods.get(name).export_extras(model, tmp)
             if extra:
+                clash = sorted(set(auto_map) & set(extra.get("auto_map", {})))
+                if clash:
+                    raise UserError(f"this state holds edits of methods whose exports need different modeling "
+                                    f"files ({', '.join(sorted({s['method'] for s in segments}))}); forget the "
+                                    "edits of all but one of them before exporting")
                 auto_map.update(extra.get("auto_map", {}))
         if auto_map:
             model.config.auto_map = auto_map
@@ -45,7 +50,7 @@ def export_merged(repo, out_dir: str, force: bool = False) -> dict:
             "base_model": repo.config["model"],
             "facts": list(repo.facts_at(head)),
             "methods": sorted({s["method"] for s in segments}),
-            # wrapper modules (WISE) load only through the shipped modeling file; without
+            # wrapper modules (WISE, Larimar) load only through the shipped modeling file; without
             # trust_remote_code transformers builds the stock model and silently drops them
             "trust_remote_code": bool(auto_map),
         }

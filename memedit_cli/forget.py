@@ -69,7 +69,7 @@ def forget(repo, ids: list[str]) -> dict:
                 continue
             method = methods.get(seg["method"])
             if n > 0 and method.independent and not others_changed and len(keep) == len(seg["facts"]):
-                attach_segment(repo, model, seg)  # its result cannot have changed: kept as it is
+                attach_segment(repo, model, seg, tok)  # its result cannot have changed: kept as it is
                 env.attached.append(seg)
                 rebuilt.append(seg)
                 continue

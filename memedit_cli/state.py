@@ -18,10 +18,10 @@ def load_segment_tensors(repo, seg: dict) -> dict:
     return tensors
 
 
-def attach_segment(repo, model, seg: dict) -> None:
+def attach_segment(repo, model, seg: dict, tok) -> None:
     method = methods.get(seg["method"])
     hp = hparams_mod.from_json(method.hparams_class, seg["hparams"])
-    method.attach(model, load_segment_tensors(repo, seg), hp)
+    method.attach(model, load_segment_tensors(repo, seg), hp, tok)
 
 
 def materialize(repo, segments: list[dict]):
@@ -30,7 +30,7 @@ def materialize(repo, segments: list[dict]):
 
     model, tok = models.load(repo.config)
     for seg in segments:
-        attach_segment(repo, model, seg)
+        attach_segment(repo, model, seg, tok)
     return model, tok
 
 
@@ -77,7 +77,7 @@ def run_segment(repo, model, tok, method, hp, facts: list[Fact], seed: int, env,
         "info": info,
         "compute_s": round(compute_s, 3),
     }
-    attach_segment(repo, model, seg)
+    attach_segment(repo, model, seg, tok)
     env.attached.append(seg)
     env.load_base = env.load_fresh  # the model in hand is no longer the base model
     return seg

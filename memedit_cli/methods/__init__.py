@@ -14,6 +14,7 @@ REGISTRY = {
     "ft": "memedit_cli.methods.ft:FT",
     "memit": "memedit_cli.methods.memit:MEMIT",
     "wise": "memedit_cli.methods.wise:WISE",
+    "larimar": "memedit_cli.methods.larimar:Larimar",
 }
 
 

@@ -18,9 +18,11 @@ The repository owns history, storage and replay; a method only turns
   `reuse` is, during a forget's replay of the first affected segment (whose
   starting state is unchanged), that segment's stored facts and tensors, so a
   method can skip work whose result cannot have changed.
-- `attach(model, tensors, hp)`: makes the lasting edit — a weight delta, or a
-  wrapper module that keeps the base layer. States are always rebuilt by
-  attaching segments to fresh base weights, never by subtracting.
+- `attach(model, tensors, hp, tok)`: makes the lasting edit — a weight delta,
+  or a wrapper module that keeps the base layer. States are always rebuilt by
+  attaching segments to fresh base weights, never by subtracting. `tok` is
+  the model's tokenizer, for wrappers that read text at run time (Larimar's
+  scope detector); weight methods ignore it.
 - `batch_limit(hp)`: the most facts one segment may hold (apply cuts bigger
   batches); None for no limit.
 - forget: the repository drops the forgotten facts from their segment and
@@ -80,7 +82,7 @@ class Method:
     def compute(self, model, tok, facts, hp, seed: int, env: Env, reuse: dict | None = None) -> tuple[dict, dict]:
         raise NotImplementedError
 
-    def attach(self, model, tensors: dict, hp) -> None:
+    def attach(self, model, tensors: dict, hp, tok=None) -> None:
         raise NotImplementedError
 
     def export_extras(self, model, out_dir) -> dict | None:

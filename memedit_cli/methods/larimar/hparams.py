@@ -1,0 +1,41 @@
+"""Larimar hyperparameters.
+
+All Larimar segments of a state share one memory, one encoder and one scope
+detector, so every field must agree across them (`Larimar.resolve` refuses a
+mix before anything is computed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENCODERS = ("auto", "minilm", "model")
+
+
+@dataclass(frozen=True)
+class LarimarHparams:
+    memory_size: int = 512  # K, memory rows (Larimar: 512); grows to the next power of two above the episode count
+    ridge: float = 1.0  # λ: Cov₀ = λI keeps the key covariance invertible
+    memory_seed: int = 0  # seeds the reference memory M_ref that addresses writes (W = Z M_ref⁺)
+    threshold: float = 0.7  # scope: the nearest episode's cosine must reach this (docs/methods/larimar.md: the table)
+    encoder: str = "auto"  # minilm, model (the base model's hidden state), auto: minilm when installed
+    encoder_layer: int = -1  # encoder=model: the block whose input is pooled; -1: half the depth
+    # the text read before an in-scope prompt; {prompt} and {target} are the episode's fact
+    context: str = "{prompt} {target}.\n"
+
+    def check(self) -> str | None:
+        if self.memory_size < 1:
+            return f"memory_size must be >= 1, got {self.memory_size}"
+        if not self.ridge > 0:
+            return f"ridge must be > 0 (it keeps the covariance invertible), got {self.ridge}"
+        if not -1 <= self.threshold <= 1:
+            return f"threshold is a cosine similarity: between -1 and 1, got {self.threshold}"
+        if self.encoder not in ENCODERS:
+            return f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}"
+        if "{prompt}" not in self.context or "{target}" not in self.context:
+            return f"context must contain {{prompt}} and {{target}}, got {self.context!r}"
+        try:
+            self.context.format(prompt="", target="")
+        except (KeyError, IndexError, ValueError) as e:
+            return f"context: only {{prompt}} and {{target}} may appear in braces ({e})"
+        return None

