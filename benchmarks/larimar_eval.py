@@ -108,29 +108,35 @@ def quality(args):
         repo = Repo.open(work)
         base, tok = materialize(repo, [])
         base_loc = [prompt_acc(base, tok, f.locality_prompt, f.locality_ground_truth)[1] for f in facts]
-        rel_base = sum(prompt_acc(base, tok, f.prompt, f.target_new)[0] for f in facts) / len(facts)
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        rel_base = mean([prompt_acc(base, tok, f.prompt, f.target_new)[0] for f in facts])
         t0 = time.perf_counter()
         rec = apply(repo, facts, "larimar", hparams_mod.parse_set(args.set), None, 0, "bench")
         apply_s = time.perf_counter() - t0
         model, tok = materialize(repo, repo.segments_at(repo.head()))
-        dec = model.model
-        rel, gen, loc, scope = [], [], [], {"rel": 0, "gen": 0, "loc": 0}
-        for f, bl in zip(facts, base_loc):
-            rel.append(prompt_acc(model, tok, f.prompt, f.target_new)[0])
-            scope["rel"] += int(dec.last_episodes[0] >= 0)
-            gen.append(prompt_acc(model, tok, f.rephrase_prompt, f.target_new)[0])
-            scope["gen"] += int(dec.last_episodes[0] >= 0)
-            _, pred = prompt_acc(model, tok, f.locality_prompt, f.locality_ground_truth)
-            scope["loc"] += int(dec.last_episodes[0] >= 0)
-            loc.append(float((pred == bl).float().mean()))
-        n = len(facts)
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        dec = getattr(model, model.base_model_prefix)
         hp = rec["hparams"]
+        n = len(facts)
         print(f"# {args.data}, {n} facts, --set {' '.join(args.set) or '(none)'}; encoder {hp['encoder']}, "
-              f"threshold {hp['threshold']}, context {json.dumps(hp['context'])}")
-        print(f"| {args.data} | {n} | {hp['threshold']} | {mean(rel):.2f} | {mean(gen):.2f} | {mean(loc):.2f} | "
-              f"{scope['rel'] / n:.2f} | {scope['gen'] / n:.2f} | {scope['loc'] / n:.2f} | {rel_base:.2f} | "
-              f"{rec['timings']['per_fact_s'] * 1000:.0f} ms | {apply_s:.1f} s |", flush=True)
+              f"context {json.dumps(hp['context'])}; base model Rel {rel_base:.2f}; apply {apply_s:.1f} s "
+              f"({rec['timings']['per_fact_s'] * 1000:.0f} ms/fact after loading)")
+        print("| data | facts | threshold | Rel | Gen | Loc | edit prompts in scope | rephrases in scope | "
+              "locality prompts in scope |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for threshold in args.thresholds or [hp["threshold"]]:
+            dec.settings["threshold"] = threshold
+            rel, gen, loc, scope = [], [], [], {"rel": 0, "gen": 0, "loc": 0}
+            for f, bl in zip(facts, base_loc):
+                rel.append(prompt_acc(model, tok, f.prompt, f.target_new)[0])
+                scope["rel"] += int(dec.last_episodes[0] >= 0)
+                gen.append(prompt_acc(model, tok, f.rephrase_prompt, f.target_new)[0])
+                scope["gen"] += int(dec.last_episodes[0] >= 0)
+                _, pred = prompt_acc(model, tok, f.locality_prompt, f.locality_ground_truth)
+                scope["loc"] += int(dec.last_episodes[0] >= 0)
+                loc.append(float((pred == bl).float().mean()))
+            print(f"| {args.data} | {n} | {threshold} | {mean(rel):.2f} | {mean(gen):.2f} | {mean(loc):.2f} | "
+                  f"{scope['rel'] / n:.2f} | {scope['gen'] / n:.2f} | {scope['loc'] / n:.2f} |", flush=True)
+        dec.settings["threshold"] = hp["threshold"]
         if not args.forget:
             return
         gone = facts[:10]
@@ -151,6 +157,8 @@ def main():
     ap.add_argument("--data", choices=list(FILES), default="counterfact")
     ap.add_argument("--facts", type=int, default=100)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="quality: Larimar hparams")
+    ap.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                    help="quality: score under each of these scope thresholds (default: the applied one)")
     ap.add_argument("--forget", action="store_true", help="quality: then forget 10 facts and score again")
     args = ap.parse_args()
     torch.set_num_threads(2)

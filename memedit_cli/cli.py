@@ -301,6 +301,38 @@ def stats(ctx, corpus, tokens, layers):
     click.echo(f"statistics {key} for {len(cov)} layer(s) ({', '.join(cov)}) ready in {time.perf_counter() - t0:.1f} s")
 
 
+@cli.command(name="larimar-train")
+@click.option("--corpus", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Sentences to reconstruct: one per line, or JSONL with a \"text\" field.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Training settings: steps (300), lr (0.001), batch (8), prefix_tokens (1), memory_size (64), "
+                   "max_tokens (48), seed (0), encoder (auto), encoder_layer (-1), as in Larimar's hparams.")
+@click.option("--json", "as_json", is_flag=True, help="Print the adapter's record as JSON.")
+@click.pass_context
+def larimar_train(ctx, corpus, sets, as_json):
+    """Experimental: train the adapter behind `apply --method larimar --set mode=prefix`.
+
+    A linear map from the memory readout to one key/value prefix per layer,
+    trained with the model frozen to reconstruct each CORPUS sentence from its
+    readout (Larimar's reconstruction objective). It is kept in the per-user
+    cache, keyed by the base model; `apply ... --set mode=prefix` uses the
+    latest one (or `--set adapter=ID`) and stores it in the repository.
+    """
+    from memedit_cli import hparams as hparams_mod
+    from memedit_cli.methods.larimar.prefix import train_for_repo
+    from memedit_cli.progress import bar
+
+    repo = _repo(ctx)
+    info = train_for_repo(repo, corpus, hparams_mod.parse_set(list(sets)),
+                          progress=lambda it: bar(it, desc="larimar-train", unit="step"))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(f"adapter {info['id']} trained on {info['sentences']} sentences: loss {info['first_loss']:.3f} -> "
+                   f"{info['last_loss']:.3f} (mean of the last steps); use it with "
+                   f"`memedit apply FILE --method larimar --set mode=prefix`")
+
+
 @cli.command()
 def methods():
     """List the edit methods."""

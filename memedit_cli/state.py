@@ -73,7 +73,9 @@ def run_segment(repo, model, tok, method, hp, facts: list[Fact], seed: int, env,
         "hparams": hparams_mod.to_json(hp),
         "seed": seed,
         "facts": [f.id for f in facts],
-        "objects": {"tensors": repo.objects.put(tensors)},
+        # a value that is itself a dict of tensors is an object of its own (shared between segments when equal)
+        "objects": {"tensors": repo.objects.put({k: v for k, v in tensors.items() if not isinstance(v, dict)}),
+                    **{k: repo.objects.put(v) for k, v in tensors.items() if isinstance(v, dict)}},
         "info": info,
         "compute_s": round(compute_s, 3),
     }

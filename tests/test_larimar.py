@@ -49,7 +49,8 @@ def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_mode
         assert read == i
         # what the decoder computes is the base model on the episode's context, then the prompt
         ctx = dec.context_ids[dec.context_offsets[i]:dec.context_offsets[i + 1]]
-        assert tok.decode(ctx) == f"{FACTS[i]['prompt']} {FACTS[i]['target_new']}.\n"
+        fact = f"{FACTS[i]['prompt']} {FACTS[i]['target_new']}."
+        assert tok.decode(ctx) == f"{fact} {fact}\n"
         ids = tok(prompt, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             theirs = base(input_ids=torch.cat([ctx[None], ids], 1)).logits[:, -ids.shape[1]:]
@@ -181,3 +182,38 @@ def test_export_loads_with_its_memory_and_answers_like_memedit(repo, tmp_path, e
     with torch.no_grad():
         kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
         assert torch.equal(ours.generate(**enc, **kw), exported.generate(**enc, **kw))
+
+
+def test_prefix_mode_trains_an_adapter_and_reads_the_readout_through_it(repo, tiny, tmp_path):
+    """Experimental mode=prefix: plumbing only (a 3-step adapter on a random model says nothing of quality)."""
+    from transformers import AutoModelForCausalLM
+
+    result = repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", "mode=prefix",
+                  "--set", "encoder=model", "--set", "threshold=0.99", ok=False)
+    assert result.exit_code == 1 and "memedit larimar-train" in result.output
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{f['prompt']} {f['target_new']}." for f in FACTS) + "\nThe sky is blue.\n")
+    info = repo.json("larimar-train", "--corpus", corpus, "--set", "steps=3", "--set", "lr=0.01",
+                       "--set", "encoder=model")
+    assert info["sentences"] == 4 and len(info["id"]) == 16
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", "mode=prefix",
+         "--set", "encoder=model", "--set", "threshold=-1")
+    model, tok = repo.state()
+    base, _ = base_model(tiny)
+    ours, read = one(model, tok, EDITED[0])
+    with torch.no_grad():
+        plain = base(**tok(EDITED[0], return_tensors="pt")).logits
+    assert read >= 0 and ours.shape == plain.shape and not torch.allclose(ours, plain, atol=1e-4)
+    enc = tok(EDITED[0], return_tensors="pt")
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
+    with torch.no_grad():
+        cached = model.generate(**enc, **kw)
+        ids = enc["input_ids"]
+        for _ in range(4):
+            ids = torch.cat([ids, model(input_ids=ids, use_cache=False).logits[:, -1:].argmax(-1)], 1)
+    assert torch.equal(cached, ids)
+    out = tmp_path / "out"
+    repo("export", "--merged", out)
+    exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    theirs, read_e = one(exported, tok, EDITED[0])
+    assert read_e == read and torch.allclose(ours, theirs, atol=1e-5)

@@ -9,7 +9,9 @@ The repository owns history, storage and replay; a method only turns
   repository (generated prompts, scaled constants) before the values are
   recorded; by default nothing.
 - `compute(model, tok, facts, hp, seed, env, reuse)`: returns {name: tensor}
-  and a small JSON-able info dict. It must leave the model exactly as it found
+  and a small JSON-able info dict (a value that is a dict of tensors is
+  stored as an object of its own, under that name: Larimar's adapter, which
+  every segment shares, is then stored once). It must leave the model exactly as it found
   it (hooks only inside `with` blocks; weights changed for a while are
   restored from copies) and be deterministic given the seed and the model.
   `env` gives the repository's caches, the unedited base model on demand, and

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ENCODERS = ("auto", "minilm", "model")
+MODES = ("context", "prefix")
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,13 @@ class LarimarHparams:
     threshold: float = 0.7  # scope: the nearest episode's cosine must reach this (docs/methods/larimar.md: the table)
     encoder: str = "auto"  # minilm, model (the base model's hidden state), auto: minilm when installed
     encoder_layer: int = -1  # encoder=model: the block whose input is pooled; -1: half the depth
-    # the text read before an in-scope prompt; {prompt} and {target} are the episode's fact
-    context: str = "{prompt} {target}.\n"
+    # the text read before an in-scope prompt; {prompt} and {target} are the episode's fact. Said twice:
+    # SmolLM2-135M copies the target more often then (docs/methods/larimar.md: the format table)
+    context: str = "{prompt} {target}. {prompt} {target}.\n"
+    # context: the episode's text is read (training-free); prefix (experimental): a trained adapter turns
+    # the readout into key/value positions (`memedit larimar-train`)
+    mode: str = "context"
+    adapter: str = ""  # mode=prefix: an adapter id from `memedit larimar-train`; "": the latest for this base model
 
     def check(self) -> str | None:
         if self.memory_size < 1:
@@ -32,6 +38,8 @@ class LarimarHparams:
             return f"threshold is a cosine similarity: between -1 and 1, got {self.threshold}"
         if self.encoder not in ENCODERS:
             return f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}"
+        if self.mode not in MODES:
+            return f"mode must be one of {', '.join(MODES)}, got {self.mode!r}"
         if "{prompt}" not in self.context or "{target}" not in self.context:
             return f"context must contain {{prompt}} and {{target}}, got {self.context!r}"
         try:

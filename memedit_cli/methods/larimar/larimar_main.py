@@ -45,15 +45,17 @@ def episode_text(fact) -> str:
     return f"{fact.prompt} {fact.target_new}"
 
 
+SHARED = ("memory_size", "ridge", "memory_seed", "threshold", "encoder", "encoder_layer", "context", "mode", "adapter")
+
+
 def _shared(h: dict) -> tuple:
     """What all Larimar segments of a state must agree on: they share one memory and one detector."""
-    keys = ("memory_size", "ridge", "memory_seed", "threshold", "encoder", "encoder_layer", "context")
-    return tuple(h.get(k) for k in keys)
+    return tuple(h.get(k) for k in SHARED)
 
 
 def settings(hp: LarimarHparams) -> dict:
     """The run-time settings of the decoder wrapper (also written into an export's config)."""
-    return {"threshold": hp.threshold, "encoder": hp.encoder, "encoder_layer": hp.encoder_layer}
+    return {"threshold": hp.threshold, "encoder": hp.encoder, "encoder_layer": hp.encoder_layer, "mode": hp.mode}
 
 
 class Larimar(Method):
@@ -79,11 +81,17 @@ class Larimar(Method):
             if not 0 <= layer <= n:
                 raise HparamsError(f"encoder_layer must be a block between 0 and {n} (the final hidden state), got {layer}")
         hp = dataclasses.replace(hp, encoder=encoder, encoder_layer=layer)
+        if hp.mode == "prefix":
+            from memedit_cli.methods.larimar import prefix
+
+            hp = dataclasses.replace(hp, adapter=prefix.find_adapter(env.cache_dirs, env.model_key, hp.adapter,
+                                                                     encoder, layer))
+        elif hp.adapter:
+            raise HparamsError("adapter is read only with --set mode=prefix")
         mine = _shared(dataclasses.asdict(hp))
         for seg in env.attached:  # one memory for all Larimar segments: refuse a mix before computing anything
             if seg["method"] == self.name and _shared(seg["hparams"]) != mine:
-                theirs = dict(zip(("memory_size", "ridge", "memory_seed", "threshold", "encoder", "encoder_layer",
-                                   "context"), _shared(seg["hparams"])))
+                theirs = dict(zip(SHARED, _shared(seg["hparams"])))
                 diff = ", ".join(f"{k}={v!r}" for k, v in theirs.items() if getattr(hp, k) != v)
                 raise HparamsError(f"the Larimar edits already applied share one memory with {diff}; apply with "
                                    "the same settings (--set ...), or forget those edits first")
@@ -107,6 +115,10 @@ class Larimar(Method):
         tensors = {"episodes": Z.float().contiguous(),  # (n, C)
                    "context_ids": torch.tensor([t for i in ids for t in i], dtype=torch.int64),
                    "context_offsets": offsets.to(torch.int64)}  # (n + 1,)
+        if hp.mode == "prefix":  # the same adapter for every segment: an object of its own, stored once
+            from memedit_cli.methods.larimar import prefix
+
+            tensors["adapter"] = prefix.load_adapter(env.cache_dirs, env.model_key, hp.adapter)
         return tensors, {"encoder": describe(hp.encoder, hp.encoder_layer), "episodes": len(facts)}
 
     def attach(self, model, tensors, hp: LarimarHparams, tok=None) -> None:
@@ -134,9 +146,15 @@ class Larimar(Method):
         decoder.set_memory(torch.cat([p[0] for p in parts]).float(), memory.M,
                            torch.cat([p[1] for p in parts]),
                            torch.cat([torch.zeros(1, dtype=torch.int64)] + [p[2][1:] + e for p, e in zip(parts, ends)]))
+        if hp.mode == "prefix":
+            from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter
+            from memedit_cli.models import input_device
+
+            decoder._runtime["adapter"] = PrefixAdapter.from_tensors(tensors, model.config).to(input_device(model))
         decoder.bind(tok, encoder_for(model, tok, hp) if hp.encoder == "minilm" else None)
 
     def export_extras(self, model, out_dir) -> dict | None:
+        import torch
         from safetensors.torch import save_file
 
         from memedit_cli.methods.larimar.encoder import minilm_dir
@@ -150,9 +168,14 @@ class Larimar(Method):
             raise UserError(f"exporting a Larimar memory for model type {model_type!r} is not supported "
                             f"(supported: {', '.join(sorted(CLASSES))}); forget the Larimar edits before exporting")
         out = Path(out_dir)
-        save_file({"episodes": decoder.episodes.contiguous(), "memory": decoder.memory.contiguous(),
+        tensors = {"episodes": decoder.episodes.contiguous(), "memory": decoder.memory.contiguous(),
                    "context_ids": decoder.context_ids.contiguous(),
-                   "context_offsets": decoder.context_offsets.contiguous()}, str(out / TENSORS_FILE))
+                   "context_offsets": decoder.context_offsets.contiguous()}
+        if decoder._runtime.get("adapter") is not None:
+            adapter = decoder._runtime["adapter"]
+            tensors.update({f"adapter.proj.{k}": v.detach().cpu().contiguous()
+                            for k, v in adapter.proj.state_dict().items()}, **{"adapter.m": torch.tensor(adapter.m)})
+        save_file(tensors, str(out / TENSORS_FILE))
         config = dict(decoder.settings, tensors=TENSORS_FILE)
         if decoder.settings["encoder"] == "minilm":  # shipped inside the folder, so it loads offline
             shutil.copytree(minilm_dir(), out / ENCODER_DIR)

@@ -32,6 +32,11 @@ How a frozen decoder reads the memory (training-free conditioning):
 and the tensors file holds `episodes` (n, C) float32, `memory` (K, C)
 float32, and the context tokens of episode i as
 `context_ids[context_offsets[i]:context_offsets[i + 1]]` (int64).
+
+With `"mode": "prefix"` (experimental), an in-scope row reads no text: a
+trained `PrefixAdapter` (`adapter.proj.weight`, `adapter.proj.bias`,
+`adapter.m` in the tensors file) turns the readout z_r into m key/value
+positions per layer, put in the cache before the sequence.
 """
 
 import inspect
@@ -86,6 +91,39 @@ def decoder_encode(decoder, input_ids, attention_mask, layer: int) -> torch.Tens
     return mean_pool(out.hidden_states[layer], attention_mask).cpu()
 
 
+def kv_shape(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head size) of a decoder's attention cache."""
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    return layers, kv, getattr(config, "head_dim", None) or hidden // heads
+
+
+class PrefixAdapter(nn.Module):
+    """mode=prefix (experimental): a readout z_r (B, C) -> per layer, keys and values (B, kv_heads, m, head_dim)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, head_dim: int, m: int = 1):
+        super().__init__()
+        self.shape, self.m = (layers, 2, heads, m, head_dim), m
+        self.proj = nn.Linear(dim, layers * 2 * heads * m * head_dim)
+        nn.init.normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, zr) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        kv = self.proj(zr.to(self.proj.weight.dtype)).view(zr.shape[0], *self.shape)
+        return [(kv[:, i, 0], kv[:, i, 1]) for i in range(self.shape[0])]
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, config) -> "PrefixAdapter":
+        """The adapter stored as `adapter.proj.weight` / `adapter.proj.bias` (and `adapter.m`)."""
+        w = tensors["adapter.proj.weight"]
+        m = int(tensors["adapter.m"])
+        adapter = cls(w.shape[1], *kv_shape(config), m)
+        adapter.proj.load_state_dict({"weight": w.float(), "bias": tensors["adapter.proj.bias"].float()})
+        return adapter.eval().requires_grad_(False)
+
+
 class LarimarDecoder(nn.Module):
     """A decoder (the module `base`, unchanged) that reads the episodic memory before a sequence.
 
@@ -118,9 +156,9 @@ class LarimarDecoder(nn.Module):
         self.memory = memory.float().cpu()
         self.context_ids = context_ids.long().cpu()
         self.context_offsets = context_offsets.long().cpu()
-        # the readout's pseudo-inverse, computed once per memory (float64: M is near rank-deficient
-        # when there are fewer episodes than K)
-        self._runtime["memory_pinv"] = torch.linalg.pinv(memory.double().cpu())  # (C, K)
+        # the readout's pseudo-inverse, computed once per memory from the float32 M that an export ships,
+        # so memedit and the export read alike; M has rank ≤ min(n, C) < K, so directions below rtol are cut
+        self._runtime["memory_pinv"] = torch.linalg.pinv(self.memory.double(), rtol=1e-6)  # (C, K)
         self._seq = None
 
     def bind(self, tokenizer=None, encoder=None) -> None:
@@ -140,17 +178,18 @@ class LarimarDecoder(nn.Module):
                  for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
         return encoder.encode(texts)
 
-    def choose(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) the episode each row reads (-1: out of scope) and (B,) its nearest episode's cosine."""
+    def choose(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,) the episode each row reads (-1: out of scope), (B,) its nearest episode's cosine, (B, C) readouts."""
         B = input_ids.shape[0]
         if len(self.episodes) == 0:
-            return torch.full((B,), -1, dtype=torch.long), torch.full((B,), float("-inf"))
+            return (torch.full((B,), -1, dtype=torch.long), torch.full((B,), float("-inf")),
+                    torch.zeros(B, self.episodes.shape[1]))
         zq = self.encode(input_ids, attention_mask).float()  # (B, C), unit
         best, _ = (zq @ self.episodes.T).max(1)  # scope: the nearest written episode
-        zr = (zq.double() @ self._runtime["memory_pinv"]) @ self.memory.double()  # (B, C) readout
-        read = (nn.functional.normalize(zr.float(), dim=-1) @ self.episodes.T).argmax(1)
+        zr = ((zq.double() @ self._runtime["memory_pinv"]) @ self.memory.double()).float()  # (B, C) readout
+        read = (nn.functional.normalize(zr, dim=-1) @ self.episodes.T).argmax(1)
         chosen = torch.where(best >= self.settings["threshold"], read, torch.full_like(read, -1))
-        return chosen, best
+        return chosen, best, zr
 
     def _prefix(self, chosen, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, P) context tokens, left-padded, and their (B, P) mask; rows that read nothing are all padding."""
@@ -178,16 +217,19 @@ class LarimarDecoder(nn.Module):
             self.last_episodes = None
             if ids is not None:
                 mask = a.get("attention_mask")
-                mask = torch.ones_like(ids) if mask is None or mask.dim() != 2 else mask
-                chosen, _ = self.choose(ids, mask)
+                chosen, _, zr = self.choose(ids, torch.ones_like(ids) if mask is None or mask.dim() != 2 else mask)
                 self.last_episodes = chosen
                 if (chosen >= 0).any():
-                    pids, pmask = self._prefix(chosen, ids.device)
-                    self._seq = {"ids": ids.detach().clone(), "prefix_ids": pids, "prefix_mask": pmask}
+                    self._seq = {"ids": ids.detach().clone(), "chosen": chosen, "readout": zr}
+                    if self.settings.get("mode", "context") == "prefix":
+                        m = self._runtime["adapter"].m
+                        self._seq["prefix_mask"] = (chosen >= 0).long()[:, None].expand(B, m).to(ids.device)
+                    else:
+                        self._seq["prefix_ids"], self._seq["prefix_mask"] = self._prefix(chosen, ids.device)
         if self._seq is None or self._seq["prefix_mask"].shape[0] != B:
             return self.base(**a)  # nothing read: the base decoder exactly
-        pids, pmask = self._seq["prefix_ids"], self._seq["prefix_mask"]
-        P, shift = pmask.shape[1], pmask.sum(1, keepdim=True)  # (B, 1) real prefix tokens per row
+        pmask = self._seq["prefix_mask"]
+        P, shift = pmask.shape[1], pmask.sum(1, keepdim=True)  # (B, 1) real prefix positions per row
         fresh = past_len == 0  # the prefix goes in now (with a cache, later calls find it there)
         mask = a.get("attention_mask")
         if mask is None or mask.dim() != 2:
@@ -198,19 +240,25 @@ class LarimarDecoder(nn.Module):
             pos = (full.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
         else:
             pos = pos.expand(B, -1) + shift
-        a["attention_mask"] = full
-        if fresh:
-            a["position_ids"] = torch.cat([(pmask.cumsum(-1) - 1).clamp(min=0), pos], 1)
-            if ids is not None:
-                a["input_ids"] = torch.cat([pids, ids], 1)
-            else:
-                a["inputs_embeds"] = torch.cat([self.base.get_input_embeddings()(pids).to(embeds.dtype), embeds], 1)
-        else:
-            a["position_ids"] = pos
-        out = self.base(**a)
+        a["attention_mask"], a["position_ids"] = full, pos
         if not fresh:
-            return out
-        return _cut(out, P)
+            return self.base(**a)
+        if "prefix_ids" not in self._seq:  # mode=prefix: the adapter's keys/values fill the cache's first P places
+            if past is None:
+                from transformers import DynamicCache
+
+                past = a["past_key_values"] = DynamicCache(config=self.base.config)
+            dtype = next(self.base.parameters()).dtype
+            for layer, (k, v) in enumerate(self._runtime["adapter"](self._seq["readout"].to(x.device))):
+                past.update(k.to(dtype), v.to(dtype), layer)
+            return self.base(**a)
+        pids = self._seq["prefix_ids"]  # mode=context: the episode's tokens go in before the caller's
+        a["position_ids"] = torch.cat([(pmask.cumsum(-1) - 1).clamp(min=0), pos], 1)
+        if ids is not None:
+            a["input_ids"] = torch.cat([pids, ids], 1)
+        else:
+            a["inputs_embeds"] = torch.cat([self.base.get_input_embeddings()(pids).to(embeds.dtype), embeds], 1)
+        return _cut(self.base(**a), P)
 
     def _continues(self, ids) -> bool:
         """Without a cache, a call whose rows extend the current sequence's rows continues it."""
@@ -265,6 +313,8 @@ class _LarimarMixin:
         t = load_file(str(folder / settings["tensors"]))
         decoder = wrap(model, settings)
         decoder.set_memory(t["episodes"], t["memory"], t["context_ids"], t["context_offsets"])
+        if settings.get("mode") == "prefix":
+            decoder._runtime["adapter"] = PrefixAdapter.from_tensors(t, model.config).to(next(model.parameters()).device)
         encoder = None
         if settings["encoder"] == "minilm":
             encoder = MiniLMEncoder(folder / settings["encoder_dir"], next(model.parameters()).device)
