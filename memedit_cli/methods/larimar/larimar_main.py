@@ -109,6 +109,7 @@ class Larimar(Method):
             raise UserError("larimar: an episode's encoding is not finite; nothing was recorded")
         ids = [tok(hp.context.format(prompt=f.prompt, target=f.target_new), add_special_tokens=False)["input_ids"]
                for f in facts]
+        _check_fit(model, tok, facts, ids)
         offsets = torch.tensor([0] + [len(i) for i in ids]).cumsum(0)
         from memedit_cli.methods.larimar.encoder import describe
 
@@ -185,6 +186,18 @@ class Larimar(Method):
         shutil.copyfile(modeling, out / modeling.name)
         return {"auto_map": {"AutoModelForCausalLM": f"{modeling.stem}.{CLASSES[model_type]}"},
                 "modeling_file": modeling.name}
+
+
+def _check_fit(model, tok, facts, context_ids) -> None:
+    """An in-scope prompt is read after its episode's context: both must fit the model's context length."""
+    from memedit_cli.tokens import context_length
+
+    limit = context_length(model)
+    for fact, ids in zip(facts, context_ids):
+        need = len(ids) + len(tok(f"{fact.prompt} {fact.target_new}")["input_ids"])
+        if limit is not None and need > limit:
+            raise UserError(f"fact {fact.id}: its context and prompt with the target take {need} tokens, more than "
+                            f"the model's {limit}; use a shorter --set context=... or a shorter fact")
 
 
 def encoder_for(model, tok, hp: LarimarHparams):
