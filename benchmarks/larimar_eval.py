@@ -1,9 +1,18 @@
-"""Larimar's parts on CPU, before the method is assembled (issue 5).
+"""Larimar on the default model, CPU (docs/methods/larimar.md has the figures).
 
+    python benchmarks/larimar_eval.py quality --facts 100 [--data zsre] [--thresholds 0.5,0.6,0.7]
+                                              [--forget] [--set KEY=VALUE ...]
+        apply N facts through the repository (one batch, `apply --method larimar`), then
+        Rel/Gen/Loc (teacher-forced token accuracy; the prompt is read first and the target
+        fed as a cached continuation, as generation reads it) and the share of edit, rephrase
+        and locality prompts found in scope, for each threshold; --forget then forgets 10
+        facts and scores the forgotten and the kept ones again
+    python benchmarks/larimar_eval.py quality --facts 30 --train-steps 300
+        the same for the experimental mode=prefix: first `memedit larimar-train` on the
+        sentences of facts 200-999 (prompt and rephrase with the new target)
     python benchmarks/larimar_eval.py scope --facts 100 [--data zsre]
-        the scope detector: for thresholds 0.5..0.9, the fraction of rephrase prompts found in
-        scope (and matched to their own episode) and of locality prompts kept out of scope;
-        episodes are "prompt target_new", encoded with all-MiniLM-L6-v2
+        the scope detector alone: for thresholds 0.5..0.9, the fraction of rephrase prompts
+        found in scope (and matched to their own episode) and of locality prompts kept out
     python benchmarks/larimar_eval.py speed --facts 100
         milliseconds per fact to encode, write into the memory (K=512) and forget, once the
         encoder is loaded
@@ -110,8 +119,20 @@ def quality(args):
         base_loc = [prompt_acc(base, tok, f.locality_prompt, f.locality_ground_truth)[1] for f in facts]
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         rel_base = mean([prompt_acc(base, tok, f.prompt, f.target_new)[0] for f in facts])
+        overrides = hparams_mod.parse_set(args.set)
+        if args.train_steps:  # experimental mode=prefix: an adapter trained on other facts' sentences first
+            corpus = Path(work) / "corpus.txt"
+            others = load(args.data, 1000)[200:]
+            corpus.write_text("".join(f"{f.prompt} {f.target_new}.\n{f.rephrase_prompt} {f.target_new}.\n"
+                                      for f in others))
+            out = subprocess.run([memedit, "-C", work, "-q", "larimar-train", "--corpus", str(corpus), "--json",
+                                  "--set", f"steps={args.train_steps}"], check=True, capture_output=True, text=True)
+            trained = json.loads(out.stdout)
+            print(f"# adapter {trained['id']}: {trained['sentences']} sentences, {args.train_steps} steps, loss "
+                  f"{trained['first_loss']:.2f} -> {trained['last_loss']:.2f}", flush=True)
+            overrides.update(mode="prefix", adapter=trained["id"])
         t0 = time.perf_counter()
-        rec = apply(repo, facts, "larimar", hparams_mod.parse_set(args.set), None, 0, "bench")
+        rec = apply(repo, facts, "larimar", overrides, None, 0, "bench")
         apply_s = time.perf_counter() - t0
         model, tok = materialize(repo, repo.segments_at(repo.head()))
         dec = getattr(model, model.base_model_prefix)
@@ -159,6 +180,9 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="quality: Larimar hparams")
     ap.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")], default=None,
                     help="quality: score under each of these scope thresholds (default: the applied one)")
+    ap.add_argument("--train-steps", type=int, default=0,
+                    help="quality: experimental mode=prefix, with an adapter trained this many steps (larimar-train) "
+                         "on the sentences of facts 200-999")
     ap.add_argument("--forget", action="store_true", help="quality: then forget 10 facts and score again")
     args = ap.parse_args()
     torch.set_num_threads(2)

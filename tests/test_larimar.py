@@ -66,6 +66,18 @@ def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_mode
     enc = tok(OUT_OF_SCOPE, return_tensors="pt", padding=True)
     with torch.no_grad():
         assert torch.equal(model(**enc).logits, base(**enc).logits)
+    # a batch mixing both: each row as it is alone (the out-of-scope row's masked padding changes
+    # the shapes of the sums, so equal to rounding here, not bit for bit)
+    mixed = [EDITED[2], OUT_OF_SCOPE[0]]
+    enc = tok(mixed, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        both = model(**enc).logits
+    assert decoder(model).last_episodes.tolist() == [2, -1]
+    for row, text in enumerate(mixed):
+        alone, _ = one(model, tok, text)
+        n = alone.shape[1]
+        real = enc["attention_mask"][row].bool()
+        assert torch.allclose(both[row][real], alone[0, :n], atol=1e-5), text
 
 
 @needs_minilm
