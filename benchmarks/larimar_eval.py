@@ -132,7 +132,7 @@ def quality(args):
                   f"{trained['first_loss']:.2f} -> {trained['last_loss']:.2f}", flush=True)
             overrides.update(mode="prefix", adapter=trained["id"])
         t0 = time.perf_counter()
-        rec = apply(repo, facts, "larimar", overrides, None, 0, "bench")
+        rec = apply(repo, facts, "larimar", overrides, args.batch_size, 0, "bench")
         apply_s = time.perf_counter() - t0
         model, tok = materialize(repo, repo.segments_at(repo.head()))
         dec = getattr(model, model.base_model_prefix)
@@ -180,6 +180,7 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="quality: Larimar hparams")
     ap.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")], default=None,
                     help="quality: score under each of these scope thresholds (default: the applied one)")
+    ap.add_argument("--batch-size", type=int, default=None, help="quality: facts per apply segment (default: all)")
     ap.add_argument("--train-steps", type=int, default=0,
                     help="quality: experimental mode=prefix, with an adapter trained this many steps (larimar-train) "
                          "on the sentences of facts 200-999")

@@ -233,7 +233,7 @@ def export(ctx, out_dir, force):
     click.echo(f"exported {info['revision'][:12]} ({len(info['facts'])} fact(s)) to {info['out']} in {time.perf_counter() - t0:.1f} s")
     if info["trust_remote_code"]:
         click.echo(f"load it with AutoModelForCausalLM.from_pretrained({info['out']!r}, trust_remote_code=True): "
-                   "its side memories live in the shipped modeling file")
+                   "its edits (WISE side memories, the Larimar memory) live in the shipped modeling file")
 
 
 @cli.command()

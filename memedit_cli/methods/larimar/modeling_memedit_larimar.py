@@ -156,9 +156,7 @@ class LarimarDecoder(nn.Module):
         self.memory = memory.float().cpu()
         self.context_ids = context_ids.long().cpu()
         self.context_offsets = context_offsets.long().cpu()
-        # the readout's pseudo-inverse, computed once per memory from the float32 M that an export ships,
-        # so memedit and the export read alike; M has rank ≤ min(n, C) < K, so directions below rtol are cut
-        self._runtime["memory_pinv"] = torch.linalg.pinv(self.memory.double(), rtol=1e-6)  # (C, K)
+        self._runtime["memory_pinv"] = None  # computed on the first read: attaching many segments pays it once
         self._seq = None
 
     def bind(self, tokenizer=None, encoder=None) -> None:
@@ -186,6 +184,10 @@ class LarimarDecoder(nn.Module):
                     torch.zeros(B, self.episodes.shape[1]))
         zq = self.encode(input_ids, attention_mask).float()  # (B, C), unit
         best, _ = (zq @ self.episodes.T).max(1)  # scope: the nearest written episode
+        if self._runtime.get("memory_pinv") is None:
+            # from the float32 M that an export ships, so memedit and the export read alike; M has
+            # rank ≤ min(n, C) < K, so directions below rtol are cut
+            self._runtime["memory_pinv"] = torch.linalg.pinv(self.memory.double(), rtol=1e-6)  # (C, K)
         zr = ((zq.double() @ self._runtime["memory_pinv"]) @ self.memory.double()).float()  # (B, C) readout
         read = (nn.functional.normalize(zr, dim=-1) @ self.episodes.T).argmax(1)
         chosen = torch.where(best >= self.settings["threshold"], read, torch.full_like(read, -1))
