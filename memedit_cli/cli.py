@@ -250,6 +250,47 @@ def ask(ctx, prompt, max_new_tokens):
     click.echo(greedy(model, tok, prompt, max_new_tokens))
 
 
+@cli.command(name="eval")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--limit", type=int, help="Score only the first N facts of FILE.")
+@click.option("--fail-under", "fail_under", metavar="METRIC=V,...",
+              help="Exit 1 when a score is below its threshold, e.g. rel=0.9,gen=0.7,loc=0.95 "
+                   "(metrics: rel, rel_em, gen, gen_em, loc).")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores, counts and per-fact scores as JSON.")
+@click.pass_context
+def eval_(ctx, file, limit, fail_under, as_json):
+    """Score the current state on the facts in FILE (any layout `apply` reads).
+
+    Reliability (the prompt), generalization (rephrase_prompt) and locality
+    (locality_prompt, against the unedited model's own predictions), as
+    EasyEdit defines them: teacher-forced token accuracy, with the prompt read
+    first as generation reads it; `_em`: every target token right (greedy
+    generation equals the target). docs/metrics.md has the formulas.
+    """
+    from memedit_cli.evaluate import evaluate, missed, parse_gate
+    from memedit_cli.facts import load_facts
+
+    gate = parse_gate(fail_under)  # bad gates fail before anything loads
+    repo = _repo(ctx)
+    facts = load_facts(file)
+    report = evaluate(repo, facts, limit)
+    failed = missed(report, gate)
+    if as_json:
+        _json({**report.to_json(), "failed": failed})
+    else:
+        s, n = report.scores, report.counts
+        click.echo(f"eval of {report.to_json()['facts']} fact(s) at {report.revision[:12]}")
+        click.echo("metric  score   exact   facts")
+        for key in ("rel", "gen", "loc"):
+            score = "n/a" if s[key] is None else f"{s[key]:.3f}"
+            exact = "" if key == "loc" or s.get(f"{key}_em") is None else f"{s[key + '_em']:.3f}"
+            click.echo(f"{key:<7} {score:<7} {exact:<7} {n[key]}")
+    for line in failed:
+        click.echo(f"eval: below --fail-under: {line}", err=True)
+    if failed:
+        ctx.exit(1)
+
+
 @cli.command()
 @click.pass_context
 def fsck(ctx):

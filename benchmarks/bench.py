@@ -1,0 +1,231 @@
+"""The benchmark: every method on the default model, CPU, lifelong protocol (apply all T, then score all T).
+
+    python benchmarks/bench.py [--methods ft,memit,wise,larimar] [--data counterfact,zsre] [--T 1,10,100]
+
+For each dataset of ../shared/data (skipped with a message when absent), method and T, in a
+fresh repository, through the CLI as a user runs it:
+
+- `apply` of the first T facts in one command (the method's default batching): seconds per
+  edit after loading (the record's timings.per_fact_s);
+- `eval` of the same T facts: Rel/Gen/Loc and exact match (docs/metrics.md);
+- `forget` of the first fact (seconds, whole command), then `checkout HEAD~1` back to all T
+  (seconds), then `export --merged` (seconds);
+- generation latency: ms per token of 16 greedy tokens after an edited and an unrelated prompt,
+  the edited state against the base model, best of 3 interleaved rounds (in-process);
+- repository bytes per fact: the object store's size after the apply, over T.
+
+Writes docs/benchmarks.md (tables with the machine, versions and date), docs/benchmarks.json,
+and, with matplotlib (`pip install .[plot]`), docs/benchmarks-scores.png and
+docs/benchmarks-time.png. MEMIT's key statistics are computed once beforehand (`memedit stats`,
+cached per user) and timed on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+FILES = {"counterfact": "counterfact-edit-1k.json", "zsre": "zsre-mend-train-1k.json"}
+UNRELATED = "The Space Needle is located in the city of"
+METHODS = ("ft", "memit", "wise", "larimar")
+
+
+def memedit(work, *args) -> tuple[float, str]:
+    """Run the CLI in `work`; (wall seconds, stdout)."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "memedit_cli", "-q", "-C", str(work), *map(str, args)],
+                         check=True, capture_output=True, text=True)
+    return time.perf_counter() - t0, out.stdout
+
+
+def facts_file(name: str, n: int, path: Path) -> list[dict]:
+    raw = json.loads((DATA / FILES[name]).read_text())
+    if name == "zsre":  # two records have an empty target; the parser refuses them, as it should
+        raw = [r for r in raw if r.get("alt", "").strip()]
+    path.write_text(json.dumps(raw[:n]))
+    from memedit_cli.facts import load_facts
+
+    return [f.to_json() for f in load_facts(path)]
+
+
+def latency(work, prompt: str) -> dict:
+    """ms per token of 16 greedy tokens, edited state and base model, best of 3 interleaved rounds."""
+    import torch
+
+    from memedit_cli import models
+    from memedit_cli.generate import greedy
+    from memedit_cli.repo import Repo
+    from memedit_cli.state import materialize
+
+    repo = Repo.open(work)
+    edited, tok = materialize(repo, repo.segments_at(repo.head()))
+    base, _ = models.load(repo.config)
+    out = {}
+    for label, text in (("edited", prompt), ("unrelated", UNRELATED)):
+        best = {"base": float("inf"), "edited": float("inf")}
+        for _ in range(3):
+            for name, model in (("base", base), ("edited", edited)):
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    greedy(model, tok, text, 16)
+                best[name] = min(best[name], (time.perf_counter() - t0) / 16 * 1000)
+        out[label] = {"base_ms": round(best["base"], 2), "edited_ms": round(best["edited"], 2),
+                      "overhead": round(best["edited"] / best["base"] - 1, 4)}
+    return out
+
+
+def run_one(data: str, method: str, T: int) -> dict:
+    with tempfile.TemporaryDirectory() as work:
+        memedit(work, "init")
+        path = Path(work) / "facts.json"
+        facts = facts_file(data, T, path)
+        if method == "memit":
+            stats_s, _ = memedit(work, "stats")
+        _, out = memedit(work, "apply", path, "--method", method, "--json")
+        rec = json.loads(out)
+        objects = Path(work) / ".memedit" / "objects"
+        nbytes = sum(p.stat().st_size for p in objects.rglob("*") if p.is_file())
+        _, out = memedit(work, "eval", path, "--json")
+        scores = json.loads(out)["scores"]
+        lat = latency(work, facts[0]["prompt"])
+        forget_s, _ = memedit(work, "forget", facts[0]["id"])
+        checkout_s, _ = memedit(work, "checkout", "HEAD~1")
+        export_s, _ = memedit(work, "export", "--merged", Path(work) / "out")
+        row = {"data": data, "method": method, "T": T, **scores,
+               "s_per_edit": rec["timings"]["per_fact_s"], "apply_s": rec["timings"]["total_s"],
+               "forget_s": round(forget_s, 2), "checkout_s": round(checkout_s, 2), "export_s": round(export_s, 2),
+               "latency": lat, "bytes_per_fact": round(nbytes / T)}
+        if method == "memit":
+            row["stats_s"] = round(stats_s, 1)
+        return row
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    from memedit_cli import __version__
+
+    return {"memedit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def write_markdown(rows: list[dict], meta: dict, out: Path, plots: list[str]) -> None:
+    lines = ["# Benchmarks", "",
+             f"Produced by `{meta['command']}` on {meta['date']} ({meta['machine']}; "
+             + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ").", "",
+             "The default model (SmolLM2-135M-Instruct), CPU, each method with its defaults, lifelong protocol: "
+             "the first T facts applied in one `apply` (the method's own batching), then all T scored by "
+             "`memedit eval` ([metrics](metrics.md)). Times are wall-clock on a shared machine: compare rows of "
+             "one run only. Forget, checkout and export times are whole CLI commands (model loading included); "
+             "latency is the edited state's extra time per generated token over the base model.", ""]
+    for data in sorted({r["data"] for r in rows}):
+        lines += [f"## {data}", "",
+                  "| method | T | Rel | Gen | Loc | Rel EM | Gen EM | s/edit | forget s | checkout s | export s "
+                  "| latency edited | latency unrelated | bytes/fact |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in [r for r in rows if r["data"] == data]:
+            f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+            lines.append(f"| {r['method']} | {r['T']} | {f(r['rel'])} | {f(r['gen'])} | {f(r['loc'])} | "
+                         f"{f(r['rel_em'])} | {f(r['gen_em'])} | {r['s_per_edit']:.2f} | {r['forget_s']:.1f} | "
+                         f"{r['checkout_s']:.1f} | {r['export_s']:.1f} | {r['latency']['edited']['overhead']:+.1%} | "
+                         f"{r['latency']['unrelated']['overhead']:+.1%} | {r['bytes_per_fact'] / 1e6:.2f} MB |")
+        stats = [r for r in rows if r["data"] == data and "stats_s" in r]
+        if stats:
+            lines += ["", f"MEMIT's key statistics (`memedit stats`, before the first apply): {stats[0]['stats_s']} s "
+                          "the first time, then from the cache."]
+        lines.append("")
+    lines += [f"![{p}]({p})" for p in plots]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def plot(rows: list[dict], folder: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install .[plot])", file=sys.stderr)
+        return []
+    datas = sorted({r["data"] for r in rows})
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    fig, axes = plt.subplots(len(datas), 3, figsize=(12, 3.6 * len(datas)), squeeze=False)
+    for i, data in enumerate(datas):
+        for j, key in enumerate(("rel", "gen", "loc")):
+            ax = axes[i][j]
+            for m in methods:
+                pts = [(r["T"], r[key]) for r in rows if r["data"] == data and r["method"] == m and r[key] is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=m)
+            ax.set_xscale("log")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{data}: {key.capitalize()}")
+            ax.set_xlabel("T (facts applied)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(folder / "benchmarks-scores.png", dpi=100)
+    fig, axes = plt.subplots(1, len(datas), figsize=(6 * len(datas), 3.6), squeeze=False)
+    for i, data in enumerate(datas):
+        ax = axes[0][i]
+        for m in methods:
+            pts = [(r["T"], r["s_per_edit"]) for r in rows if r["data"] == data and r["method"] == m]
+            ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{data}: seconds per edit")
+        ax.set_xlabel("T (facts applied)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(folder / "benchmarks-time.png", dpi=100)
+    return ["benchmarks-scores.png", "benchmarks-time.png"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--data", default="counterfact,zsre")
+    ap.add_argument("--T", default="1,10,100")
+    ap.add_argument("--out", default=str(ROOT / "docs"), help="folder for benchmarks.md/.json/.png")
+    args = ap.parse_args()
+    missing = [n for n in args.data.split(",") if not (DATA / FILES[n]).exists()]
+    if missing:
+        sys.exit(f"skipped: {', '.join(str(DATA / FILES[n]) for n in missing)} not present (needs ../shared/data)")
+    os.environ.setdefault("MEMEDIT_QUIET", "1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    jpath = out / "benchmarks.json"
+    for data in args.data.split(","):
+        for method in args.methods.split(","):
+            for T in [int(t) for t in args.T.split(",")]:
+                t0 = time.perf_counter()
+                rows.append(run_one(data, method, T))
+                r = rows[-1]
+                print(f"{data} {method} T={T}: Rel {r['rel']} Gen {r['gen']} Loc {r['loc']} "
+                      f"{r['s_per_edit']} s/edit ({time.perf_counter() - t0:.0f} s)", flush=True)
+                meta = {"command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
+                        "date": datetime.date.today().isoformat(),
+                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+                        "versions": versions()}
+                # after every run, so an interrupted benchmark still leaves what it measured
+                jpath.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+                write_markdown(rows, meta, out / "benchmarks.md", plot(rows, out))
+    print(f"wrote {out / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
