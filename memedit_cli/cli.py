@@ -250,6 +250,37 @@ def ask(ctx, prompt, max_new_tokens):
     click.echo(greedy(model, tok, prompt, max_new_tokens))
 
 
+@cli.command()
+@click.argument("prompt")
+@click.option("--limit", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Rebuild the state without at most this many weight-edit segments (ft, memit).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and the responsible facts as JSON.")
+@click.pass_context
+def blame(ctx, prompt, limit, max_new_tokens, as_json):
+    """Which applied facts are behind the current answer to PROMPT.
+
+    Larimar names the episode it read and WISE the side memory it routed to;
+    weight edits (ft, memit) are found by rebuilding the state without one
+    batch at a time and seeing the answer change (subjects named in PROMPT
+    first, then the most recent, at most --limit rebuilds).
+    """
+    from memedit_cli.blame import blame as run_blame
+
+    info = run_blame(_repo(ctx), prompt, limit, max_new_tokens)
+    if as_json:
+        _json(info)
+        return
+    click.echo(f"answer: {info['answer']!r}")
+    for r in info["responsible"]:
+        extra = f" (without it: {r['answer_without']!r})" if "answer_without" in r else ""
+        click.echo(f"  {', '.join(r['facts'])}  [{r['method']}: {r['how']}]{extra}")
+    if not info["responsible"]:
+        click.echo("  no applied fact changes this answer")
+    if info["ablations"] < info["weight_segments"]:
+        click.echo(f"  ({info['weight_segments'] - info['ablations']} weight-edit batch(es) not tried; raise --limit)")
+
+
 @cli.command(name="eval")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--limit", type=int, help="Score only the first N facts of FILE.")
