@@ -41,3 +41,21 @@ def test_weight_edits_are_found_by_rebuilding_without_them(repo, tmp_path):
     assert by_fact[("eiffel",)]["answer_without"] == without
     limited = repo.json("blame", prompt, "--limit", "0")
     assert limited["ablations"] == 0 and limited["responsible"] == []
+
+
+def test_wise_names_the_side_memory_its_router_chose(memedit, wise_models, tmp_path):
+    import json
+
+    from conftest import UNRELATED
+
+    memedit("init", "--model", wise_models["llama"], "--device", "cpu")
+    pool = json.dumps(UNRELATED + ["Thomas Joannes Stieltjes is Dutch."])
+    keys = ["--method", "wise", "--set", "n_iter=10", "--set", "router=keys", "--set", "layer=1", "--set",
+            "key_layer=0", "--set", f"irrelevant={pool}", "--set", "variant=retrieve", "--set", "merge_freq=1"]
+    for i, fact in enumerate(FACTS):  # one memory per fact
+        memedit("apply", write_facts(tmp_path / f"{i}.jsonl", [fact]), *keys)
+    for fact in FACTS:
+        info = memedit.json("blame", fact["prompt"], "--max-new-tokens", "2")
+        wise = [r for r in info["responsible"] if r["method"] == "wise"]
+        assert [r["facts"] for r in wise] == [[fact["id"]]], info
+    assert memedit.json("blame", UNRELATED[1])["responsible"] == []
