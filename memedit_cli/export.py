@@ -9,6 +9,7 @@ from pathlib import Path
 
 from memedit_cli import methods
 from memedit_cli.errors import UserError
+from memedit_cli.fileio import crash_point
 
 
 def export_merged(repo, out_dir: str, force: bool = False) -> dict:
@@ -55,9 +56,12 @@ def export_merged(repo, out_dir: str, force: bool = False) -> dict:
             "trust_remote_code": bool(auto_map),
         }
         (tmp / "memedit.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        crash_point()
         if out.exists():
             shutil.rmtree(out)
+        crash_point()
         os.replace(tmp, out)
+        crash_point()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,32 +1,62 @@
-"""Crash-safe file writes: temp file, fsync, rename; appends that are synced."""
+"""Crash-safe file writes: temp file, fsync, rename; appends that replace the file whole.
+
+`MEMEDIT_CRASH_AT=N` (tests only) kills the process with SIGKILL at the N-th
+file-operation step of this run, so the crash harness (tests/test_crash.py)
+can stop a command between any two steps and check that the repository is in
+the state before or the state after.
+"""
 
 import os
+import signal
 from pathlib import Path
+
+_steps = 0
+
+
+def crash_point() -> None:
+    """A step between two file operations: where MEMEDIT_CRASH_AT may kill the process."""
+    global _steps
+    at = os.environ.get("MEMEDIT_CRASH_AT")
+    if not at:
+        return
+    _steps += 1
+    if _steps == int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Readers see the old file or the whole new one, never a part."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    crash_point()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        crash_point()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    crash_point()
     fsync_dir(path.parent)
 
 
 def append_line(path: Path, line: bytes) -> None:
-    """Append one newline-terminated line and sync it before returning."""
-    with open(path, "ab") as f:
-        f.write(line + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one newline-terminated line, atomically: the file is replaced by old + line.
+
+    A plain append can be cut by a kill in the middle of a long line (the kernel checks for
+    fatal signals between pages); the log must have the whole record or none of it. The
+    rewrite costs the file's size per record, small next to computing an edit.
+    """
+    path = Path(path)
+    try:
+        old = path.read_bytes()
+    except FileNotFoundError:
+        old = b""
+    write_atomic(path, old + line + b"\n")
 
 
 def fsync_dir(path: Path) -> None:
