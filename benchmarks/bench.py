@@ -193,13 +193,30 @@ def plot(rows: list[dict], folder: Path) -> list[str]:
     return ["benchmarks-scores.png", "benchmarks-time.png"]
 
 
+def render(files: list[str], out: Path) -> None:
+    """Write benchmarks.md/.json/.png from earlier runs' JSON (e.g. the datasets run as two commands)."""
+    loaded = [json.loads(Path(f).read_text()) for f in files]
+    rows = [r for d in loaded for r in d["rows"]]
+    meta = dict(loaded[0]["meta"], command=" and ".join(f"`{d['meta']['command']}`" for d in loaded).strip("`"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps({"meta": meta, "runs": [d["meta"] for d in loaded], "rows": rows},
+                                                    indent=1) + "\n")
+    write_markdown(rows, meta, out / "benchmarks.md", plot(rows, out))
+    print(f"wrote {out / 'benchmarks.md'} from {len(rows)} rows")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--data", default="counterfact,zsre")
     ap.add_argument("--T", default="1,10,100")
     ap.add_argument("--out", default=str(ROOT / "docs"), help="folder for benchmarks.md/.json/.png")
+    ap.add_argument("--render", metavar="JSON,...",
+                    help="measure nothing: merge the rows of these benchmarks.json files into --out")
     args = ap.parse_args()
+    if args.render:
+        render(args.render.split(","), Path(args.out))
+        return
     missing = [n for n in args.data.split(",") if not (DATA / FILES[n]).exists()]
     if missing:
         sys.exit(f"skipped: {', '.join(str(DATA / FILES[n]) for n in missing)} not present (needs ../shared/data)")
