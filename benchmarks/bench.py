@@ -160,36 +160,32 @@ def plot(rows: list[dict], folder: Path) -> list[str]:
         return []
     datas = sorted({r["data"] for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    fig, axes = plt.subplots(len(datas), 3, figsize=(12, 3.6 * len(datas)), squeeze=False)
-    for i, data in enumerate(datas):
-        for j, key in enumerate(("rel", "gen", "loc")):
-            ax = axes[i][j]
-            for m in methods:
-                pts = [(r["T"], r[key]) for r in rows if r["data"] == data and r["method"] == m and r[key] is not None]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=m)
-            ax.set_xscale("log")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{data}: {key.capitalize()}")
-            ax.set_xlabel("T (facts applied)")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(folder / "benchmarks-scores.png", dpi=100)
-    fig, axes = plt.subplots(1, len(datas), figsize=(6 * len(datas), 3.6), squeeze=False)
-    for i, data in enumerate(datas):
-        ax = axes[0][i]
+
+    def panel(ax, data, key, title, log_y=False):
+        """One line per method: `key` against T on `data`."""
         for m in methods:
-            pts = [(r["T"], r["s_per_edit"]) for r in rows if r["data"] == data and r["method"] == m]
-            ax.plot(*zip(*pts), marker="o", label=m)
+            pts = [(r["T"], r[key]) for r in rows if r["data"] == data and r["method"] == m and r[key] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"{data}: seconds per edit")
+        if log_y:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{data}: {title}")
         ax.set_xlabel("T (facts applied)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(folder / "benchmarks-time.png", dpi=100)
+
+    for name, keys in (("benchmarks-scores.png", [("rel", "Rel"), ("gen", "Gen"), ("loc", "Loc")]),
+                       ("benchmarks-time.png", [("s_per_edit", "seconds per edit")])):
+        fig, axes = plt.subplots(len(datas), len(keys), figsize=(4 * max(len(keys), 1.5), 3.6 * len(datas)),
+                                 squeeze=False)
+        for i, data in enumerate(datas):
+            for j, (key, title) in enumerate(keys):
+                panel(axes[i][j], data, key, title, log_y=key == "s_per_edit")
+        axes[0][0].legend()
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=100)
     return ["benchmarks-scores.png", "benchmarks-time.png"]
 
 

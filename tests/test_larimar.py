@@ -39,12 +39,17 @@ def base_model(tiny):
     return AutoModelForCausalLM.from_pretrained(tiny).eval(), AutoTokenizer.from_pretrained(tiny)
 
 
-@needs_minilm
-def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_model(repo, tiny, tmp_path):
+@pytest.fixture
+def applied(repo, tiny, tmp_path):
+    """(edited model, tokenizer, base model, its LarimarDecoder): FACTS applied with MiniLM."""
     repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", SHORT)
     model, tok = repo.state()
-    base, _ = base_model(tiny)
-    dec = decoder(model)
+    return model, tok, base_model(tiny)[0], decoder(model)
+
+
+@needs_minilm
+def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_model(applied):
+    model, tok, base, dec = applied
     assert dec.settings["encoder"] == "minilm"
     for i, prompt in enumerate(EDITED):
         ours, read = one(model, tok, prompt)
@@ -81,11 +86,8 @@ def test_in_scope_prompts_read_their_episode_out_of_scope_ones_are_the_base_mode
 
 
 @needs_minilm
-def test_cached_generation_continues_after_the_episode(repo, tiny, tmp_path):
-    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", SHORT)
-    model, tok = repo.state()
-    base, _ = base_model(tiny)
-    dec = decoder(model)
+def test_cached_generation_continues_after_the_episode(applied):
+    model, tok, base, dec = applied
     enc = tok(EDITED[1], return_tensors="pt")
     with torch.no_grad():
         cached = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
