@@ -233,3 +233,11 @@ def test_prefix_mode_trains_an_adapter_and_reads_the_readout_through_it(repo, ti
     exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     theirs, read_e = one(exported, tok, EDITED[0])
     assert read_e == read and torch.allclose(ours, theirs, atol=1e-5)
+    # the repository carries its adapter: forget works without the cache that trained it
+    import os
+    import shutil
+
+    shutil.rmtree(os.path.join(os.environ["MEMEDIT_HOME"], "larimar"))
+    repo("forget", FACTS[1]["id"])
+    after, _ = repo.state()
+    assert decoder(after)._runtime["adapter"] is not None

@@ -117,9 +117,7 @@ class Larimar(Method):
                    "context_ids": torch.tensor([t for i in ids for t in i], dtype=torch.int64),
                    "context_offsets": offsets.to(torch.int64)}  # (n + 1,)
         if hp.mode == "prefix":  # the same adapter for every segment: an object of its own, stored once
-            from memedit_cli.methods.larimar import prefix
-
-            tensors["adapter"] = prefix.load_adapter(env.cache_dirs, env.model_key, hp.adapter)
+            tensors["adapter"] = _adapter(hp, env, reuse)
         return tensors, {"encoder": describe(hp.encoder, hp.encoder_layer), "episodes": len(facts)}
 
     def attach(self, model, tensors, hp: LarimarHparams, tok=None) -> None:
@@ -186,6 +184,20 @@ class Larimar(Method):
         shutil.copyfile(modeling, out / modeling.name)
         return {"auto_map": {"AutoModelForCausalLM": f"{modeling.stem}.{CLASSES[model_type]}"},
                 "modeling_file": modeling.name}
+
+
+def _adapter(hp: LarimarHparams, env, reuse) -> dict:
+    """The adapter's tensors: from the segment being replayed, an attached segment, or the per-user cache
+    (a repository carries its adapter, so a replay does not need the machine that trained it)."""
+    from memedit_cli.methods.larimar import prefix
+
+    stored = [reuse["tensors"]] if reuse else []
+    stored += [env.segment_tensors(s) for s in env.attached
+               if s["method"] == "larimar" and s["hparams"].get("adapter") == hp.adapter]
+    for tensors in stored:
+        if "adapter.proj.weight" in tensors:
+            return {k: v for k, v in tensors.items() if k.startswith("adapter.")}
+    return prefix.load_adapter(env.cache_dirs, env.model_key, hp.adapter)
 
 
 def _check_fit(model, tok, facts, context_ids) -> None:
