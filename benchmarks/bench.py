@@ -145,6 +145,12 @@ def write_markdown(rows: list[dict], meta: dict, out: Path, plots: list[str]) ->
             lines += ["", f"MEMIT's key statistics (`memedit stats`, before the first apply): {stats[0]['stats_s']} s "
                           "the first time, then from the cache."]
         lines.append("")
+    Ts = sorted({r["T"] for r in rows})
+    have = {(r["data"], r["method"], r["T"]) for r in rows}
+    absent = [f"{d} × {m} × T={t}" for d in sorted({r["data"] for r in rows}) for m in METHODS for t in Ts
+              if (d, m, t) not in have]
+    if absent:
+        lines += ["Not measured in these runs: " + "; ".join(absent) + ".", ""]
     lines += [f"![{p}]({p})" for p in plots]
     out.write_text("\n".join(lines) + "\n")
 
