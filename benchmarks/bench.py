@@ -10,7 +10,7 @@ fresh repository, through the CLI as a user runs it:
 - `eval` of the same T facts: Rel/Gen/Loc and exact match (docs/metrics.md);
 - `forget` of the first fact (seconds, whole command), then `checkout HEAD~1` back to all T
   (seconds), then `export --merged` (seconds);
-- generation latency: ms per token of 16 greedy tokens after an edited and an unrelated prompt,
+- generation latency: ms per token of exactly 16 greedy tokens after an edited and an unrelated prompt,
   the edited state against the base model, best of 3 interleaved rounds (in-process);
 - repository bytes per fact: the object store's size after the apply, over T.
 
@@ -63,7 +63,7 @@ def latency(work, prompt: str) -> dict:
     import torch
 
     from memedit_cli import models
-    from memedit_cli.generate import greedy
+    from memedit_cli.methods.wise import router
     from memedit_cli.repo import Repo
     from memedit_cli.state import materialize
 
@@ -73,22 +73,28 @@ def latency(work, prompt: str) -> dict:
     out = {}
     for label, text in (("edited", prompt), ("unrelated", UNRELATED)):
         best = {"base": float("inf"), "edited": float("inf")}
+        enc = tok(text, return_tensors="pt").to(models.input_device(base))
         for _ in range(3):
             for name, model in (("base", base), ("edited", edited)):
+                router.reset(model)
                 t0 = time.perf_counter()
-                with torch.no_grad():
-                    greedy(model, tok, text, 16)
+                with torch.no_grad():  # exactly 16 tokens: an early end of text would shorten one side only
+                    model.generate(**enc, min_new_tokens=16, max_new_tokens=16, do_sample=False,
+                                   pad_token_id=tok.pad_token_id)
                 best[name] = min(best[name], (time.perf_counter() - t0) / 16 * 1000)
         out[label] = {"base_ms": round(best["base"], 2), "edited_ms": round(best["edited"], 2),
-                      "overhead": round(best["edited"] / best["base"] - 1, 4)}
+                      "overhead": round(best["edited"] / best["base"] - 1, 4), "tokens": 16}
     return out
 
 
-def run_one(data: str, method: str, T: int) -> dict:
+def run_one(data: str, method: str, T: int, latency_only: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as work:
         memedit(work, "init")
         path = Path(work) / "facts.json"
         facts = facts_file(data, T, path)
+        if latency_only:
+            memedit(work, "apply", path, "--method", method)
+            return {"data": data, "method": method, "T": T, "latency": latency(work, facts[0]["prompt"])}
         if method == "memit":
             stats_s, _ = memedit(work, "stats")
         _, out = memedit(work, "apply", path, "--method", method, "--json")
@@ -129,6 +135,8 @@ def write_markdown(rows: list[dict], meta: dict, out: Path, plots: list[str]) ->
              "`memedit eval` ([metrics](metrics.md)). Times are wall-clock on a shared machine: compare rows of "
              "one run only. Forget, checkout and export times are whole CLI commands (model loading included); "
              "latency is the edited state's extra time per generated token over the base model.", ""]
+    timed = [r for r in rows if "rel" not in r]  # --latency-only rows
+    rows = [r for r in rows if "rel" in r]
     for data in sorted({r["data"] for r in rows}):
         lines += [f"## {data}", "",
                   "| method | T | Rel | Gen | Loc | Rel EM | Gen EM | s/edit | forget s | checkout s | export s "
@@ -136,14 +144,28 @@ def write_markdown(rows: list[dict], meta: dict, out: Path, plots: list[str]) ->
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in [r for r in rows if r["data"] == data]:
             f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+            # runs before the fix timed greedy answers that could stop early (no "tokens"): not shown
+            lat = {k: f"{v['overhead']:+.1%}" if "tokens" in v else "—" for k, v in r["latency"].items()}
+            size = r["bytes_per_fact"]
+            size = f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} KB"
             lines.append(f"| {r['method']} | {r['T']} | {f(r['rel'])} | {f(r['gen'])} | {f(r['loc'])} | "
                          f"{f(r['rel_em'])} | {f(r['gen_em'])} | {r['s_per_edit']:.2f} | {r['forget_s']:.1f} | "
-                         f"{r['checkout_s']:.1f} | {r['export_s']:.1f} | {r['latency']['edited']['overhead']:+.1%} | "
-                         f"{r['latency']['unrelated']['overhead']:+.1%} | {r['bytes_per_fact'] / 1e6:.2f} MB |")
+                         f"{r['checkout_s']:.1f} | {r['export_s']:.1f} | {lat['edited']} | {lat['unrelated']} | {size} |")
         stats = [r for r in rows if r["data"] == data and "stats_s" in r]
         if stats:
             lines += ["", f"MEMIT's key statistics (`memedit stats`, before the first apply): {stats[0]['stats_s']} s "
                           "the first time, then from the cache."]
+        lines.append("")
+    if timed:
+        lines += ["## Generation latency", "",
+                  "ms per token of exactly 16 greedy tokens (`--latency-only`: apply, then time), best of 3 "
+                  "interleaved rounds, the edited state against the base model in the same process.", "",
+                  "| data | method | T | edited prompt: base ms | edited ms | overhead | unrelated prompt: base ms "
+                  "| edited ms | overhead |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in timed:
+            e, u = r["latency"]["edited"], r["latency"]["unrelated"]
+            lines.append(f"| {r['data']} | {r['method']} | {r['T']} | {e['base_ms']:.1f} | {e['edited_ms']:.1f} | "
+                         f"{e['overhead']:+.1%} | {u['base_ms']:.1f} | {u['edited_ms']:.1f} | {u['overhead']:+.1%} |")
         lines.append("")
     Ts = sorted({r["T"] for r in rows})
     have = {(r["data"], r["method"], r["T"]) for r in rows}
@@ -164,6 +186,7 @@ def plot(rows: list[dict], folder: Path) -> list[str]:
     except ImportError:
         print("plots skipped: matplotlib is not installed (pip install .[plot])", file=sys.stderr)
         return []
+    rows = [r for r in rows if "rel" in r]
     datas = sorted({r["data"] for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
 
@@ -192,6 +215,7 @@ def plot(rows: list[dict], folder: Path) -> list[str]:
         axes[0][0].legend()
         fig.tight_layout()
         fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
     return ["benchmarks-scores.png", "benchmarks-time.png"]
 
 
@@ -199,7 +223,7 @@ def render(files: list[str], out: Path) -> None:
     """Write benchmarks.md/.json/.png from earlier runs' JSON (e.g. the datasets run as two commands)."""
     loaded = [json.loads(Path(f).read_text()) for f in files]
     rows = [r for d in loaded for r in d["rows"]]
-    meta = dict(loaded[0]["meta"], command=" and ".join(f"`{d['meta']['command']}`" for d in loaded).strip("`"))
+    meta = dict(loaded[0]["meta"], command="` and `".join(d["meta"]["command"].strip() for d in loaded))
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.json").write_text(json.dumps({"meta": meta, "runs": [d["meta"] for d in loaded], "rows": rows},
                                                     indent=1) + "\n")
@@ -213,6 +237,8 @@ def main():
     ap.add_argument("--data", default="counterfact,zsre")
     ap.add_argument("--T", default="1,10,100")
     ap.add_argument("--out", default=str(ROOT / "docs"), help="folder for benchmarks.md/.json/.png")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only apply and time generation (a separate table; written to benchmarks-latency.json)")
     ap.add_argument("--render", metavar="JSON,...",
                     help="measure nothing: merge the rows of these benchmarks.json files into --out")
     args = ap.parse_args()
@@ -226,22 +252,24 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    jpath = out / "benchmarks.json"
+    jpath = out / ("benchmarks-latency.json" if args.latency_only else "benchmarks.json")
     for data in args.data.split(","):
         for method in args.methods.split(","):
             for T in [int(t) for t in args.T.split(",")]:
                 t0 = time.perf_counter()
-                rows.append(run_one(data, method, T))
+                rows.append(run_one(data, method, T, args.latency_only))
                 r = rows[-1]
-                print(f"{data} {method} T={T}: Rel {r['rel']} Gen {r['gen']} Loc {r['loc']} "
-                      f"{r['s_per_edit']} s/edit ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(f"{data} {method} T={T}: " + (json.dumps(r["latency"]) if args.latency_only else
+                      f"Rel {r['rel']} Gen {r['gen']} Loc {r['loc']} {r['s_per_edit']} s/edit")
+                      + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
                 meta = {"command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
                         "date": datetime.date.today().isoformat(),
                         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
                         "versions": versions()}
                 # after every run, so an interrupted benchmark still leaves what it measured
                 jpath.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-                write_markdown(rows, meta, out / "benchmarks.md", plot(rows, out))
+                if not args.latency_only:
+                    write_markdown(rows, meta, out / "benchmarks.md", plot(rows, out))
     print(f"wrote {out / 'benchmarks.md'}")
 
 
