@@ -194,8 +194,8 @@ def plot(rows: list[dict], folder: Path) -> list[str]:
         """One line per method: `key` against T on `data`."""
         for m in methods:
             pts = [(r["T"], r[key]) for r in rows if r["data"] == data and r["method"] == m and r[key] is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=m)
+            if pts:  # one colour per method in every panel
+                ax.plot(*zip(*pts), marker="o", label=m, color=f"C{METHODS.index(m)}")
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
@@ -212,7 +212,8 @@ def plot(rows: list[dict], folder: Path) -> list[str]:
         for i, data in enumerate(datas):
             for j, (key, title) in enumerate(keys):
                 panel(axes[i][j], data, key, title, log_y=key == "s_per_edit")
-        axes[0][0].legend()
+        for i in range(len(datas)):
+            axes[i][0].legend()
         fig.tight_layout()
         fig.savefig(folder / name, dpi=100)
         plt.close(fig)
