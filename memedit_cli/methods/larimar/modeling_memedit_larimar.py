@@ -83,6 +83,15 @@ class MiniLMEncoder:
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 
+def nearest(queries, episodes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scope detector's measure (the paper's ESD): the cosine similarity of each query (n, C) to its
+    nearest episode (m, C), and that episode's index; with no episodes, -inf and -1."""
+    q = nn.functional.normalize(queries.float(), dim=-1)
+    if len(episodes) == 0:
+        return torch.full((len(q),), float("-inf")), torch.full((len(q),), -1, dtype=torch.long)
+    return (q @ nn.functional.normalize(episodes.float(), dim=-1).T).max(1)
+
+
 def decoder_encode(decoder, input_ids, attention_mask, layer: int) -> torch.Tensor:
     """(B, hidden) float32 unit vectors: the mean of the hidden states entering block `layer` of an
     unwrapped decoder (LlamaModel, GPT2Model...), over real positions."""
@@ -140,6 +149,7 @@ class LarimarDecoder(nn.Module):
         self.context_ids = torch.zeros(0, dtype=torch.long)  # all episodes' context tokens, concatenated
         self.context_offsets = torch.zeros(1, dtype=torch.long)  # (n + 1,)
         self._runtime = {}  # tokenizer, encoder, M⁺: plain attributes, so they stay out of the state dict
+        self._signature = inspect.signature(base.forward)  # once: forward runs for every generated token
         self._seq = None  # the sequence being generated: {"ids", "prefix_mask", "episodes"}
         self.last_episodes = None  # (B,) long: the episode each row of the last new sequence read, -1 for none
 
@@ -183,7 +193,7 @@ class LarimarDecoder(nn.Module):
             return (torch.full((B,), -1, dtype=torch.long), torch.full((B,), float("-inf")),
                     torch.zeros(B, self.episodes.shape[1]))
         zq = self.encode(input_ids, attention_mask).float()  # (B, C), unit
-        best, _ = (zq @ self.episodes.T).max(1)  # scope: the nearest written episode
+        best, _ = nearest(zq, self.episodes)  # scope: the nearest written episode
         if self._runtime.get("memory_pinv") is None:
             # from the float32 M that an export ships, so memedit and the export read alike; M has
             # rank ≤ min(n, C) < K, so directions below rtol are cut
@@ -208,7 +218,7 @@ class LarimarDecoder(nn.Module):
     # -- forward -------------------------------------------------------------------------------
 
     def forward(self, *args, **kwargs):
-        a = inspect.signature(self.base.forward).bind_partial(*args, **kwargs).arguments
+        a = self._signature.bind_partial(*args, **kwargs).arguments
         a.update(a.pop("kwargs", {}))
         ids, embeds, past = a.get("input_ids"), a.get("inputs_embeds"), a.get("past_key_values")
         past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0

@@ -115,9 +115,6 @@ def forward_with_prefix(model, adapter, zr, input_ids, attention_mask):
     return model(input_ids=input_ids, attention_mask=full, position_ids=pos, past_key_values=cache).logits
 
 
-def settings_json(s: TrainSettings) -> str:
-    return json.dumps(dataclasses.asdict(s), sort_keys=True)
-
 
 def _candidates(cache_dirs, model_key: str) -> list[Path]:
     found = [p for d in cache_dirs for p in adapters_dir(Path(d), model_key).glob("*.safetensors")]
