@@ -134,3 +134,20 @@ def test_bad_environment_values(applied, tmp_path, monkeypatch, var, value, says
 
 def test_log_limit_must_be_positive(applied):
     assert applied("log", "-n", "0", ok=False).exit_code == 2
+
+
+def test_an_empty_prompt_is_refused_by_ask_and_blame(applied):
+    for args in (["ask", ""], ["blame", ""]):
+        result = applied(*args, ok=False)
+        assert result.exit_code == 1 and "the prompt is empty" in result.stderr, result.output
+
+
+def test_larimar_train_refuses_a_short_corpus_and_bad_settings(applied, tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("Only one sentence.\n")
+    result = applied("larimar-train", "--corpus", one, ok=False)
+    assert result.exit_code == 1 and "at least 2 sentences" in result.stderr
+    two = tmp_path / "two.txt"
+    two.write_text("A first sentence.\nA second one.\n")
+    result = applied("larimar-train", "--corpus", two, "--set", "steps=0", ok=False)
+    assert result.exit_code == 1 and "steps must be >= 1" in result.stderr

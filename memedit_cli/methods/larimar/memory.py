@@ -63,7 +63,8 @@ class EpisodicMemory:
     def read(self, Zq: torch.Tensor) -> torch.Tensor:
         """(n, C) readouts z_r = W M with W = Z_q M⁺: each query projected onto what the memory holds."""
         Zq = self._check(Zq)
-        return (Zq @ torch.linalg.pinv(self.M)) @ self.M
+        # rtol as LarimarDecoder's readout: M has rank ≤ min(n, C) < K; directions below it are noise
+        return (Zq @ torch.linalg.pinv(self.M, rtol=1e-6)) @ self.M
 
     def _update(self, Z, alpha: float) -> None:
         Z = self._check(Z)
