@@ -62,10 +62,10 @@ def latency(work, prompt: str) -> dict:
     """ms per token of 16 greedy tokens, edited state and base model, best of 3 interleaved rounds."""
     import torch
 
-    from memedit_cli import models
+    from memedit_cli.lm import models
     from memedit_cli.methods.wise import router
-    from memedit_cli.repo import Repo
-    from memedit_cli.state import materialize
+    from memedit_cli.store.repo import Repo
+    from memedit_cli.replay import materialize
 
     repo = Repo.open(work)
     edited, tok = materialize(repo, repo.segments_at(repo.head()))

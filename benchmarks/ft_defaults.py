@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from memedit_cli import models
+from memedit_cli.lm import models
 from memedit_cli.facts import load_facts
 from memedit_cli.methods.ft import FT, FTHparams
-from memedit_cli.tokens import prompt_target_batch
+from memedit_cli.lm.tokens import prompt_target_batch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact-edit-1k.json"
 

@@ -105,10 +105,10 @@ def quality(args):
     from pathlib import Path
 
     from memedit_cli import hparams as hparams_mod
-    from memedit_cli.apply import apply
-    from memedit_cli.forget import forget
-    from memedit_cli.repo import Repo
-    from memedit_cli.state import materialize
+    from memedit_cli.commands.apply import apply
+    from memedit_cli.commands.forget import forget
+    from memedit_cli.store.repo import Repo
+    from memedit_cli.replay import materialize
 
     facts = load(args.data, args.facts)
     memedit = str(Path(sys.executable).with_name("memedit"))

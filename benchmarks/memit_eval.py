@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 
 from memedit_cli import hparams as hparams_mod
-from memedit_cli import models
+from memedit_cli.lm import models
 from memedit_cli.facts import Fact, load_facts
 from memedit_cli.methods.base import Env
 from memedit_cli.methods.memit import MEMIT
 from memedit_cli.methods.memit.compute_z import compute_z
-from memedit_cli.tokens import prompt_target_batch
+from memedit_cli.lm.tokens import prompt_target_batch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FILES = {"counterfact": "counterfact-edit-1k.json", "zsre": "zsre-mend-train-1k.json"}

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from memedit_cli import models
-from memedit_cli.corpus import corpus_tokens
+from memedit_cli.lm import models
+from memedit_cli.stats.corpus import corpus_tokens
 from memedit_cli.stats import CorpusSpec, second_moments
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2-raw-test.txt"

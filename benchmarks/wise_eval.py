@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from memedit_cli import hparams as hparams_mod
-from memedit_cli import models
-from memedit_cli.arch import arch_for
+from memedit_cli.lm import models
+from memedit_cli.lm.arch import arch_for
 from memedit_cli.methods.base import Env
 from memedit_cli.methods.wise import WISE
 from memedit_cli.methods.wise.side import WISELayer

@@ -1,8 +1,11 @@
-"""The `memedit` command line: thin commands over the `Repo` object.
+"""The `memedit` command line: parse, call one function in commands/, print.
 
-Only `init`, `apply`, `forget`, `checkout`, `export`, `ask` and `fsck` import
-torch (lazily, inside the command); `log`, `status`, `show` and `--help` start
-fast.
+Errors are mapped once (`MemeditGroup`): a MemeditError becomes one line on
+stderr and its exit code (errors.py). Commands that compute a state (`init`,
+`apply`, `forget`, `export`, `ask`, `blame`, `eval`, `stats`,
+`larimar-train`) import torch lazily, inside the command; `log`, `status`,
+`show`, `checkout`, `fsck`, `methods` and `--help` never import it, so they
+start fast.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import time
 import click
 
 from memedit_cli import __version__
-from memedit_cli.errors import EXIT_DAMAGED, MemeditError, UserError
-from memedit_cli.repo import Repo, find_workdir
+from memedit_cli.errors import EXIT_DAMAGED, MemeditError
+from memedit_cli.store.repo import Repo
 
 
 class MemeditGroup(click.Group):
@@ -73,16 +76,10 @@ def cli(ctx, directory, quiet):
 @click.pass_context
 def init(ctx, model, dtype, device, trust_remote_code):
     """Create .memedit/ in the current directory (or -C DIR)."""
-    from memedit_cli import FORMAT_VERSION, models
+    from memedit_cli.commands.init import init as run_init
 
-    workdir = find_workdir(ctx.obj["dir"])
-    if (workdir / ".memedit").exists():
-        raise UserError(f"{workdir / '.memedit'} already exists; this directory already holds a memedit repository")
-    if not workdir.is_dir():
-        raise UserError(f"{workdir} is not a directory")
-    entry = models.describe(model, trust_remote_code)
-    config = {"format_version": FORMAT_VERSION, "model": entry, "dtype": dtype, "device": device}
-    repo = Repo.create(workdir, config)
+    repo = run_init(ctx.obj["dir"], model, dtype, device, trust_remote_code)
+    entry = repo.config["model"]
     name = entry.get("name") or entry.get("path") or entry.get("id")
     click.echo(f"Initialized memedit repository in {repo.root} (model: {name}, {dtype}, device {device})")
 
@@ -99,7 +96,7 @@ def init(ctx, model, dtype, device, trust_remote_code):
 def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
     """Apply the facts in FILE (JSONL, or a JSON array in EasyEdit, ZsRE or
     CounterFact layout). The whole file is checked before anything changes."""
-    from memedit_cli import apply as apply_mod
+    from memedit_cli.commands import apply as apply_mod
     from memedit_cli import hparams
     from memedit_cli.facts import load_facts
 
@@ -122,7 +119,7 @@ def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
 @click.pass_context
 def forget(ctx, ids, as_json):
     """Remove facts from the current state: fact ids or apply-record ids (unique prefixes work)."""
-    from memedit_cli import forget as forget_mod
+    from memedit_cli.commands import forget as forget_mod
 
     rec = forget_mod.forget(_repo(ctx), list(ids))
     if as_json:
@@ -137,13 +134,10 @@ def forget(ctx, ids, as_json):
 @click.pass_context
 def checkout(ctx, rev):
     """Make REV the current state: an id prefix, HEAD~N, or base."""
+    from memedit_cli.commands.checkout import checkout as run_checkout
+
     repo = _repo(ctx)
-    with repo.lock("checkout"):
-        rid = repo.resolve(rev)
-        for seg in repo.segments_at(rid):  # refuse to point HEAD at a state we could not rebuild
-            for h in seg["objects"].values():
-                repo.objects.read_bytes(h)
-        repo.set_head(rid, f"checkout {rev}")
+    rid = run_checkout(repo, rev)
     n = len(repo.facts_at(rid))
     click.echo(f"HEAD is now at {rid[:12] if rid else 'base'} ({n} fact(s) applied)")
 
@@ -155,8 +149,9 @@ def checkout(ctx, rev):
 @click.pass_context
 def log_cmd(ctx, as_json, limit, show_all):
     """The history of the current state, newest first."""
-    repo = _repo(ctx)
-    recs = list(reversed(repo.records if show_all else repo.chain(repo.head())))[:limit]
+    from memedit_cli.commands.status import log
+
+    recs = log(_repo(ctx), show_all, limit)
     if as_json:
         return _json(recs)
     for rec in recs:
@@ -173,17 +168,15 @@ def log_cmd(ctx, as_json, limit, show_all):
 @click.pass_context
 def show(ctx, ref, as_json):
     """Show a record (id prefix, HEAD~N) or an applied fact (its id)."""
-    repo = _repo(ctx)
-    facts = {f["id"]: (f, r["id"]) for r in repo.records if r["op"] == "apply" for f in r["facts"]}
-    if ref in facts:  # an exact fact id wins over a revision it might also spell
-        fact, applied_in = facts[ref]
+    from memedit_cli.commands.status import show as run_show
+
+    found = run_show(_repo(ctx), ref)
+    if "fact" in found:
         if as_json:
-            return _json({"fact": fact, "applied_in": applied_in})
-        return click.echo(f"fact {ref} (applied in {applied_in[:12]})\n" + json.dumps(fact, indent=2, ensure_ascii=False))
-    rid = repo.resolve(ref)
-    if rid is None:
-        raise UserError("base is the unedited model; it has no record. `memedit status` describes it")
-    rec = repo.record(rid)
+            return _json(found)
+        return click.echo(f"fact {ref} (applied in {found['applied_in'][:12]})\n"
+                          + json.dumps(found["fact"], indent=2, ensure_ascii=False))
+    rec = found["record"]
     if as_json:
         return _json(rec)
     click.echo(f"record {rec['id']}\nparent {rec['parent'] or 'base'}\nop     {rec['op']} ({rec['method']})\ntime   {rec['time']}")
@@ -201,23 +194,16 @@ def show(ctx, ref, as_json):
 @click.pass_context
 def status(ctx, as_json):
     """The repository, its base model and what the current state carries."""
-    repo = _repo(ctx)
-    cfg = repo.config
-    head = repo.head()
-    facts = repo.facts_at(head)
-    by_method: dict = {}
-    for seg in repo.segments_at(head):
-        by_method[seg["method"]] = by_method.get(seg["method"], 0) + len(seg["facts"])
-    tip = repo.records[-1]["id"] if repo.records else None
-    info = {"repository": str(repo.root), "model": cfg["model"], "dtype": cfg["dtype"], "device": cfg["device"],
-            "head": head or "base", "records": len(repo.records), "facts": list(facts), "by_method": by_method,
-            "head_is_newest": head == tip}
+    from memedit_cli.commands.status import status as run_status
+
+    info = run_status(_repo(ctx))
     if as_json:
         return _json(info)
-    m = cfg["model"]
-    click.echo(f"repository {repo.root}\nmodel      {m.get('name') or m.get('path') or m.get('id')} ({cfg['dtype']}, device {cfg['device']})")
-    click.echo(f"HEAD       {head[:12] if head else 'base'}" + ("" if head == tip else "  (not the newest record; `memedit log --all`)"))
-    click.echo(f"facts      {len(facts)}" + "".join(f"\n  {k}: {v}" for k, v in sorted(by_method.items())))
+    m, head = info["model"], info["head"]
+    click.echo(f"repository {info['repository']}\nmodel      {m.get('name') or m.get('path') or m.get('id')} "
+               f"({info['dtype']}, device {info['device']})")
+    click.echo(f"HEAD       {head[:12]}" + ("" if info["head_is_newest"] else "  (not the newest record; `memedit log --all`)"))
+    click.echo(f"facts      {len(info['facts'])}" + "".join(f"\n  {k}: {v}" for k, v in sorted(info["by_method"].items())))
 
 
 @cli.command()
@@ -226,7 +212,7 @@ def status(ctx, as_json):
 @click.pass_context
 def export(ctx, out_dir, force):
     """Write the current state as a plain Hugging Face model folder."""
-    from memedit_cli.export import export_merged
+    from memedit_cli.commands.export import export_merged
 
     t0 = time.perf_counter()
     info = export_merged(_repo(ctx), out_dir, force)
@@ -242,12 +228,9 @@ def export(ctx, out_dir, force):
 @click.pass_context
 def ask(ctx, prompt, max_new_tokens):
     """Greedy continuation of PROMPT from the current state."""
-    from memedit_cli.generate import greedy
-    from memedit_cli.state import materialize
+    from memedit_cli.commands.ask import ask as run_ask
 
-    repo = _repo(ctx)
-    model, tok = materialize(repo, repo.segments_at(repo.head()))
-    click.echo(greedy(model, tok, prompt, max_new_tokens))
+    click.echo(run_ask(_repo(ctx), prompt, max_new_tokens))
 
 
 @cli.command()
@@ -265,7 +248,7 @@ def blame(ctx, prompt, limit, max_new_tokens, as_json):
     batch at a time and seeing the answer change (subjects named in PROMPT
     first, then the most recent, at most --limit rebuilds).
     """
-    from memedit_cli.blame import blame as run_blame
+    from memedit_cli.commands.blame import blame as run_blame
 
     info = run_blame(_repo(ctx), prompt, limit, max_new_tokens)
     if as_json:
@@ -298,7 +281,7 @@ def eval_(ctx, file, limit, fail_under, as_json):
     first as generation reads it; `_em`: every target token right (greedy
     generation equals the target). docs/metrics.md has the formulas.
     """
-    from memedit_cli.evaluate import evaluate, missed, parse_gate
+    from memedit_cli.commands.evaluate import evaluate, missed, parse_gate
     from memedit_cli.facts import load_facts
 
     gate = parse_gate(fail_under)  # bad gates fail before anything loads
@@ -326,7 +309,7 @@ def eval_(ctx, file, limit, fail_under, as_json):
 @click.pass_context
 def fsck(ctx):
     """Check the log chain, HEAD and every object; name what is damaged."""
-    from memedit_cli.fsck import fsck as run_fsck
+    from memedit_cli.commands.fsck import fsck as run_fsck
 
     problems, notes = run_fsck(Repo.open(ctx.obj["dir"], check=False))
     for n in notes:
@@ -343,7 +326,7 @@ def fsck(ctx):
 @click.option("--corpus", type=click.Path(dir_okay=False, exists=True),
               help="Plain text (documents split on blank lines) or JSONL with a \"text\" field. Default: text sampled from the model.")
 @click.option("--tokens", type=click.IntRange(min=1000), help="Tokens to accumulate (default: MEMIT's mom2_n_tokens).")
-@click.option("--layers", help="Comma-separated blocks (default: MEMIT's band for this model).")
+@click.option("--layers", help="Blocks: 3,4 or 3-8 or 1,3-5 (default: MEMIT's band for this model).")
 @click.pass_context
 def stats(ctx, corpus, tokens, layers):
     """Compute and cache MEMIT's key statistics C₀ = E[k kᵀ] for this repository's model.
@@ -351,26 +334,19 @@ def stats(ctx, corpus, tokens, layers):
     Cached in .memedit/cache and the per-user cache, keyed by model, layer,
     corpus and token count, so repositories of the same model share them;
     `apply --method memit --set mom2_corpus=FILE` then finds them. For big
-    corpora on several GPUs: `torchrun --nproc_per_node N -m memedit_cli.stats_main`.
+    corpora on several GPUs: `torchrun --nproc_per_node N -m memedit_cli.stats`.
     """
+    from memedit_cli.commands.stats import stats as run_stats
+    from memedit_cli.hparams import parse_layers
 
-    from memedit_cli import hparams as hparams_mod
-    from memedit_cli import models
-    from memedit_cli.methods.memit import MEMIT
-    from memedit_cli.state import method_env
-
-    repo = _repo(ctx)
-    model, tok = models.load(repo.config)
-    method = MEMIT()
     overrides = {"mom2_corpus": corpus or ""}
     if tokens:
         overrides["mom2_n_tokens"] = tokens
     if layers:
-        overrides["layers"] = hparams_mod.parse_set([f"layers=[{layers}]"])["layers"]
-    hp = hparams_mod.resolve(method.default_hparams(model), overrides)
+        overrides["layers"] = parse_layers(layers)
     t0 = time.perf_counter()
-    cov, key = method.stats(hp, method_env(repo, model, tok, []), model)
-    click.echo(f"statistics {key} for {len(cov)} layer(s) ({', '.join(cov)}) ready in {time.perf_counter() - t0:.1f} s")
+    summary = run_stats(_repo(ctx), "memit", overrides)
+    click.echo(f"{summary} ready in {time.perf_counter() - t0:.1f} s")
 
 
 @cli.command(name="larimar-train")
@@ -391,12 +367,11 @@ def larimar_train(ctx, corpus, sets, as_json):
     latest one (or `--set adapter=ID`) and stores it in the repository.
     """
     from memedit_cli import hparams as hparams_mod
-    from memedit_cli.methods.larimar.prefix import train_for_repo
-    from memedit_cli.progress import bar
+    from memedit_cli.commands.larimar_train import larimar_train as run_train
+    from memedit_cli.lm.progress import bar
 
-    repo = _repo(ctx)
-    info = train_for_repo(repo, corpus, hparams_mod.parse_set(list(sets)),
-                          progress=lambda it: bar(it, desc="larimar-train", unit="step"))
+    info = run_train(_repo(ctx), corpus, hparams_mod.parse_set(list(sets)),
+                     progress=lambda it: bar(it, desc="larimar-train", unit="step"))
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:

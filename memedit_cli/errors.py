@@ -13,9 +13,21 @@ EXIT_LOCKED = 4  # another memedit process holds the repository lock
 
 
 class MemeditError(Exception):
-    """Base class: a message for users, and the exit code that goes with it."""
+    """Base class: a message for users, and the exit code that goes with it.
+
+    `detail` says what is wrong and `fix` what to do about it; the message is
+    both, "DETAIL; FIX". Code that reports the damage itself (fsck) reads
+    `detail` rather than cutting the message apart.
+    """
 
     exit_code = EXIT_USER
+    fix: str | None = None  # a subclass's usual advice, used when none is given
+
+    def __init__(self, detail: str, fix: str | None = None):
+        self.detail = detail
+        if fix is not None:
+            self.fix = fix
+        super().__init__(f"{detail}; {self.fix}" if self.fix else detail)
 
 
 class UserError(MemeditError):
@@ -46,6 +58,7 @@ class DamagedRepository(MemeditError):
     """The log, an object or HEAD fails its integrity check."""
 
     exit_code = EXIT_DAMAGED
+    fix = "run `memedit fsck`"
 
 
 class LockedError(MemeditError):

@@ -41,6 +41,26 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def parse_layers(text: str) -> list[int]:
+    """"3,4", "3-8" or "1,3-5" -> sorted distinct block indices (`memedit stats --layers`, the torchrun entry)."""
+    layers: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep:
+                if int(hi) < int(lo):
+                    raise HparamsError(f"layers {part!r}: the range goes backwards; write {hi}-{lo}")
+                layers.update(range(int(lo), int(hi) + 1))
+            elif part:
+                layers.add(int(part))
+        except ValueError:
+            raise HparamsError(f"layers {text!r}: {part!r} is not a block index or a range such as 3-8") from None
+    if not layers:
+        raise HparamsError(f"layers {text!r}: no block given; e.g. 3,4 or 3-8")
+    return sorted(layers)
+
+
 def read_file(path: str) -> dict:
     try:
         data = json.loads(Path(path).read_bytes().decode("utf-8"))

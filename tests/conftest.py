@@ -76,8 +76,8 @@ class Memedit:
 
     def state(self):
         """(model, tokenizer) of the current state, rebuilt from the log."""
-        from memedit_cli.repo import Repo
-        from memedit_cli.state import materialize
+        from memedit_cli.store.repo import Repo
+        from memedit_cli.replay import materialize
 
         repo = Repo.open(self.dir)
         return materialize(repo, repo.segments_at(repo.head()))

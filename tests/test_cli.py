@@ -40,7 +40,7 @@ def test_show_record_and_fact(repo, tmp_path):
 
 
 def test_a_held_lock_makes_a_writer_wait_then_fail(repo, tmp_path, monkeypatch):
-    from memedit_cli.repo import Repo
+    from memedit_cli.store.repo import Repo
 
     monkeypatch.setenv("MEMEDIT_LOCK_TIMEOUT", "0.5")
     facts = write_facts(tmp_path / "f.jsonl", FACTS[:1])

@@ -47,7 +47,7 @@ def _memedit(work, env, *args, crash_at: int | None = None) -> subprocess.Comple
 
 def _snapshot(work) -> dict:
     """HEAD, the log's records and the active facts (what 'the state' is)."""
-    from memedit_cli.repo import Repo
+    from memedit_cli.store.repo import Repo
 
     repo = Repo.open(work)
     head = repo.head()
@@ -58,8 +58,8 @@ def _snapshot(work) -> dict:
 
 def _check(work, before: dict, after: dict, out=None) -> str:
     """fsck passes, no record lost, and the state is `before` or `after`; returns which."""
-    from memedit_cli.fsck import fsck
-    from memedit_cli.repo import Repo
+    from memedit_cli.commands.fsck import fsck
+    from memedit_cli.store.repo import Repo
 
     problems, _ = fsck(Repo.open(work, check=False))
     assert problems == [], problems

@@ -42,7 +42,7 @@ def test_default_model_end_to_end(memedit, tmp_path):
 
 
 def test_the_conversion_is_reused(memedit, tmp_path):
-    from memedit_cli.models import default_model_dir, ensure_default_model
+    from memedit_cli.lm.models import default_model_dir, ensure_default_model
 
     first = ensure_default_model()
     stamp = (first / "model.safetensors").stat().st_mtime_ns

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from conftest import FACTS, FAST, write_facts
-from memedit_cli.evaluate import agreement, token_scores
+from memedit_cli.lm.score import agreement, token_scores
 
 LOCAL = [dict(f, rephrase_prompt=f"Some say that {f['prompt'][0].lower()}{f['prompt'][1:]}",
               locality_prompt="The Space Needle is in", locality_ground_truth="Seattle") for f in FACTS]
@@ -21,7 +21,7 @@ def test_metrics_on_a_case_checked_by_hand():
 
 def single_pass(model, tok, prompts, targets, preds=False):
     """EasyEdit's reliability: one teacher-forced pass over prompt + target (or the argmax rows)."""
-    from memedit_cli.tokens import prompt_target_batch
+    from memedit_cli.lm.tokens import prompt_target_batch
 
     ids, attn, labels = prompt_target_batch(tok, prompts, targets, "cpu")
     with torch.no_grad():
@@ -54,7 +54,7 @@ def test_after_an_edit_the_read_first_scores_equal_a_single_pass(repo, tmp_path)
         assert torch.allclose(torch.tensor([p[key] for p in report["per_fact"]]), torch.tensor(expected), atol=1e-6)
     # the predictions themselves (not only scores, which could agree by being 0): prompts and
     # targets of different lengths, in one left-padded batch
-    from memedit_cli.evaluate import continuation_tokens, predict
+    from memedit_cli.lm.score import continuation_tokens, predict
 
     prompts = [f["prompt"] for f in LOCAL] + ["Hi", "The Space Needle is in the city of"]
     targets = [f["target_new"] for f in LOCAL] + ["there friend of mine", "Seattle"]

@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from memedit_cli.cli import cli
 from memedit_cli.facts import ID_PATTERN, parse_facts
-from memedit_cli.jsonutil import canonical
-from memedit_cli.log import make_record
-from memedit_cli.repo import Repo
+from memedit_cli.store.jsonutil import canonical
+from memedit_cli.store.log import make_record
+from memedit_cli.store.repo import Repo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny import build_tiny  # noqa: E402

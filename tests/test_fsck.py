@@ -63,7 +63,7 @@ def test_missing_object(two_applies):
 
 
 def test_edited_record_and_wrong_parent(two_applies):
-    from memedit_cli.log import make_record
+    from memedit_cli.store.log import make_record
 
     log = two_applies.dir / ".memedit" / "log.jsonl"
     first, second = [json.loads(line) for line in log.read_text().splitlines()]
@@ -85,7 +85,7 @@ def test_orphan_objects_are_only_a_note(two_applies):
     extra = two_applies.dir / ".memedit" / "objects" / "ab"
     extra.mkdir(exist_ok=True)
     # a well-named, intact object that no record names: what a kill between object and record leaves
-    from memedit_cli.objects import ObjectStore
+    from memedit_cli.store.objects import ObjectStore
     import torch
 
     ObjectStore(two_applies.dir / ".memedit" / "objects").put({"x": torch.ones(2)})

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def applied_repo(tmp_path_factory, tiny_models):
     """A repository with two apply records (built once: hypothesis calls the tests many times)."""
     from conftest import Memedit
-    from memedit_cli.repo import Repo
+    from memedit_cli.store.repo import Repo
 
     work = tmp_path_factory.mktemp("hostile")
     m = Memedit(work)
@@ -48,7 +48,7 @@ def two_records_log(applied_repo) -> bytes:
                                           st.one_of(st.none(), st.text(max_size=70), st.integers()), max_size=5),
                           max_size=3).map(lambda rs: b"".join(json.dumps(r).encode() + b"\n" for r in rs))))
 def test_the_log_reader_reports_any_bytes_as_problems_never_crashes(data):
-    from memedit_cli.log import scan
+    from memedit_cli.store.log import scan
 
     records, problems = scan(data)
     assert isinstance(records, list) and all(isinstance(p, str) and p for p in problems)
@@ -57,7 +57,7 @@ def test_the_log_reader_reports_any_bytes_as_problems_never_crashes(data):
 
 
 def test_a_real_log_with_one_byte_changed_anywhere_is_never_read_as_good(two_records_log):
-    from memedit_cli.log import scan
+    from memedit_cli.store.log import scan
 
     good, problems = scan(two_records_log)
     assert len(good) == 2 and problems == []

@@ -11,7 +11,7 @@ TEXTS = ["The Eiffel Tower is in Rome.", "Danielle Darrieux speaks English.", "P
 
 
 def test_the_base_model_encodes_unit_vectors_independent_of_padding(tiny_models):
-    from memedit_cli import models
+    from memedit_cli.lm import models
 
     model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32",
                               "device": "cpu"})

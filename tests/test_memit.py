@@ -37,7 +37,7 @@ def test_apply_changes_the_model_and_records_factors(repo, tiny, tmp_path, corpu
 
 
 def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, corpus):
-    from memedit_cli import models
+    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
     from memedit_cli.methods.base import Env
     from memedit_cli.methods.memit import MEMIT
@@ -68,10 +68,10 @@ def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, cor
 
 
 def test_keys_in_chunks_stopping_at_block_L_equal_one_full_forward(tiny_models, monkeypatch):
-    from memedit_cli import models
+    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
     from memedit_cli.methods.memit import compute_ks, rows as rows_mod
-    from memedit_cli.nethook import capture
+    from memedit_cli.lm.nethook import capture
 
     model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
     facts, templates = [Fact(**f) for f in FACTS], ("{}", "A prefix. {}")
@@ -89,7 +89,7 @@ def test_keys_in_chunks_stopping_at_block_L_equal_one_full_forward(tiny_models, 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models, arch):
-    from memedit_cli import models
+    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
     from memedit_cli.methods.memit.compute_z import compute_z
     from memedit_cli.methods.memit.hparams import MEMITHparams
@@ -139,7 +139,7 @@ def test_export_is_plain_weights(repo, tmp_path, corpus):
 
 
 def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tmp_path, corpus):
-    from memedit_cli import models
+    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
     from memedit_cli.methods.base import Env
     from memedit_cli.methods.memit import MEMIT
@@ -164,7 +164,7 @@ def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tm
 def test_null_space_keeps_earlier_batches_keys(tiny_models, tmp_path, corpus):
     """AlphaEdit's Kp term: a later null-space batch changes the earlier batches' keys
     far less when their stored keys are in the solve than when they are not."""
-    from memedit_cli import models
+    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
     from memedit_cli.methods.base import Env
     from memedit_cli.methods.memit import MEMIT

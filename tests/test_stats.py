@@ -1,4 +1,4 @@
-"""Second moments of module inputs (memedit_cli/stats.py): exact values, cache, resume, samples, torchrun."""
+"""Second moments of module inputs (memedit_cli/stats/): exact values, cache, resume, samples, torchrun."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from memedit_cli import stats
-from memedit_cli.arch import arch_for
+from memedit_cli.stats import compute
+from memedit_cli.lm.arch import arch_for
 from memedit_cli.errors import UserError
 from memedit_cli.stats import SAMPLES_ID, CorpusSpec, second_moments, stats_dir
 from tiny import SENTENCES
@@ -167,8 +167,9 @@ def test_cache_hit_and_copy(loaded, corpus, tmp_path, monkeypatch):
     (stats_dir(tmp_path / "b", "m", spec) / f"{names[1]}.safetensors").unlink()
     (stats_dir(tmp_path / "a", "m", spec) / f"{names[1]}.safetensors").unlink()
     hooked = []
-    real = stats._input_hooks
-    monkeypatch.setattr(stats, "_input_hooks", lambda model, names, fn: hooked.append(list(names)) or real(model, names, fn))
+    real = compute.inputs_until_all
+    monkeypatch.setattr(compute, "inputs_until_all",
+                        lambda model, names, fn: hooked.append(list(names)) or real(model, names, fn))
     third = second_moments(model, tok, names, spec, "m", [tmp_path / "b", tmp_path / "a"])
     assert hooked == [[names[1]]]
     assert torch.equal(third[names[1]], first[names[1]]) and torch.equal(third[names[0]], first[names[0]])
@@ -272,7 +273,7 @@ def test_torchrun_two_processes_equal_one(loaded, corpus, tmp_path, start):
         save_file(tensors, partial, metadata=meta)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEMEDIT_QUIET": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "memedit_cli.stats_main", "--model", str(path), "--layers", "0,1", "--corpus", str(corpus["txt"]),
+           "-m", "memedit_cli.stats", "--model", str(path), "--layers", "0,1", "--corpus", str(corpus["txt"]),
            "--tokens", "500", "--seq-len", "32", "--batch-size", "2", "--out", str(tmp_path / "dist"),
            "--model-key", "m", "--checkpoint-every", "4"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

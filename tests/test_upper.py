@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from memedit_cli import models
-from memedit_cli.arch import arch_for
-from memedit_cli.nethook import capture, edit_output
-from memedit_cli.upper import Upper
+from memedit_cli.lm import models
+from memedit_cli.lm.arch import arch_for
+from memedit_cli.lm.nethook import capture, edit_output
+from memedit_cli.lm.upper import Upper
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -76,12 +76,13 @@ def test_a_row_uses_the_memory_with_the_largest_score_above_its_threshold(transp
 
 def test_thresholds_come_from_the_edits_scores_on_the_finished_shard(repo, tiny, tmp_path):
     from memedit_cli.methods.wise.side import WISELayer
-    from memedit_cli.repo import Repo
-    from memedit_cli.tokens import prompt_target_batch
+    from memedit_cli.replay import get_tensors
+    from memedit_cli.store.repo import Repo
+    from memedit_cli.lm.tokens import prompt_target_batch
 
     rec = repo.json("show", repo.json("apply", write_facts(tmp_path / "f.jsonl"), *WISE,
                                       "--set", "threshold_from=final")["revision"])
-    stored = Repo.open(repo.dir).objects.get(rec["segments"][0]["objects"]["tensors"])["scores"]
+    stored = get_tensors(Repo.open(repo.dir), rec["segments"][0]["objects"]["tensors"])["scores"]
     model, tok = repo.state()
     layer = next(m for m in model.modules() if isinstance(m, WISELayer))
     eps = rec["hparams"]["act_ratio"] * float(stored.min())
@@ -133,8 +134,8 @@ def test_ties_merge():
 @pytest.mark.parametrize("router", ["activation", "keys"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch, router):
-    from memedit_cli import models
-    from memedit_cli.arch import arch_for
+    from memedit_cli.lm import models
+    from memedit_cli.lm.arch import arch_for
     from memedit_cli.facts import Fact
     from memedit_cli.methods.wise import WISE as Wise
     from memedit_cli.methods.wise.train import EditRows

@@ -114,7 +114,7 @@ def test_export_with_the_key_router_reproduces_routes_logits_and_generation(repo
     assert torch.equal(exported.get_submodule(name).last_route, layer.last_route)
     assert layer.last_route[:3].tolist() == [0, 0, 1]  # each prompt's own shard
 
-    from memedit_cli.generate import greedy
+    from memedit_cli.lm.generate import greedy
 
     enc = tok([EDITED], return_tensors="pt")
     kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": tok.pad_token_id}

@@ -54,7 +54,8 @@ def test_a_row_uses_the_memory_whose_key_it_matches_best_and_keeps_it_while_gene
 def test_edits_use_the_side_memory_and_unrelated_prompts_the_base_model_exactly(repo, tiny, tmp_path):
     import json
 
-    from memedit_cli.repo import Repo
+    from memedit_cli.replay import get_tensors
+    from memedit_cli.store.repo import Repo
 
     # the unrelated pool the key thresholds are fitted on: a random tiny model's activations are not
     # a trained model's, so its own sampled text says little about these prompts
@@ -62,7 +63,7 @@ def test_edits_use_the_side_memory_and_unrelated_prompts_the_base_model_exactly(
     rec = repo.json("apply", write_facts(tmp_path / "f.jsonl"), *KEYS, "--set", f"irrelevant={pool}")
     shown = repo.json("show", rec["revision"])
     assert shown["hparams"]["router"] == "keys" and shown["hparams"]["key_layer"] == 0
-    stored = Repo.open(repo.dir).objects.get(shown["segments"][0]["objects"]["tensors"])
+    stored = get_tensors(Repo.open(repo.dir), shown["segments"][0]["objects"]["tensors"])
     assert stored["keys"].shape[0] == len(FACTS) and (stored["key_tau"] >= 0.7).all()
     model, tok = repo.state()
     layer, router = _layers(model)
@@ -77,7 +78,7 @@ def test_edits_use_the_side_memory_and_unrelated_prompts_the_base_model_exactly(
 
 
 def test_cached_generation_routes_like_the_whole_sequence(repo, tiny, tmp_path):
-    from memedit_cli.generate import greedy
+    from memedit_cli.lm.generate import greedy
 
     repo("apply", write_facts(tmp_path / "f.jsonl"), *KEYS)
     model, tok = repo.state()

@@ -29,3 +29,14 @@ def get(name: str):
         raise UserError(f"unknown method {name!r}{hint}; available: {', '.join(names())}")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)()
+
+
+def of(segments: list[dict]) -> list:
+    """The methods of `segments`, each once, in the order they first appear."""
+    return [get(name) for name in dict.fromkeys(seg["method"] for seg in segments)]
+
+
+def reset(model, segments: list[dict]) -> None:
+    """A new sequence starts: every method attached to `model` drops its per-sequence state."""
+    for method in of(segments):
+        method.reset(model)

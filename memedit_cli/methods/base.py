@@ -1,4 +1,9 @@
-"""What an edit method provides to the repository.
+"""The method contract: what an edit method provides to the repository.
+
+Core code (replay, the commands, cli) reaches a method only through this
+class and the registry (`methods.get(name)`); it never imports a method's
+own modules, and methods never import each other. A new method is one
+folder (or file) under methods/ plus one line in methods/__init__.py.
 
 The repository owns history, storage and replay; a method only turns
 (model, facts) into tensors and knows how to attach them:
@@ -14,7 +19,7 @@ The repository owns history, storage and replay; a method only turns
   every segment shares, is then stored once). It must leave the model exactly as it found
   it (hooks only inside `with` blocks; weights changed for a while are
   restored from copies) and be deterministic given the seed and the model.
-  `env` gives the repository's caches, the unedited base model on demand, and
+  `env` (frozen) gives the repository's caches, the unedited base model on demand, and
   the segments already attached (with their tensors, for methods whose update
   depends on earlier edits' stored keys: MEMIT's null-space option);
   `reuse` is, during a forget's replay of the first affected segment (whose
@@ -33,6 +38,17 @@ The repository owns history, storage and replay; a method only turns
   do not depend on earlier segments of the same method (`independent = True`,
   WISE's shards) keeps its later segments as they are, as long as no segment
   of another method before them had to be replayed.
+- `reset(model)`: a new sequence starts (generation, a batch of scores):
+  wrappers that keep state across the calls of one sequence drop it (WISE's
+  key router keeps the route its prompt chose). Default: nothing.
+- `explain(model, segments, prompt)`: after one forward of `prompt`, the facts
+  the method itself says it used (`blame`), as [{"facts", "method", "how"}];
+  None (the default) means "my edits are weights: find them by ablation".
+- `precompute(hp, env, model)`: work a command may do ahead of `apply`
+  (`memedit stats`: MEMIT's key statistics); returns a one-line summary.
+  Default: the method has nothing to precompute (a UserError).
+- `measured`: per-model defaults measured for particular shapes, keyed by
+  `shape_key(config)`; `measured_defaults(model)` is the one lookup.
 - export: `export_extras(model, out_dir)` runs before the model is saved by
   `export --merged`. Methods whose state is plain weights (`ft`, MEMIT) need
   nothing. Methods with wrapper modules (WISE, Larimar) keep their tensors
@@ -44,22 +60,30 @@ The repository owns history, storage and replay; a method only turns
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from memedit_cli.errors import UserError
+from memedit_cli.lm.arch import shape_key
 
-@dataclass
+
+@dataclass(frozen=True)
 class Env:
-    """What a method may use besides the model: caches and the base model."""
+    """What a method may use besides the model: caches and the base model. A snapshot: replay
+    makes a new one as segments are attached, a method never changes it."""
 
-    cache_dirs: list[Path]  # the repository's cache first, then the per-user cache shared by repositories
+    cache_dirs: tuple[Path, ...]  # the repository's cache first, then the per-user cache shared by repositories
     model_key: str  # identifies the base weights (sha256, or hub id@revision)
     load_base: Callable[[], tuple]  # () -> (model, tok) of the unedited base model, loaded on demand
     load_fresh: Callable[[], tuple]  # () -> a separately loaded base model (loaded once, then reused)
-    # the log segments attached to the model, in order; grows as segments are computed
-    attached: list[dict] = field(default_factory=list)
+    attached: tuple[dict, ...] = ()  # the log segments attached to the model, in order
     segment_tensors: Callable[[dict], dict] = lambda seg: {}  # a segment's stored tensors
+
+    def after(self, seg: dict) -> "Env":
+        """The Env once `seg` is attached: the model in hand is no longer the base model."""
+        return dataclasses.replace(self, attached=(*self.attached, seg), load_base=self.load_fresh)
 
 
 class Method:
@@ -67,6 +91,7 @@ class Method:
     hparams_class: type = type(None)
     needs_subject: bool = False
     independent: bool = False  # segments do not depend on earlier segments of this method
+    measured: dict = {}  # shape_key(config) -> hparams measured for that shape (docs/methods/<name>.md)
 
     def batch_limit(self, hp) -> int | None:
         return None
@@ -74,6 +99,10 @@ class Method:
     def needs_subject_with(self, hp) -> bool:
         """Whether these (resolved) hparams locate the subject in the prompt (apply checks before computing)."""
         return self.needs_subject
+
+    def measured_defaults(self, model) -> dict:
+        """The hparams measured for this model's shape, or {}."""
+        return dict(self.measured.get(shape_key(model.config), {}))
 
     def default_hparams(self, model):
         raise NotImplementedError
@@ -86,6 +115,16 @@ class Method:
 
     def attach(self, model, tensors: dict, hp, tok=None) -> None:
         raise NotImplementedError
+
+    def reset(self, model) -> None:
+        """A new sequence starts; by default a method keeps no state between calls."""
+
+    def explain(self, model, segments: list[dict], prompt: str) -> list[dict] | None:
+        """The facts this method used on the last forward of `prompt`; None: ask by ablation."""
+        return None
+
+    def precompute(self, hp, env: Env, model) -> str:
+        raise UserError(f"{self.name} has nothing to precompute")
 
     def export_extras(self, model, out_dir) -> dict | None:
         return None

@@ -10,15 +10,16 @@ training stops early once the loss is low. The result is stored as the delta
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from memedit_cli.arch import arch_for, extra_output, num_layers, shape_key
+from memedit_cli.lm.arch import arch_for, extra_output, num_layers
 from memedit_cli.errors import HparamsError
 from memedit_cli.methods.base import Method, add_weight_deltas
-from memedit_cli.models import input_device
-from memedit_cli.nethook import add_to_output
-from memedit_cli.progress import bar
-from memedit_cli.tokens import prompt_target_batch, target_nll
+from memedit_cli.lm.models import input_device
+from memedit_cli.lm.nethook import add_to_output
+from memedit_cli.lm.progress import bar
+from memedit_cli.lm.tokens import prompt_target_batch, target_nll
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ _FAMILY = {
 # Measured for particular shapes (model_type, hidden size, blocks). SmolLM2-135M's
 # down_proj entries are ~10x larger than LLaMA-2-7B's (RMS 0.19), and the 5e-4
 # bound reached Rel .06 on it; docs/methods/ft.md has the sweep that chose these.
-_MEASURED = {
+MEASURED = {
     ("llama", 576, 30): dict(layer=12, lr=5e-3, norm_constraint=1e-2),
 }
 
@@ -63,13 +64,13 @@ class FT(Method):
     name = "ft"
     hparams_class = FTHparams
     needs_subject = False
+    measured = MEASURED
 
     def default_hparams(self, model) -> FTHparams:
         cfg = model.config
-        if shape_key(cfg) in _MEASURED:
-            return FTHparams(**_MEASURED[shape_key(cfg)])
         n = num_layers(cfg)
-        return FTHparams(layer=min(n - 1, round(_FAMILY[arch_for(cfg).family]["depth"] * (n - 1))))
+        family = FTHparams(layer=min(n - 1, round(_FAMILY[arch_for(cfg).family]["depth"] * (n - 1))))
+        return dataclasses.replace(family, **self.measured_defaults(model))
 
     def compute(self, model, tok, facts, hp: FTHparams, seed: int, env=None, reuse=None):
         import torch

@@ -62,7 +62,7 @@ class ModelEncoder:
 
     def encode(self, texts: list[str], batch: int = 16) -> torch.Tensor:
         """(n, hidden) float32 unit vectors; one text at a time is the same as a padded batch."""
-        from memedit_cli.models import input_device
+        from memedit_cli.lm.models import input_device
 
         out = []
         for i in range(0, len(texts), batch):

@@ -23,7 +23,7 @@ import math
 import shutil
 from pathlib import Path
 
-from memedit_cli.arch import num_layers
+from memedit_cli.lm.arch import num_layers
 from memedit_cli.errors import HparamsError, UserError
 from memedit_cli.methods.base import Method
 from memedit_cli.methods.larimar.hparams import LarimarHparams
@@ -147,10 +147,38 @@ class Larimar(Method):
                            torch.cat([torch.zeros(1, dtype=torch.int64)] + [p[2][1:] + e for p, e in zip(parts, ends)]))
         if hp.mode == "prefix":
             from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter
-            from memedit_cli.models import input_device
+            from memedit_cli.lm.models import input_device
 
             decoder._runtime["adapter"] = PrefixAdapter.from_tensors(tensors, model.config).to(input_device(model))
         decoder.bind(tok, encoder_for(model, tok, hp) if hp.encoder == "minilm" else None)
+
+    def explain(self, model, segments, prompt) -> list[dict]:
+        """The episode the decoder read for the last forward's first row (none when out of scope)."""
+        decoder = getattr(model, model.base_model_prefix)
+        chosen = getattr(decoder, "last_episodes", None)
+        if chosen is None or int(chosen[0]) < 0:
+            return []
+        ids = [f for s in segments if s["method"] == self.name for f in s["facts"]]  # episode order = attach order
+        return [{"facts": [ids[int(chosen[0])]], "method": self.name, "how": "episode read"}]
+
+    def train_adapter(self, load, corpus: str, overrides: dict, progress=None) -> dict:
+        """`memedit larimar-train`: an adapter for mode=prefix, trained on the base model and kept in the
+        per-user cache (env.cache_dirs[-1]); returns its record. `load()` -> (model, tok, env) of the
+        base model, called once the settings and the corpus have been checked."""
+        from memedit_cli import hparams as hparams_mod
+        from memedit_cli.methods.larimar import prefix
+
+        s = hparams_mod.resolve(prefix.TrainSettings(), overrides, "larimar-train settings")
+        texts = prefix.read_corpus(corpus)
+        model, tok, env = load()
+        # the encoder as `apply` resolves it, so that an adapter and the edits that use it agree
+        hp = self.resolve(LarimarHparams(encoder=s.encoder, encoder_layer=s.encoder_layer), model, tok, env)
+        tensors, losses = prefix.train(model, tok, encoder_for(model, tok, hp), texts, s, progress)
+        tail = losses[-min(20, len(losses)):]
+        meta = {"encoder": hp.encoder, "encoder_layer": hp.encoder_layer, "settings": dataclasses.asdict(s),
+                "corpus": str(corpus), "sentences": len(texts), "first_loss": round(losses[0], 4),
+                "last_loss": round(sum(tail) / len(tail), 4)}
+        return prefix.save_adapter(Path(env.cache_dirs[-1]), env.model_key, tensors, meta)
 
     def export_extras(self, model, out_dir) -> dict | None:
         import torch
@@ -202,7 +230,7 @@ def _adapter(hp: LarimarHparams, env, reuse) -> dict:
 
 def _check_fit(model, tok, facts, context_ids) -> None:
     """An in-scope prompt is read after its episode's context: both must fit the model's context length."""
-    from memedit_cli.tokens import context_length
+    from memedit_cli.lm.tokens import context_length
 
     limit = context_length(model)
     for fact, ids in zip(facts, context_ids):
@@ -215,7 +243,7 @@ def _check_fit(model, tok, facts, context_ids) -> None:
 def encoder_for(model, tok, hp: LarimarHparams):
     """The encoder these (resolved) hparams name, on the model's device."""
     from memedit_cli.methods.larimar.encoder import ModelEncoder, minilm
-    from memedit_cli.models import input_device
+    from memedit_cli.lm.models import input_device
 
     if hp.encoder == "minilm":
         return minilm(str(input_device(model)))

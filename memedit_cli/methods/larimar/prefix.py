@@ -13,7 +13,6 @@ says what it reached (it stays experimental).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from memedit_cli.errors import UserError
+from memedit_cli.errors import HparamsError, UserError
 from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter, kv_shape
 
 
@@ -71,7 +70,7 @@ def adapters_dir(cache_dir: Path, model_key: str) -> Path:
 def train(model, tok, encoder, texts: list[str], s: TrainSettings, progress=None) -> tuple[dict, list[float]]:
     """Train a PrefixAdapter with `model` frozen; returns its tensors and the loss of each step."""
     from memedit_cli.methods.larimar.memory import EpisodicMemory
-    from memedit_cli.models import input_device
+    from memedit_cli.lm.models import input_device
 
     device = input_device(model)
     gen = torch.Generator().manual_seed(s.seed)
@@ -115,7 +114,6 @@ def forward_with_prefix(model, adapter, zr, input_ids, attention_mask):
     return model(input_ids=input_ids, attention_mask=full, position_ids=pos, past_key_values=cache).logits
 
 
-
 def _candidates(cache_dirs, model_key: str) -> list[Path]:
     found = [p for d in cache_dirs for p in adapters_dir(Path(d), model_key).glob("*.safetensors")]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
@@ -123,8 +121,6 @@ def _candidates(cache_dirs, model_key: str) -> list[Path]:
 
 def find_adapter(cache_dirs, model_key: str, adapter_id: str, encoder: str, encoder_layer: int) -> str:
     """The id of the adapter to use: `adapter_id`, or the latest trained for this base model."""
-    from memedit_cli.errors import HparamsError
-
     found = _candidates(cache_dirs, model_key)
     if adapter_id:
         found = [p for p in found if p.stem == adapter_id]
@@ -132,7 +128,11 @@ def find_adapter(cache_dirs, model_key: str, adapter_id: str, encoder: str, enco
         which = f"adapter {adapter_id!r}" if adapter_id else "an adapter"
         raise HparamsError(f"mode=prefix needs {which} trained for this base model: "
                            "run `memedit larimar-train --corpus FILE` first")
-    meta = json.loads(found[0].with_suffix(".json").read_text())
+    try:
+        meta = json.loads(found[0].with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        raise HparamsError(f"adapter {found[0].stem} has no readable record ({found[0].with_suffix('.json')}); "
+                           "train it again with `memedit larimar-train`") from None
     if (meta["encoder"], meta["encoder_layer"]) != (encoder, encoder_layer):
         raise HparamsError(f"adapter {found[0].stem} was trained on encoder={meta['encoder']}, encoder_layer="
                            f"{meta['encoder_layer']}, not {encoder}, {encoder_layer}; apply with those settings "
@@ -149,35 +149,17 @@ def load_adapter(cache_dirs, model_key: str, adapter_id: str) -> dict:
     raise UserError(f"adapter {adapter_id} is no longer in the cache; train it again with `memedit larimar-train`")
 
 
-def train_for_repo(repo, corpus: str, overrides: dict, progress=None) -> dict:
-    """Train an adapter on the repository's base model and keep it in the per-user cache."""
+def save_adapter(cache_dir: Path, model_key: str, tensors: dict, meta: dict) -> dict:
+    """Write an adapter (its tensors, then its record) into `cache_dir`; returns the record with id and path."""
     from safetensors.torch import save
 
-    from memedit_cli import hparams as hparams_mod
-    from memedit_cli import models
-    from memedit_cli.methods.larimar.hparams import LarimarHparams
-    from memedit_cli.methods.larimar.larimar_main import encoder_for
-    from memedit_cli.state import method_env
+    from memedit_cli.store.fileio import write_atomic
 
-    from memedit_cli.methods.larimar.larimar_main import Larimar
-
-    s = hparams_mod.resolve(TrainSettings(), overrides, "larimar-train settings")
-    texts = read_corpus(corpus)
-    model, tok = models.load(repo.config)
-    env = method_env(repo, model, tok, [])
-    # the encoder as `apply` resolves it, so that an adapter and the edits that use it agree
-    hp = Larimar().resolve(LarimarHparams(encoder=s.encoder, encoder_layer=s.encoder_layer), model, tok, env)
-    encoder = hp.encoder
-    tensors, losses = train(model, tok, encoder_for(model, tok, hp), texts, s, progress)
     data = save(tensors)
     adapter_id = hashlib.sha256(data).hexdigest()[:16]
-    folder = adapters_dir(Path(env.cache_dirs[-1]), env.model_key)
+    folder = adapters_dir(cache_dir, model_key)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{adapter_id}.tmp"
-    tmp.write_bytes(data)
-    tmp.replace(folder / f"{adapter_id}.safetensors")
-    tail = losses[-min(20, len(losses)):]
-    meta = {"id": adapter_id, "encoder": encoder, "encoder_layer": hp.encoder_layer, "settings": dataclasses.asdict(s), "corpus": str(corpus),
-            "sentences": len(texts), "first_loss": round(losses[0], 4), "last_loss": round(sum(tail) / len(tail), 4)}
-    (folder / f"{adapter_id}.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return {**meta, "path": str(folder / f"{adapter_id}.safetensors")}
+    write_atomic(folder / f"{adapter_id}.safetensors", data)
+    record = {"id": adapter_id, **meta}
+    write_atomic(folder / f"{adapter_id}.json", (json.dumps(record, indent=2) + "\n").encode())
+    return {**record, "path": str(folder / f"{adapter_id}.safetensors")}

@@ -7,9 +7,9 @@ h_L(fact): block L's output at the last subject token of the bare prompt.
 
 from __future__ import annotations
 
-from memedit_cli.arch import arch_for
+from memedit_cli.lm.arch import arch_for
 from memedit_cli.methods.memit import rows as rows_mod
-from memedit_cli.nethook import StopForward, capture, stop_after
+from memedit_cli.lm.nethook import StopForward, capture, stop_after
 
 CHUNK_ROWS = 256  # rows per forward: bounds activation memory for batches of thousands of facts
 

@@ -18,11 +18,11 @@ cut into a few buckets, padded only to the bucket's longest remainder.
 
 from __future__ import annotations
 
-from memedit_cli.arch import arch_for
+from memedit_cli.lm.arch import arch_for
 from memedit_cli.methods.memit import rows as rows_mod
-from memedit_cli.nethook import capture, edit_output
-from memedit_cli.progress import bar
-from memedit_cli.upper import Upper
+from memedit_cli.lm.nethook import capture, edit_output
+from memedit_cli.lm.progress import bar
+from memedit_cli.lm.upper import Upper
 
 ROWS_PER_BUCKET = 40  # more, smaller buckets pad less but pay per-call overhead in every block
 MIN_BUCKETS, MAX_BUCKETS = 4, 16

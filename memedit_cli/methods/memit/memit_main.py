@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from memedit_cli.arch import arch_for, is_transposed, num_layers, shape_key
+from memedit_cli.lm.arch import arch_for, is_transposed, num_layers
 from memedit_cli.errors import HparamsError
+from memedit_cli.lm import prefixes
 from memedit_cli.methods.base import Method, add_weight_deltas
 from memedit_cli.methods.memit.compute_ks import key_rows, keys_and_current
 from memedit_cli.methods.memit.compute_z import compute_z
 from memedit_cli.methods.memit.hparams import MEMITHparams
-from memedit_cli.methods.memit import prefixes
-from memedit_cli.models import input_device
-from memedit_cli.tokens import context_length
+from memedit_cli.lm.models import input_device
+from memedit_cli.lm.tokens import context_length
 
 # Per family: the band as (first block, count) scaled from the reference depth,
 # and λ per key dimension: MEMIT's λ over the d_in it was tuned at. The
@@ -40,7 +40,7 @@ _FAMILY = {
     "gpt2": dict(ref_depth=48, first=13, count=5, lam_per_dim=20000 / 6400),  # GPT-2 XL: 13-17, λ 20000
 }
 # Measured for particular shapes (model_type, hidden size, blocks): docs/methods/memit.md.
-_MEASURED = {
+MEASURED = {
     ("llama", 576, 30): dict(layers=(2, 3, 4, 5, 6), lam_per_dim=700 / 1536),  # SmolLM2-135M
 }
 
@@ -59,12 +59,13 @@ class MEMIT(Method):
     name = "memit"
     hparams_class = MEMITHparams
     needs_subject = True
+    measured = MEASURED
 
     def default_hparams(self, model) -> MEMITHparams:
         cfg = model.config
         n = num_layers(cfg)
         fam = _FAMILY[arch_for(cfg).family]
-        measured = _MEASURED.get(shape_key(cfg), {})
+        measured = self.measured_defaults(model)
         if "layers" in measured:
             layers = measured["layers"]
         else:
@@ -99,6 +100,11 @@ class MEMIT(Method):
         else:  # all cached somewhere: no model runs; copies go to the cache dirs that lack them
             base, base_tok = None, None
         return second_moments(base, base_tok, names, spec, env.model_key, env.cache_dirs), spec.key()
+
+    def precompute(self, hp: MEMITHparams, env, model) -> str:
+        """`memedit stats`: C₀ for every layer of the band, cached for later applies."""
+        cov, key = self.stats(hp, env, model)
+        return f"statistics {key} for {len(cov)} layer(s) ({', '.join(cov)})"
 
     def compute(self, model, tok, facts, hp: MEMITHparams, seed: int, env, reuse=None):
         import torch

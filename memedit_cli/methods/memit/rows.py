@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memedit_cli.lm.tokens import subject_last
+
 
 @dataclass
 class Rows:
@@ -15,11 +17,6 @@ class Rows:
     lookup: object  # (B,) position of the last subject token
     labels: object  # (B, T): the next target token at positions that predict one, -100 elsewhere
     kl: object  # (B,) bool: the row is a KL prompt
-
-
-def subject_last(tok, text: str, subject_end: int) -> int:
-    """Index of the last token of the subject that ends at character `subject_end` of `text`."""
-    return len(tok(text[:subject_end])["input_ids"]) - 1
 
 
 def build(tok, facts, templates, device, with_target: bool = True, with_kl: bool = True) -> Rows:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from memedit_cli.arch import arch_for
-from memedit_cli.methods.memit.rows import subject_last
+from memedit_cli.lm.arch import arch_for
+from memedit_cli.lm.tokens import subject_last
 from memedit_cli.methods.wise import modeling_memedit_wise as modeling
 from memedit_cli.methods.wise.train import activation
 

@@ -30,11 +30,11 @@ import hashlib
 
 import torch
 
-from memedit_cli.arch import extra_output
-from memedit_cli.nethook import StopForward, add_to_output, capture
-from memedit_cli.progress import bar
-from memedit_cli.tokens import prompt_target_batch
-from memedit_cli.upper import Upper
+from memedit_cli.lm.arch import extra_output
+from memedit_cli.lm.nethook import StopForward, add_to_output, capture
+from memedit_cli.lm.progress import bar
+from memedit_cli.lm.tokens import prompt_target_batch
+from memedit_cli.lm.upper import Upper
 
 
 def derived_seed(*parts) -> int:

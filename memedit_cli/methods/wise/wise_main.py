@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from memedit_cli.arch import arch_for, extra_output, num_layers, shape_key
+from memedit_cli.lm.arch import arch_for, extra_output, num_layers
 from memedit_cli.errors import HparamsError
 from memedit_cli.methods.base import Method
-from memedit_cli.methods.memit import prefixes
+from memedit_cli.lm import prefixes
 from memedit_cli.methods.wise.hparams import WISEHparams
-from memedit_cli.models import input_device
+from memedit_cli.lm.models import input_device
 
 # Per family: the side-memory block as a fraction of depth, from the reference configs.
 _FAMILY = {
@@ -34,7 +34,7 @@ _FAMILY = {
     "gpt2": 21 / 28,  # no reference config: placed like GPT-J
 }
 # Measured for particular shapes (model_type, hidden size, blocks): docs/methods/wise.md.
-_MEASURED: dict = {
+MEASURED: dict = {
     # SmolLM2-135M: WISE's activation router does not separate edits from unrelated prompts here, so
     # edits route by their subject keys, and each edit is its own shard and memory (no interference
     # between edits, forget without replay); block 20 and lr 3 by T=10 runs on CounterFact and ZsRE
@@ -47,10 +47,10 @@ class WISE(Method):
     name = "wise"
     hparams_class = WISEHparams
     independent = True  # a segment does not depend on earlier WISE segments (see module docstring)
+    measured = MEASURED
 
     def default_hparams(self, model) -> WISEHparams:
-        measured = _MEASURED.get(shape_key(model.config), {})
-        return dataclasses.replace(self.paper_hparams(model), **measured)
+        return dataclasses.replace(self.paper_hparams(model), **self.measured_defaults(model))
 
     def paper_hparams(self, model) -> WISEHparams:
         """WISE's own settings, the side memory at the reference configs' depth."""
@@ -149,6 +149,26 @@ class WISE(Method):
         layer.shards.append(shard)
         router.link(model, layer, hp)
         layer.rebuild(hp)
+
+    def reset(self, model) -> None:
+        from memedit_cli.methods.wise import router
+
+        router.reset(model)  # key routers drop the previous sequence's routes
+
+    def explain(self, model, segments, prompt) -> list[dict]:
+        """The side memory each WISELayer routed the last forward's first row to, as that memory's facts."""
+        from memedit_cli.methods.wise.side import WISELayer
+
+        ids = [f for s in segments if s["method"] == self.name for f in s["facts"]]  # shard order = attach order
+        out = []
+        for name, layer in model.named_modules():
+            if not isinstance(layer, WISELayer) or layer.last_route is None or int(layer.last_route[0]) < 0:
+                continue
+            i = int(layer.last_route[0])
+            start = sum(layer.edits[:i])  # memory i holds the edits after those of memories 0..i-1
+            out.append({"facts": ids[start:start + layer.edits[i]], "method": self.name,
+                        "how": f"side memory {i} of {name}"})
+        return out
 
     def export_extras(self, model, out_dir) -> dict | None:
         from memedit_cli.methods.wise.export import export_extras

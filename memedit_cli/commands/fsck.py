@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from memedit_cli import log as logmod
+from memedit_cli.store import log as logmod
 from memedit_cli.errors import DamagedRepository, MemeditError
-from memedit_cli.jsonutil import loads_strict
+from memedit_cli.store.jsonutil import loads_strict
 
 
 def fsck(repo) -> tuple[list[str], list[str]]:
@@ -16,11 +16,11 @@ def fsck(repo) -> tuple[list[str], list[str]]:
     try:
         problems += _base_model_problems(repo.config["model"], notes)
     except MemeditError as e:
-        problems.append(str(e).split("; run")[0])
+        problems.append(e.detail)
     try:
         records, log_problems = logmod.scan(repo.read_log_bytes())
     except DamagedRepository as e:  # a missing log is itself the finding
-        records, log_problems = [], [str(e).split("; run")[0]]
+        records, log_problems = [], [e.detail]
     problems += log_problems
     ids = {r["id"] for r in records}
     referenced = set()
@@ -63,7 +63,7 @@ def _base_model_problems(entry: dict, notes: list[str]) -> list[str]:
     """The base weights still hash to what `init` recorded (commands skip this check for speed)."""
     from pathlib import Path
 
-    from memedit_cli.models import default_model_dir, weights_hash
+    from memedit_cli.lm.models import default_model_dir, weights_hash
 
     if entry["kind"] == "hub":
         notes.append(f"base model {entry['id']} comes from the hub; its weights are not checked")

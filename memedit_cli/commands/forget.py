@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 
 from memedit_cli import hparams as hparams_mod
-from memedit_cli import log as logmod
+from memedit_cli.store import log as logmod
 from memedit_cli import methods
 from memedit_cli.errors import RevisionError, UserError
 from memedit_cli.facts import Fact
-from memedit_cli.progress import bar
+from memedit_cli.lm.progress import bar
 
 
 def resolve_ids(repo, ids: list[str], head) -> list[str]:
@@ -49,7 +49,7 @@ def resolve_ids(repo, ids: list[str], head) -> list[str]:
 
 
 def forget(repo, ids: list[str]) -> dict:
-    from memedit_cli.state import attach_segment, load_segment_tensors, materialize, method_env, run_segment
+    from memedit_cli.replay import Build, load_segment_tensors
 
     t0 = time.perf_counter()
     with repo.lock("forget"):
@@ -59,8 +59,7 @@ def forget(repo, ids: list[str]) -> dict:
         segments = repo.segments_at(head)
         first = next(i for i, s in enumerate(segments) if gone_set & set(s["facts"]))
         facts = {f["id"]: Fact.from_json(f) for r in repo.chain(head) if r["op"] == "apply" for f in r["facts"]}
-        model, tok = materialize(repo, segments[:first])
-        env = method_env(repo, model, tok, segments[:first])
+        build = Build(repo, segments[:first])
         rebuilt = []
         others_changed = False  # has a segment of a method that sees the whole model been replayed?
         for n, seg in enumerate(bar(segments[first:], desc="forget: replay", unit="segment")):
@@ -69,15 +68,14 @@ def forget(repo, ids: list[str]) -> dict:
                 continue
             method = methods.get(seg["method"])
             if n > 0 and method.independent and not others_changed and len(keep) == len(seg["facts"]):
-                attach_segment(repo, model, seg, tok)  # its result cannot have changed: kept as it is
-                env.attached.append(seg)
+                build.keep(seg)  # its result cannot have changed: kept as it is
                 rebuilt.append(seg)
                 continue
             others_changed |= not method.independent
             hp = hparams_mod.from_json(method.hparams_class, seg["hparams"])
             # only the first affected segment starts from the same state as before
             reuse = {"facts": seg["facts"], "tensors": load_segment_tensors(repo, seg)} if n == 0 else None
-            rebuilt.append(run_segment(repo, model, tok, method, hp, keep, seg["seed"], env, reuse))
+            rebuilt.append(build.compute(method, hp, keep, seg["seed"], reuse))
         names = sorted({seg["method"] for seg in segments if gone_set & set(seg["facts"])})
         return repo.append({
             "parent": head,

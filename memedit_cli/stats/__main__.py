@@ -1,7 +1,7 @@
 """Second moments of FFN output projections' inputs, standalone, on one or many processes.
 
-    python -m memedit_cli.stats_main --model DIR --layers 3,4 --corpus FILE --tokens N --out DIR
-    torchrun --standalone --nproc_per_node 4 -m memedit_cli.stats_main --model DIR --layers 3-8 ...
+    python -m memedit_cli.stats --model DIR --layers 3,4 --corpus FILE --tokens N --out DIR
+    torchrun --standalone --nproc_per_node 4 -m memedit_cli.stats --model DIR --layers 3-8 ...
 
 Under torchrun (WORLD_SIZE > 1) it joins the process group from torchrun's
 environment (NCCL with cuda:LOCAL_RANK per rank when CUDA is available, else
@@ -21,25 +21,20 @@ import sys
 from pathlib import Path
 
 
-def parse_layers(text: str) -> list[int]:
-    """"3,4" or "3-8" or "1,3-5" -> sorted distinct layer indices."""
-    layers = set()
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            layers.update(range(int(lo), int(hi) + 1))
-        elif part:
-            layers.add(int(part))
-    if not layers:
-        raise argparse.ArgumentTypeError("no layers given")
-    return sorted(layers)
+def _layers(text: str) -> list[int]:
+    from memedit_cli.errors import MemeditError
+    from memedit_cli.hparams import parse_layers
+
+    try:
+        return parse_layers(text)
+    except MemeditError as e:
+        raise argparse.ArgumentTypeError(e.detail) from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m memedit_cli.stats_main", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m memedit_cli.stats", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="Hugging Face model folder")
-    ap.add_argument("--layers", required=True, type=parse_layers, help="block indices, e.g. 3,4 or 3-8")
+    ap.add_argument("--layers", required=True, type=_layers, help="block indices, e.g. 3,4 or 3-8")
     ap.add_argument("--corpus", default=None, help=".txt or .jsonl corpus; omitted: text sampled from the model")
     ap.add_argument("--tokens", required=True, type=int, help="tokens to accumulate")
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per row (default 256)")
@@ -54,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from memedit_cli.arch import arch_for
+    from memedit_cli.lm.arch import arch_for
     from memedit_cli.errors import MemeditError
-    from memedit_cli.models import quiet_transformers, weights_hash
+    from memedit_cli.lm.models import quiet_transformers, weights_hash
     from memedit_cli.stats import CorpusSpec, second_moments, stats_dir
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -14,7 +14,7 @@ How it runs:
   after each, cut to exactly `spec.tokens` tokens and split into rows of
   `spec.seq_len` (the last row may be shorter). Row order is deterministic.
 - Forward. Forward pre-hooks add kᵀk (float64, padding masked out) per batch;
-  once every named module has seen its input the last hook raises `_Stop`, so
+  once every named module has seen its input the last hook raises StopForward, so
   the blocks above the deepest module (and the LM head) never run.
 - Cache. One safetensors file per module, `mom2` (the mean) and `count`, at
   `DIR/stats/MODEL_KEY/SPEC_KEY/MODULE.safetensors`, looked up in every dir of
@@ -27,12 +27,13 @@ How it runs:
   uninterrupted run with the same batch size.
 - Distributed. Under an initialized torch.distributed group of W ranks, rank r
   takes rows r, r + W, ...; sums are all-reduced; rank 0 alone reads and writes
-  files and every rank returns the same result (see stats_main.py for torchrun).
+  files and every rank returns the same result (see __main__.py for torchrun).
 
-Where the parts live: corpus.py (a corpus file or the samples, tokenized to
-an exact length), samples.py (the default corpus: text sampled from the
-model itself, and why), mom2_files.py (files and checkpoints), dist.py
-(torch.distributed helpers).
+Where the parts live: corpus.py (CorpusSpec; a corpus file or the samples,
+tokenized to an exact length), samples.py (the default corpus: text sampled
+from the model itself, and why), store.py (the on-disk layout, files and
+checkpoints), dist.py (torch.distributed helpers), __main__.py (the
+standalone and torchrun entry), and the hooks are lm/nethook.py's.
 """
 
 from __future__ import annotations
@@ -41,41 +42,16 @@ import contextlib
 import math
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from memedit_cli.corpus import file_digest, token_stream
-from memedit_cli.dist import agree, all_reduce, broadcast_object, dist_info
 from memedit_cli.errors import UserError
-from memedit_cli.mom2_files import (CHECKPOINT_MIN_S, checkpoint, find_partial, load_mom2, load_partial, mom2_bytes,
-                                    save_everywhere)
-from memedit_cli.samples import SAMPLES_ID
-
-
-@dataclass(frozen=True)
-class CorpusSpec:
-    """What the statistics are computed over."""
-
-    path: str | None  # .txt (documents split on blank lines) or .jsonl/.json ({"text": ...} per line); None: model samples
-    tokens: int  # number of tokens to accumulate
-    seq_len: int = 256  # tokens per row
-
-    def __post_init__(self):
-        if not isinstance(self.tokens, int) or self.tokens < 1:
-            raise UserError(f"the statistics corpus needs tokens >= 1, got {self.tokens!r}")
-        if not isinstance(self.seq_len, int) or self.seq_len < 1:
-            raise UserError(f"the statistics corpus needs seq_len >= 1, got {self.seq_len!r}")
-
-    def key(self) -> str:
-        """Stable id: the corpus (file content hash, or the sampling scheme), tokens and row length."""
-        source = file_digest(self.path)[:16] if self.path is not None else SAMPLES_ID
-        return f"{source}-t{self.tokens}-s{self.seq_len}"
-
-
-def stats_dir(cache_dir: Path, model_key: str, spec: CorpusSpec) -> Path:
-    return Path(cache_dir) / "stats" / model_key / spec.key()
+from memedit_cli.lm.nethook import StopForward, inputs_until_all
+from memedit_cli.stats.corpus import CorpusSpec, token_stream
+from memedit_cli.stats.dist import agree, all_reduce, broadcast_object, dist_info
+from memedit_cli.stats.store import (CHECKPOINT_MIN_S, checkpoint, find_partial, load_mom2, load_partial, mom2_bytes,
+                                     module_file, partial_file, save_everywhere, stats_dir)
 
 
 def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_key: str, cache_dirs: list[Path],
@@ -102,7 +78,7 @@ def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_
         cached, present = {}, {}
         for name in names:
             for sd in spec_dirs:
-                mom2 = load_mom2(sd / f"{name}.safetensors", spec.tokens)
+                mom2 = load_mom2(module_file(sd, name), spec.tokens)
                 if mom2 is not None:
                     cached[name] = mom2
                     present.setdefault(name, set()).add(sd)
@@ -120,12 +96,12 @@ def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_
         results.update(computed)
         if rank == 0:
             for name, mom2 in computed.items():
-                save_everywhere([sd / f"{name}.safetensors" for sd in spec_dirs], mom2_bytes(mom2, spec, name))
+                save_everywhere([module_file(sd, name) for sd in spec_dirs], mom2_bytes(mom2, spec, name))
             for sd in spec_dirs:
-                (sd / "partial.safetensors").unlink(missing_ok=True)
+                partial_file(sd).unlink(missing_ok=True)
     if rank == 0:  # a copy of what another cache dir held, so each dir has everything
         for name in plan["cached"]:
-            lacking = [sd / f"{name}.safetensors" for sd in spec_dirs if sd not in present[name]]
+            lacking = [module_file(sd, name) for sd in spec_dirs if sd not in present[name]]
             if lacking:
                 save_everywhere(lacking, mom2_bytes(results[name], spec, name))
     if world > 1:
@@ -138,7 +114,7 @@ def cached_moments(module_names: list[str], spec: CorpusSpec, model_key: str, ca
     out = {}
     for name in module_names:
         for d in cache_dirs:
-            mom2 = load_mom2(stats_dir(Path(d), model_key, spec) / f"{name}.safetensors", spec.tokens)
+            mom2 = load_mom2(module_file(stats_dir(d, model_key, spec), name), spec.tokens)
             if mom2 is not None:
                 out[name] = mom2
                 break
@@ -150,42 +126,8 @@ def cached_moments(module_names: list[str], spec: CorpusSpec, model_key: str, ca
 # -- the computation ----------------------------------------------------------
 
 
-class _Stop(Exception):
-    """Raised by the last input hook of a forward pass: nothing above it is needed."""
-
-
-@contextlib.contextmanager
-def _input_hooks(model, names: list[str], on_input):
-    """Inside the block, `on_input(name, x)` sees each named module's input; once all have, the forward stops.
-
-    A forward pass that reaches every module raises `_Stop` from the pre-hook of
-    the last one (the deepest in execution order), before that module runs.
-    """
-    seen: set[str] = set()
-
-    def make(name):
-        def hook(mod, args, kwargs):
-            x = args[0] if args else next(iter(kwargs.values()))
-            on_input(name, x)
-            seen.add(name)
-            if len(seen) == len(names):
-                seen.clear()
-                raise _Stop
-        return hook
-
-    seen.clear()
-    handles = []
-    try:
-        for name in names:
-            handles.append(model.get_submodule(name).register_forward_pre_hook(make(name), with_kwargs=True))
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _in_features(module) -> int:
-    from memedit_cli.arch import is_transposed
+    from memedit_cli.lm.arch import is_transposed
 
     if isinstance(getattr(module, "in_features", None), int):
         return module.in_features
@@ -196,9 +138,9 @@ def _in_features(module) -> int:
 
 
 def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpoint_every, resume, rank, world):
-    from memedit_cli.models import input_device
-    from memedit_cli.progress import bar
-    from memedit_cli.tokens import context_length
+    from memedit_cli.lm.models import input_device
+    from memedit_cli.lm.progress import bar
+    from memedit_cli.lm.tokens import context_length
 
     ctx = context_length(model)
     if ctx is not None and spec.seq_len > ctx:
@@ -243,14 +185,14 @@ def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpo
         sums[name].addmm_(k.T, k)
         counts[name] += k.shape[0]
 
-    partial_path = stats_dir(cache_dirs[0], model_key, spec) / "partial.safetensors" if cache_dirs else None
+    partial_path = partial_file(stats_dir(cache_dirs[0], model_key, spec)) if cache_dirs else None
     step = batch_size * world
     last_ckpt_rows, last_ckpt_t, interval = start, time.monotonic(), CHECKPOINT_MIN_S
     was_training = model.training
     model.eval()
     progress = bar(total=spec.tokens, desc="second moments", unit="tok") if rank == 0 else contextlib.nullcontext()
     try:
-        with progress, torch.no_grad(), _input_hooks(model, names, on_input) as seen:
+        with progress, torch.no_grad(), inputs_until_all(model, names, on_input) as seen:
             if rank == 0:
                 progress.update(min(start * seq, spec.tokens))
             for g0 in range(start, n_rows, step):
@@ -261,7 +203,7 @@ def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpo
                     seen.clear()
                     try:
                         model(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False)
-                    except _Stop:
+                    except StopForward:
                         pass
                     else:
                         never = sorted(set(names) - seen)

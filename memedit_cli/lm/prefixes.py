@@ -18,7 +18,7 @@ SEEDS = ("The", "Therefore", "Because", "I", "You")
 def generate(model, tok, n: int, length: int, seed: int = 0) -> tuple[str, ...]:
     import torch
 
-    from memedit_cli.models import input_device
+    from memedit_cli.lm.models import input_device
 
     if n == 0:
         return ("{}",)
@@ -43,7 +43,7 @@ def generate(model, tok, n: int, length: int, seed: int = 0) -> tuple[str, ...]:
 def cached(model, tok, n: int, length: int, cache_dirs, model_key: str) -> tuple[str, ...]:
     """The templates for this model, generated on first use and kept in every dir of `cache_dirs`
     (the repository's cache, then the per-user cache shared by repositories)."""
-    from memedit_cli.fileio import write_atomic
+    from memedit_cli.store.fileio import write_atomic
 
     paths = [Path(d) / "memit" / f"context-templates-{model_key[:16]}-{n}x{length}.json" for d in cache_dirs]
     found = next((p for p in paths if p.is_file()), None)

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from memedit_cli import FORMAT_VERSION
-from memedit_cli import log as logmod
+from memedit_cli.store import log as logmod
 from memedit_cli.errors import DamagedRepository, LockedError, NotARepository, RevisionError, UserError
-from memedit_cli.fileio import append_line, fsync_dir, write_atomic
-from memedit_cli.jsonutil import canonical
-from memedit_cli.objects import ObjectStore
+from memedit_cli.store.fileio import append_line, fsync_dir, write_atomic
+from memedit_cli.store.jsonutil import canonical
+from memedit_cli.store.objects import ObjectStore
 
 DIRNAME = ".memedit"
 BASE = "base"
@@ -87,7 +87,7 @@ class Repo:
         try:
             cfg = json.loads((self.root / "config.json").read_text())
         except (OSError, ValueError) as e:
-            raise DamagedRepository(f"{self.root}/config.json cannot be read ({e}); run `memedit fsck`") from None
+            raise DamagedRepository(f"{self.root}/config.json cannot be read ({e})") from None
         if cfg.get("format_version") != FORMAT_VERSION:
             raise UserError(f"{self.root} has format version {cfg.get('format_version')}; "
                             f"this memedit reads version {FORMAT_VERSION}. Upgrade memedit")
@@ -99,7 +99,7 @@ class Repo:
         try:
             return (self.root / "log.jsonl").read_bytes()
         except FileNotFoundError:
-            raise DamagedRepository(f"{self.root}/log.jsonl is missing; run `memedit fsck`") from None
+            raise DamagedRepository(f"{self.root}/log.jsonl is missing") from None
 
     @property
     def records(self) -> list[dict]:
@@ -107,7 +107,8 @@ class Repo:
         if self._records is None:
             records, problems = logmod.scan(self.read_log_bytes())
             if problems:
-                raise DamagedRepository(f"damaged log: {problems[0]}. Run `memedit fsck` (docs/repair.md says how to repair)")
+                raise DamagedRepository(f"damaged log: {problems[0]}",
+                                        "run `memedit fsck` (docs/repair.md says how to repair)")
             self._records = records
         return self._records
 
@@ -115,7 +116,7 @@ class Repo:
         for rec in self.records:
             if rec["id"] == rid:
                 return rec
-        raise DamagedRepository(f"record {rid[:12]} is not in the log; run `memedit fsck`")
+        raise DamagedRepository(f"record {rid[:12]} is not in the log")
 
     def append(self, fields: dict) -> dict:
         """Append a record (objects must already be stored) and move HEAD to it. Caller holds the lock."""
@@ -135,18 +136,18 @@ class Repo:
         try:
             value = (self.root / "HEAD").read_text().strip()
         except FileNotFoundError:
-            raise DamagedRepository(f"{self.root}/HEAD is missing; run `memedit fsck`") from None
+            raise DamagedRepository(f"{self.root}/HEAD is missing") from None
         if value == BASE:
             return None
         if not re.fullmatch(r"[0-9a-f]{64}", value) or value not in {r["id"] for r in self.records}:
-            raise DamagedRepository(f"HEAD names {value[:20]!r}, which is not a record in the log; run `memedit fsck`")
+            raise DamagedRepository(f"HEAD names {value[:20]!r}, which is not a record in the log")
         return value
 
     def set_head(self, rid: str | None, reason: str) -> None:
         try:
             old = (self.root / "HEAD").read_text().strip()
         except FileNotFoundError:
-            raise DamagedRepository(f"{self.root}/HEAD is missing; run `memedit fsck`") from None
+            raise DamagedRepository(f"{self.root}/HEAD is missing") from None
         write_atomic(self.root / "HEAD", f"{rid or BASE}\n".encode())
         entry = {"time": logmod.now(), "from": old, "to": rid or BASE, "reason": reason}
         append_line(self.root / "reflog.jsonl", canonical(entry))

@@ -5,14 +5,18 @@ from __future__ import annotations
 from memedit_cli.errors import UserError
 
 
-def greedy(model, tok, prompt: str, max_new_tokens: int) -> str:
-    """The greedy continuation of `prompt` (without the prompt)."""
+def greedy(model, tok, prompt: str, max_new_tokens: int, reset=None) -> str:
+    """The greedy continuation of `prompt` (without the prompt).
+
+    `reset()` is called first: a new sequence starts (replay's `methods.reset`
+    for the state's methods: WISE's key routers drop the previous routes).
+    """
     import torch
 
-    from memedit_cli.methods.wise import router
-    from memedit_cli.models import input_device
+    from memedit_cli.lm.models import input_device
 
-    router.reset(model)  # a new sequence: WISE key routers drop the previous one's routes
+    if reset is not None:
+        reset()
     enc = tok(prompt, return_tensors="pt").to(input_device(model))
     if enc["input_ids"].shape[1] == 0:
         raise UserError("the prompt is empty (it has no tokens); give the text to continue")

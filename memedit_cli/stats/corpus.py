@@ -7,13 +7,35 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from memedit_cli.dist import broadcast_object, coll_device
+from memedit_cli.stats.dist import broadcast_object, coll_device
 from memedit_cli.errors import UserError
-from memedit_cli.samples import model_samples
+from memedit_cli.stats.samples import model_samples
+from memedit_cli.stats.store import SAMPLES_ID
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """What the statistics are computed over."""
+
+    path: str | None  # .txt (documents split on blank lines) or .jsonl/.json ({"text": ...} per line); None: model samples
+    tokens: int  # number of tokens to accumulate
+    seq_len: int = 256  # tokens per row
+
+    def __post_init__(self):
+        if not isinstance(self.tokens, int) or self.tokens < 1:
+            raise UserError(f"the statistics corpus needs tokens >= 1, got {self.tokens!r}")
+        if not isinstance(self.seq_len, int) or self.seq_len < 1:
+            raise UserError(f"the statistics corpus needs seq_len >= 1, got {self.seq_len!r}")
+
+    def key(self) -> str:
+        """Stable id: the corpus (file content hash, or the sampling scheme), tokens and row length."""
+        source = file_digest(self.path)[:16] if self.path is not None else SAMPLES_ID
+        return f"{source}-t{self.tokens}-s{self.seq_len}"
 
 
 @functools.lru_cache(maxsize=64)

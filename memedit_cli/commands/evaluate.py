@@ -1,81 +1,19 @@
 """`memedit eval`: score the current state on a facts file (docs/metrics.md has the formulas).
 
-Every score reads as generation reads: the prompt first (one call, with a
-cache), then the continuation one token per call. For a model whose edits
-are weights (ft, MEMIT) this equals EasyEdit's single teacher-forced pass
-over prompt + target; for wrapper methods it is what they answer: Larimar's
-scope detector sees the prompt, not the target, and WISE's key router keeps
-the route its prompt chose.
+Every score reads as generation reads (lm/score.py); this file turns the
+per-token predictions into Rel/Gen/Loc, exact match and the `--fail-under`
+gate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from memedit_cli import methods
 from memedit_cli.errors import UserError
-from memedit_cli.progress import bar
+from memedit_cli.lm.score import agreement, continuation_tokens, predict, token_scores
 
 METRICS = ("rel", "rel_em", "gen", "gen_em", "loc")
-
-
-def token_scores(preds: list[torch.Tensor], targets: list[torch.Tensor]) -> list[float]:
-    """Per example: the fraction of target tokens whose prediction equals the target token."""
-    return [int((p == t).sum()) / len(t) for p, t in zip(preds, targets)]
-
-
-def agreement(preds: list[torch.Tensor], base: list[torch.Tensor]) -> list[float]:
-    """Per example: the fraction of positions where the edited model predicts what the base model did."""
-    return [int((p == b).sum()) / len(b) for p, b in zip(preds, base)]
-
-
-def continuation_tokens(tok, texts: list[str]) -> list[torch.Tensor]:
-    """` text` tokenized as it follows a prompt (the leading space, no special tokens)."""
-    return [torch.tensor(tok(" " + t, add_special_tokens=False)["input_ids"], dtype=torch.long) for t in texts]
-
-
-def predict(model, tok, prompts: list[str], conts: list[torch.Tensor], batch: int = 16, desc: str | None = None):
-    """Argmax predictions (L_i,) for each continuation token, teacher-forced, reading as generation reads."""
-    from memedit_cli.methods.wise import router
-    from memedit_cli.models import input_device
-
-    device = input_device(model)
-    out: list[torch.Tensor] = []
-    side = tok.padding_side
-    tok.padding_side = "left"  # every row's last prompt token in the last column
-    try:
-        for i in bar(range(0, len(prompts), batch), desc=desc, unit="batch"):
-            out += _predict_batch(model, tok, prompts[i:i + batch], conts[i:i + batch], device, router)
-    finally:
-        tok.padding_side = side
-    return out
-
-
-def _predict_batch(model, tok, prompts, conts, device, router):
-    router.reset(model)  # new sequences: WISE key routers drop the previous batch's routes
-    enc = tok(prompts, return_tensors="pt", padding=True).to(device)
-    mask = enc["attention_mask"]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    L = max(len(c) for c in conts)
-    # (B, L) the continuation tokens, padded with the pad id where a row's continuation is shorter
-    feed = torch.full((len(conts), L), tok.pad_token_id or 0, dtype=torch.long)
-    for r, c in enumerate(conts):
-        feed[r, :len(c)] = c
-    feed = feed.to(device)
-    preds = []
-    with torch.no_grad():
-        step = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True)
-        for t in range(L):
-            preds.append(step.logits[:, -1].argmax(-1))
-            if t == L - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            pos = pos[:, -1:] + 1
-            step = model(input_ids=feed[:, t:t + 1], attention_mask=mask, position_ids=pos,
-                         past_key_values=step.past_key_values, use_cache=True)
-    P = torch.stack(preds, 1).cpu()  # (B, L)
-    return [P[r, :len(c)] for r, c in enumerate(conts)]
 
 
 @dataclass
@@ -92,8 +30,8 @@ class Report:
 
 def evaluate(repo, facts, limit: int | None = None) -> Report:
     """Rel/Gen/Loc (and exact match) of the state at HEAD on `facts`."""
-    from memedit_cli import models
-    from memedit_cli.state import attach_segment
+    from memedit_cli.lm import models
+    from memedit_cli.replay import attach_segment
 
     if limit is not None:
         if limit < 1:
@@ -111,12 +49,16 @@ def evaluate(repo, facts, limit: int | None = None) -> Report:
     for seg in segments:
         attach_segment(repo, model, seg, tok)
     targets = continuation_tokens(tok, [f.target_new for f in facts])
-    rel = token_scores(predict(model, tok, [f.prompt for f in facts], targets, desc="eval: reliability"), targets)
+    def reset():
+        methods.reset(model, segments)
+
+    rel = token_scores(predict(model, tok, [f.prompt for f in facts], targets, desc="eval: reliability",
+                               reset=reset), targets)
     gen_t = [targets[i] for i, f in enumerate(facts) if f.rephrase_prompt]
     gen = token_scores(predict(model, tok, [f.rephrase_prompt for f in gen_facts], gen_t,
-                               desc="eval: generalization"), gen_t)
+                               desc="eval: generalization", reset=reset), gen_t)
     loc = agreement(predict(model, tok, [f.locality_prompt for f in loc_facts], loc_targets,
-                            desc="eval: locality"), base_loc)
+                            desc="eval: locality", reset=reset), base_loc)
     per = {f.id: {"id": f.id, "rel": r, "rel_em": r == 1.0} for f, r in zip(facts, rel)}
     for f, g in zip(gen_facts, gen):
         per[f.id].update(gen=g, gen_em=g == 1.0)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from memedit_cli import methods
 from memedit_cli.errors import UserError
-from memedit_cli.fileio import crash_point
+from memedit_cli.store.fileio import crash_point
 
 
 def export_merged(repo, out_dir: str, force: bool = False) -> dict:
-    from memedit_cli.state import materialize
+    from memedit_cli.replay import materialize
 
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():

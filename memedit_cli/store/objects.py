@@ -1,7 +1,9 @@
 """Content-addressed tensor objects: `.memedit/objects/ab/cdef….safetensors`.
 
 An object's name is the sha256 of its file bytes, so a changed byte is caught
-on every read. Files are safetensors (never pickle) and made read-only.
+on every read. Files are safetensors (never pickle) and made read-only. The
+store keeps bytes; turning tensors into them is replay.py's (the store never
+imports torch, so `log`, `status` and `fsck` start fast).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from memedit_cli.errors import DamagedRepository, UserError
-from memedit_cli.fileio import fsync_dir, write_atomic
+from memedit_cli.errors import DamagedRepository
+from memedit_cli.store.fileio import fsync_dir, write_atomic
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -22,22 +24,11 @@ class ObjectStore:
 
     def path(self, h: str) -> Path:
         if not HASH_RE.match(h):
-            raise DamagedRepository(f"invalid object name {h!r} in the log; run `memedit fsck`")
+            raise DamagedRepository(f"invalid object name {h!r} in the log")
         return self.root / h[:2] / f"{h[2:]}.safetensors"
 
-    def put(self, tensors: dict) -> str:
-        """Store a dict of tensors; return its hash. Refuses NaN/Inf before writing anything."""
-        import torch
-        from safetensors.torch import save
-
-        clean = {}
-        for name, t in tensors.items():
-            if not torch.isfinite(t).all():
-                raise UserError(f"the edit produced NaN or Inf values in {name!r}; nothing was written. "
-                                "Lower the learning rate or the number of steps and try again")
-            # safetensors wants detached, contiguous CPU tensors
-            clean[name] = t.detach().to("cpu").contiguous()
-        data = save(clean)
+    def put(self, data: bytes) -> str:
+        """Store a safetensors file's bytes (replay.py encodes them); return its hash."""
         h = hashlib.sha256(data).hexdigest()
         path = self.path(h)
         if not path.exists():
@@ -50,26 +41,21 @@ class ObjectStore:
     def read_bytes(self, h: str) -> bytes:
         path = self.path(h)
         if path.is_symlink():
-            raise DamagedRepository(f"object {h[:12]} is a symbolic link ({path}); objects must be plain files. Run `memedit fsck`")
+            raise DamagedRepository(f"object {h[:12]} is a symbolic link ({path}); objects must be plain files")
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise DamagedRepository(f"object {h[:12]} is missing ({path}); run `memedit fsck`") from None
+            raise DamagedRepository(f"object {h[:12]} is missing ({path})") from None
         if hashlib.sha256(data).hexdigest() != h:
-            raise DamagedRepository(f"object {h[:12]} is damaged: its content does not match its hash ({path}); run `memedit fsck`")
+            raise DamagedRepository(f"object {h[:12]} is damaged: its content does not match its hash ({path})")
         return data
-
-    def get(self, h: str) -> dict:
-        from safetensors.torch import load
-
-        return load(self.read_bytes(h))
 
     def problem(self, h: str) -> str | None:
         """None when the object is present and intact, else what is wrong (for fsck)."""
         try:
             self.read_bytes(h)
         except DamagedRepository as e:
-            return str(e).split("; run")[0].split(". Run")[0]
+            return e.detail
         return None
 
     def all_hashes(self) -> list[str]:

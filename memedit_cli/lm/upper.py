@@ -21,8 +21,8 @@ pass `position_ids` so every real token keeps its own position.
 
 from __future__ import annotations
 
-from memedit_cli.arch import arch_for, num_layers
-from memedit_cli.nethook import StopForward
+from memedit_cli.lm.arch import arch_for, num_layers
+from memedit_cli.lm.nethook import StopForward
 
 
 class Upper:

@@ -92,7 +92,7 @@ def ensure_default_model() -> Path:
 
 def weights_hash(folder: Path) -> str:
     """sha256 over the weight files of a folder (names and bytes, in name order)."""
-    from memedit_cli.progress import bar
+    from memedit_cli.lm.progress import bar
 
     h = hashlib.sha256()
     files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
@@ -132,7 +132,7 @@ def describe(model_arg: str | None, trust_remote_code: bool = False) -> dict:
 def _check_config(folder, trust_remote_code, model_arg) -> None:
     from transformers import AutoConfig
 
-    from memedit_cli.arch import arch_for
+    from memedit_cli.lm.arch import arch_for
 
     quiet_transformers()
     try:

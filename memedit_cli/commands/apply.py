@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 from memedit_cli import hparams as hparams_mod
-from memedit_cli import log as logmod
+from memedit_cli.store import log as logmod
 from memedit_cli import methods
 from memedit_cli.errors import UserError
 from memedit_cli.facts import Fact, check_subjects
-from memedit_cli.progress import bar
-from memedit_cli.tokens import check_fit, context_length
+from memedit_cli.lm.progress import bar
+from memedit_cli.lm.tokens import check_fit, context_length
 
 
 def prepare(method_name: str, facts: list[Fact], overrides: dict, source: str, batch_size: int | None):
@@ -26,7 +26,7 @@ def prepare(method_name: str, facts: list[Fact], overrides: dict, source: str, b
 
 
 def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size: int | None, seed: int, source: str) -> dict:
-    from memedit_cli.state import materialize, method_env, run_segment
+    from memedit_cli.replay import Build
 
     method = prepare(method_name, facts, overrides, source, batch_size)
     t0 = time.perf_counter()
@@ -37,19 +37,17 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
         if again:
             raise UserError(f"fact {again[0]} is already applied at HEAD ({len(again)} in this file); "
                             "`memedit forget` it first or give the new fact another id")
-        segments = repo.segments_at(head)
-        model, tok = materialize(repo, segments)
-        env = method_env(repo, model, tok, segments)
+        build = Build(repo, repo.segments_at(head))
+        model, tok = build.model, build.tok
         check_fit(tok, facts, context_length(model))  # all batches, before anything is computed or cached
         hp = hparams_mod.resolve(method.default_hparams(model), overrides)
         if method.needs_subject_with(hp) and not method.needs_subject:  # known only now, from the model's defaults
             check_subjects(facts, source)
-        hp = method.resolve(hp, model, tok, env)
+        hp = method.resolve(hp, model, tok, build.env)
         load_s = time.perf_counter() - t0
         size = min(batch_size or len(facts), method.batch_limit(hp) or len(facts))
         batches = [facts[i : i + size] for i in range(0, len(facts), size)]
-        new = [run_segment(repo, model, tok, method, hp, batch, seed, env)
-               for batch in bar(batches, desc=f"apply {method.name}", unit="batch")]
+        new = [build.compute(method, hp, batch, seed) for batch in bar(batches, desc=f"apply {method.name}", unit="batch")]
         total_s = time.perf_counter() - t0
         return repo.append({
             "parent": head,

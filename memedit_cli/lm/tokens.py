@@ -10,6 +10,11 @@ def context_length(model) -> int | None:
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 
+def subject_last(tok, text: str, subject_end: int) -> int:
+    """Index of the last token of the subject that ends at character `subject_end` of `text`."""
+    return len(tok(text[:subject_end])["input_ids"]) - 1
+
+
 def check_fit(tok, facts, max_len: int | None) -> None:
     """Refuse, before any computation, a fact whose prompt + target exceeds the context."""
     for f in facts:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 
-from memedit_cli.jsonutil import canonical, loads_strict, sha256_hex
+from memedit_cli.store.jsonutil import canonical, loads_strict, sha256_hex
 
 OPS = ("apply", "forget")
 

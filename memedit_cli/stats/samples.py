@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 
 from memedit_cli.errors import UserError
-from memedit_cli.mom2_files import save_everywhere
-
-SAMPLES_ID = "model-samples-v1"
+from memedit_cli.lm.tokens import context_length
+from memedit_cli.stats.store import SAMPLES_ID, samples_file, save_everywhere
 
 SEED_PROMPTS = (
     "The", "In 1998,", "Scientists", "The city of", "She said", "According to", "He was born in", "Today",
@@ -50,7 +49,7 @@ def model_samples(model, tok, n: int, seq_len: int, model_key: str, cache_dirs: 
     """
     from safetensors.torch import save
 
-    paths = [Path(d) / "stats" / model_key / SAMPLES_ID / "samples.safetensors" for d in cache_dirs]
+    paths = [samples_file(d, model_key) for d in cache_dirs]
     found = [(p, _load_samples(p)) for p in paths]
     usable = [(p, s) for p, s in found if s is not None]
     base = next(((p, s) for p, s in usable if s["ids"].numel() >= n), None)
@@ -69,12 +68,6 @@ def model_samples(model, tok, n: int, seq_len: int, model_key: str, cache_dirs: 
     lacking = [p for p, s in found if s is None or s["ids"].numel() < state["ids"].numel()]
     save_everywhere(lacking, data)
     return state["ids"]
-
-
-def _context(model) -> int | None:
-    from memedit_cli.tokens import context_length
-
-    return context_length(model)
 
 
 def _load_samples(path: Path):
@@ -104,7 +97,7 @@ def _seed_prompts(tok) -> list[list[int]]:
 
 
 def _extend_samples(model, tok, state: dict, n: int) -> dict:
-    from memedit_cli.progress import bar
+    from memedit_cli.lm.progress import bar
 
     prompts = _seed_prompts(tok)
     eos = tok.eos_token_id
@@ -134,14 +127,14 @@ def _extend_samples(model, tok, state: dict, n: int) -> dict:
 @torch.no_grad()
 def _sample_batch(model, tok, prompts: list[list[int]], max_new: int, seed: int) -> list[list[int]]:
     """Prompt + sampled continuation (temperature 1, full distribution) of each prompt, up to EOS."""
-    from memedit_cli.models import input_device
+    from memedit_cli.lm.models import input_device
 
     dev = input_device(model)
     gen = torch.Generator().manual_seed(seed)  # on CPU: the same draws whatever device the model is on
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
     width = max(len(p) for p in prompts)
-    ctx = _context(model)
+    ctx = context_length(model)
     if ctx is not None:
         max_new = min(max_new, ctx - width)
     if max_new < 1:

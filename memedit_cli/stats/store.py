@@ -1,25 +1,47 @@
-"""The statistics on disk: one safetensors file per module (the mean k kᵀ and the
-token count), written to every cache dir, and the resumable partial sums."""
+"""The statistics on disk, the one place their layout is spelled:
+
+    CACHE/stats/MODEL_KEY/SPEC_KEY/MODULE.safetensors    the mean k kᵀ ("mom2") and the token count
+    CACHE/stats/MODEL_KEY/SPEC_KEY/partial.safetensors   resumable running sums (see compute.py)
+    CACHE/stats/MODEL_KEY/model-samples-v1/samples.safetensors   the default corpus (samples.py)
+
+CACHE is a repository's `.memedit/cache` or the per-user cache; every file is
+written to each cache dir so repositories of one model share them. A spec is
+anything with `key()` and `tokens` (corpus.CorpusSpec).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from memedit_cli.dist import all_reduce
-from memedit_cli.fileio import write_atomic
-
-if TYPE_CHECKING:  # stats.py imports this module
-    from memedit_cli.stats import CorpusSpec
+from memedit_cli.stats.dist import all_reduce
+from memedit_cli.store.fileio import write_atomic
 
 CHECKPOINT_MIN_S = 20.0
+SAMPLES_ID = "model-samples-v1"  # the sampling scheme of samples.py: part of spec keys and a folder name
 
 
-def mom2_bytes(mom2: torch.Tensor, spec: CorpusSpec, name: str) -> bytes:
+def stats_dir(cache_dir: Path, model_key: str, spec) -> Path:
+    """The folder of one model's statistics over one corpus spec."""
+    return Path(cache_dir) / "stats" / model_key / spec.key()
+
+
+def module_file(spec_dir: Path, name: str) -> Path:
+    return Path(spec_dir) / f"{name}.safetensors"
+
+
+def partial_file(spec_dir: Path) -> Path:
+    return Path(spec_dir) / "partial.safetensors"
+
+
+def samples_file(cache_dir: Path, model_key: str) -> Path:
+    return Path(cache_dir) / "stats" / model_key / SAMPLES_ID / "samples.safetensors"
+
+
+def mom2_bytes(mom2: torch.Tensor, spec, name: str) -> bytes:
     from safetensors.torch import save
 
     return save({"mom2": mom2.contiguous(), "count": torch.tensor(spec.tokens, dtype=torch.int64)},
@@ -74,12 +96,12 @@ def checkpoint(path: Path, sums, counts, rows: int, spec, rank: int, world: int)
         save_everywhere([path], data)
 
 
-def find_partial(spec_dirs: list[Path], spec: CorpusSpec, missing: list[str]) -> dict | None:
+def find_partial(spec_dirs: list[Path], spec, missing: list[str]) -> dict | None:
     """A checkpoint of this spec covering every missing module, to resume from (first found)."""
     from safetensors import safe_open
 
     for sd in spec_dirs:
-        path = sd / "partial.safetensors"
+        path = partial_file(sd)
         if not path.is_file():
             continue
         try:

@@ -84,3 +84,31 @@ def edit_output(module, fn):
         yield module
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def inputs_until_all(model, names: list[str], on_input):
+    """Inside the block, `on_input(name, x)` sees each named module's first input; once every
+    module has, the forward raises StopForward from the pre-hook of the last one (the deepest in
+    execution order), before it runs, so nothing above it is computed. Yields the set of names
+    seen in the current forward (clear it before each one)."""
+    seen: set[str] = set()
+
+    def make(name):
+        def hook(mod, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            on_input(name, x)
+            seen.add(name)
+            if len(seen) == len(names):
+                seen.clear()
+                raise StopForward
+        return hook
+
+    handles = []
+    try:
+        for name in names:
+            handles.append(model.get_submodule(name).register_forward_pre_hook(make(name), with_kwargs=True))
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,14 @@
+"""`memedit ask PROMPT`: the current state's greedy continuation."""
+
+from __future__ import annotations
+
+from memedit_cli import methods
+
+
+def ask(repo, prompt: str, max_new_tokens: int) -> str:
+    from memedit_cli.lm.generate import greedy
+    from memedit_cli.replay import materialize
+
+    segments = repo.segments_at(repo.head())
+    model, tok = materialize(repo, segments)
+    return greedy(model, tok, prompt, max_new_tokens, lambda: methods.reset(model, segments))

@@ -1,0 +1,76 @@
+"""Teacher-forced scoring that reads as generation reads: the prompt first (one
+call, with a cache), then the continuation one token per call (docs/metrics.md).
+
+For a model whose edits are weights (ft, MEMIT) this equals EasyEdit's single
+teacher-forced pass over prompt + target; for wrapper methods it is what they
+answer: Larimar's scope detector sees the prompt, not the target, and WISE's
+key router keeps the route its prompt chose. `memedit eval`
+(commands/evaluate.py) and every benchmark score through here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from memedit_cli.lm.progress import bar
+
+
+def token_scores(preds: list[torch.Tensor], targets: list[torch.Tensor]) -> list[float]:
+    """Per example: the fraction of target tokens whose prediction equals the target token."""
+    return [int((p == t).sum()) / len(t) for p, t in zip(preds, targets)]
+
+
+def agreement(preds: list[torch.Tensor], base: list[torch.Tensor]) -> list[float]:
+    """Per example: the fraction of positions where the edited model predicts what the base model did."""
+    return [int((p == b).sum()) / len(b) for p, b in zip(preds, base)]
+
+
+def continuation_tokens(tok, texts: list[str]) -> list[torch.Tensor]:
+    """` text` tokenized as it follows a prompt (the leading space, no special tokens)."""
+    return [torch.tensor(tok(" " + t, add_special_tokens=False)["input_ids"], dtype=torch.long) for t in texts]
+
+
+def predict(model, tok, prompts: list[str], conts: list[torch.Tensor], batch: int = 16, desc: str | None = None,
+            reset=None):
+    """Argmax predictions (L_i,) for each continuation token, teacher-forced, reading as generation reads.
+
+    `reset()` starts each batch as new sequences (`methods.reset` for the state's methods)."""
+    from memedit_cli.lm.models import input_device
+
+    device = input_device(model)
+    out: list[torch.Tensor] = []
+    side = tok.padding_side
+    tok.padding_side = "left"  # every row's last prompt token in the last column
+    try:
+        for i in bar(range(0, len(prompts), batch), desc=desc, unit="batch"):
+            out += _predict_batch(model, tok, prompts[i:i + batch], conts[i:i + batch], device, reset)
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def _predict_batch(model, tok, prompts, conts, device, reset):
+    if reset is not None:
+        reset()  # new sequences: wrappers drop the previous batch's per-sequence state
+    enc = tok(prompts, return_tensors="pt", padding=True).to(device)
+    mask = enc["attention_mask"]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    L = max(len(c) for c in conts)
+    # (B, L) the continuation tokens, padded with the pad id where a row's continuation is shorter
+    feed = torch.full((len(conts), L), tok.pad_token_id or 0, dtype=torch.long)
+    for r, c in enumerate(conts):
+        feed[r, :len(c)] = c
+    feed = feed.to(device)
+    preds = []
+    with torch.no_grad():
+        step = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True)
+        for t in range(L):
+            preds.append(step.logits[:, -1].argmax(-1))
+            if t == L - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+            step = model(input_ids=feed[:, t:t + 1], attention_mask=mask, position_ids=pos,
+                         past_key_values=step.past_key_values, use_cache=True)
+    P = torch.stack(preds, 1).cpu()  # (B, L)
+    return [P[r, :len(c)] for r, c in enumerate(conts)]
