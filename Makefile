@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (see README):
 #   make demo   set everything up, then run memedit's main job on the default model
-#   make test   set everything up, then run the tests
+#   make test   set everything up, lint (ruff), then run the tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.memedit-installed
@@ -23,6 +23,8 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" examples/demo.sh
 
 test: $(STAMP)
+	# the house style first (ruff: pyproject.toml [tool.ruff]), then the tests
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 clean:

@@ -44,7 +44,8 @@ FACTS = [
 
 def memedit(cwd: Path, *args: str) -> None:
     """The real CLI, in a fresh process, on the CPU (so the golden copy does not depend on a GPU)."""
-    env = {**os.environ, "MEMEDIT_DEVICE": "cpu", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "MEMEDIT_DEVICE": "cpu",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-m", "memedit_cli", "-q", *args], check=True, env=env, cwd=cwd)
 
 

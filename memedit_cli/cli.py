@@ -43,7 +43,8 @@ def _json(obj) -> None:
 
 @click.group(cls=MemeditGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-C", "directory", metavar="DIR",
-              help="Use the repository in DIR or its parents (also: MEMEDIT_DIR). File arguments stay relative to the current directory.")
+              help="Use the repository in DIR or its parents (also: MEMEDIT_DIR). "
+                   "File arguments stay relative to the current directory.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.version_option(__version__, prog_name="memedit")
 @click.pass_context
@@ -68,11 +69,13 @@ def cli(ctx, directory, quiet):
 
 
 @cli.command()
-@click.option("--model", "model", metavar="PATH_OR_ID", help="A local Hugging Face folder or a hub id. Default: the embedded SmolLM2-135M-Instruct.")
+@click.option("--model", "model", metavar="PATH_OR_ID",
+              help="A local Hugging Face folder or a hub id. Default: the embedded SmolLM2-135M-Instruct.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when present; a model too big for one GPU is spread with device_map=auto.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the base model's own modeling code (off unless you pass this).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow the base model's own modeling code (off unless you pass this).")
 @click.pass_context
 def init(ctx, model, dtype, device, trust_remote_code):
     """Create .memedit/ in the current directory (or -C DIR)."""
@@ -96,8 +99,8 @@ def init(ctx, model, dtype, device, trust_remote_code):
 def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
     """Apply the facts in FILE (JSONL, or a JSON array in EasyEdit, ZsRE or
     CounterFact layout). The whole file is checked before anything changes."""
-    from memedit_cli.commands import apply as apply_mod
     from memedit_cli import hparams
+    from memedit_cli.commands import apply as apply_mod
     from memedit_cli.facts import load_facts
 
     repo = _repo(ctx)
@@ -179,7 +182,8 @@ def show(ctx, ref, as_json):
     rec = found["record"]
     if as_json:
         return _json(rec)
-    click.echo(f"record {rec['id']}\nparent {rec['parent'] or 'base'}\nop     {rec['op']} ({rec['method']})\ntime   {rec['time']}")
+    click.echo(f"record {rec['id']}\nparent {rec['parent'] or 'base'}\n"
+               f"op     {rec['op']} ({rec['method']})\ntime   {rec['time']}")
     if rec["op"] == "apply":
         click.echo(f"seed   {rec['seed']}\nhparams {json.dumps(rec['hparams'], sort_keys=True)}")
     else:
@@ -202,8 +206,10 @@ def status(ctx, as_json):
     m, head = info["model"], info["head"]
     click.echo(f"repository {info['repository']}\nmodel      {m.get('name') or m.get('path') or m.get('id')} "
                f"({info['dtype']}, device {info['device']})")
-    click.echo(f"HEAD       {head[:12]}" + ("" if info["head_is_newest"] else "  (not the newest record; `memedit log --all`)"))
-    click.echo(f"facts      {len(info['facts'])}" + "".join(f"\n  {k}: {v}" for k, v in sorted(info["by_method"].items())))
+    click.echo(f"HEAD       {head[:12]}"
+               + ("" if info["head_is_newest"] else "  (not the newest record; `memedit log --all`)"))
+    click.echo(f"facts      {len(info['facts'])}"
+               + "".join(f"\n  {k}: {v}" for k, v in sorted(info["by_method"].items())))
 
 
 @cli.command()
@@ -216,7 +222,8 @@ def export(ctx, out_dir, force):
 
     t0 = time.perf_counter()
     info = export_merged(_repo(ctx), out_dir, force)
-    click.echo(f"exported {info['revision'][:12]} ({len(info['facts'])} fact(s)) to {info['out']} in {time.perf_counter() - t0:.1f} s")
+    click.echo(f"exported {info['revision'][:12]} ({len(info['facts'])} fact(s)) to {info['out']} "
+               f"in {time.perf_counter() - t0:.1f} s")
     if info["trust_remote_code"]:
         click.echo(f"load it with AutoModelForCausalLM.from_pretrained({info['out']!r}, trust_remote_code=True): "
                    "its edits (WISE side memories, the Larimar memory) live in the shipped modeling file")
@@ -324,7 +331,8 @@ def fsck(ctx):
 
 @cli.command()
 @click.option("--corpus", type=click.Path(dir_okay=False, exists=True),
-              help="Plain text (documents split on blank lines) or JSONL with a \"text\" field. Default: text sampled from the model.")
+              help="Plain text (documents split on blank lines) or JSONL with a \"text\" field. "
+                   "Default: text sampled from the model.")
 @click.option("--tokens", type=click.IntRange(min=1000), help="Tokens to accumulate (default: MEMIT's mom2_n_tokens).")
 @click.option("--layers", help="Blocks: 3,4 or 3-8 or 1,3-5 (default: MEMIT's band for this model).")
 @click.pass_context

@@ -94,7 +94,8 @@ def resolve(defaults, overrides: dict, where: str = "hyperparameters"):
 def from_json(cls, data: dict):
     """Rebuild hyperparameters recorded in the log (all fields present)."""
     hints = typing.get_type_hints(cls)
-    kwargs = {f.name: _coerce(f.name, data[f.name], hints[f.name], "log") for f in dataclasses.fields(cls) if f.name in data}
+    kwargs = {f.name: _coerce(f.name, data[f.name], hints[f.name], "log")
+              for f in dataclasses.fields(cls) if f.name in data}
     return cls(**kwargs)
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from tiny import build_tiny
 
 FACTS = [
@@ -76,8 +75,8 @@ class Memedit:
 
     def state(self):
         """(model, tokenizer) of the current state, rebuilt from the log."""
-        from memedit_cli.store.repo import Repo
         from memedit_cli.replay import materialize
+        from memedit_cli.store.repo import Repo
 
         repo = Repo.open(self.dir)
         return materialize(repo, repo.segments_at(repo.head()))
@@ -85,7 +84,8 @@ class Memedit:
     def tree(self) -> dict:
         """Every file under .memedit/ with its bytes: equal trees mean an unchanged repository."""
         root = self.dir / ".memedit"
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "lock"}
+        return {str(p.relative_to(root)): p.read_bytes()
+                for p in sorted(root.rglob("*")) if p.is_file() and p.name != "lock"}
 
 
 @pytest.fixture

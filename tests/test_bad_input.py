@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import FACTS, FAST, write_facts
 
 
@@ -50,7 +49,8 @@ def test_subject_not_in_prompt_for_a_method_that_needs_it(applied, tmp_path, mon
 
 
 def test_unknown_method_suggests_the_near_name(applied, tmp_path):
-    refused(applied, "apply", write_facts(tmp_path / "f.jsonl", FACTS[1:2]), "--method", "fft", says="did you mean 'ft'")
+    refused(applied, "apply", write_facts(tmp_path / "f.jsonl", FACTS[1:2]), "--method", "fft",
+            says="did you mean 'ft'")
 
 
 @pytest.mark.parametrize("setting,says", [
@@ -95,7 +95,8 @@ def test_command_outside_a_repository(memedit):
         assert result.exit_code == 1 and "not a memedit repository" in result.stderr and "memedit init" in result.stderr
 
 
-@pytest.mark.parametrize("rev,says", [("HEAD~5", "past the base"), ("zzzz", "not a revision"), ("abcdef12", "no revision starts")])
+@pytest.mark.parametrize("rev,says", [("HEAD~5", "past the base"), ("zzzz", "not a revision"),
+                                      ("abcdef12", "no revision starts")])
 def test_bad_revisions(applied, rev, says):
     refused(applied, "checkout", rev, says=says)
 
@@ -151,3 +152,23 @@ def test_larimar_train_refuses_a_short_corpus_and_bad_settings(applied, tmp_path
     two.write_text("A first sentence.\nA second one.\n")
     result = applied("larimar-train", "--corpus", two, "--set", "steps=0", ok=False)
     assert result.exit_code == 1 and "steps must be >= 1" in result.stderr
+
+
+def test_an_adapter_without_its_record_is_refused_with_the_fix(applied, tmp_path):
+    import os
+    from pathlib import Path
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A first sentence.\nA second one.\nAnd a third.\n")
+    info = applied.json("larimar-train", "--corpus", corpus, "--set", "steps=2", "--set", "encoder=model")
+    record = Path(info["path"]).with_suffix(".json")
+    assert record.is_file() and Path(os.environ["MEMEDIT_HOME"]) in record.parents
+    record.unlink()
+    refused(applied, "apply", write_facts(tmp_path / "f.jsonl", FACTS[2:]), "--method", "larimar",
+            "--set", "mode=prefix", "--set", "encoder=model", says="has no readable record")
+
+
+@pytest.mark.parametrize("layers, says", [("1-0", "the range goes backwards"), ("a", "not a block index"),
+                                          (",", "no block given")])
+def test_stats_layers_that_are_not_blocks_or_ranges_are_refused(applied, layers, says):
+    refused(applied, "stats", "--layers", layers, says=says)

@@ -30,8 +30,8 @@ def test_weight_edits_are_found_by_rebuilding_without_them(repo, tmp_path):
     # without eiffel's batch: the base weights plus darrieux's batch as stored (forget would instead
     # recompute darrieux's batch on the base, since ft batches build on each other)
     from memedit_cli.lm.generate import greedy
-    from memedit_cli.store.repo import Repo
     from memedit_cli.replay import materialize
+    from memedit_cli.store.repo import Repo
 
     r = Repo.open(repo.dir)
     model, tok = materialize(r, r.segments_at(r.head())[1:])

@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import FACTS, FAST, write_facts
 
 RANDOM_KILLS = 3  # per command, at random moments of its run, besides one kill per file-operation step

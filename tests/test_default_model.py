@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import logits, write_facts
 
 pytestmark = pytest.mark.default_model

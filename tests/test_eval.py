@@ -4,8 +4,8 @@ locality of the base state, and the --fail-under gate."""
 from __future__ import annotations
 
 import torch
-
 from conftest import FACTS, FAST, write_facts
+
 from memedit_cli.lm.score import agreement, token_scores
 
 LOCAL = [dict(f, rephrase_prompt=f"Some say that {f['prompt'][0].lower()}{f['prompt'][1:]}",

@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-
 from conftest import FACTS, FAST, write_facts
+
 from memedit_cli.errors import EXIT_DAMAGED
 
 
@@ -85,10 +85,12 @@ def test_orphan_objects_are_only_a_note(two_applies):
     extra = two_applies.dir / ".memedit" / "objects" / "ab"
     extra.mkdir(exist_ok=True)
     # a well-named, intact object that no record names: what a kill between object and record leaves
-    from memedit_cli.store.objects import ObjectStore
     import torch
 
-    ObjectStore(two_applies.dir / ".memedit" / "objects").put({"x": torch.ones(2)})
+    from memedit_cli.replay import put_tensors
+    from memedit_cli.store.repo import Repo
+
+    put_tensors(Repo.open(two_applies.dir), {"x": torch.ones(2)})
     out = two_applies("fsck")
     assert "named by no record" in out.stdout
 

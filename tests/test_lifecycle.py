@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-
-from tiny import build_tiny
 from conftest import FACTS, FAST, Memedit, base_logits, logits, write_facts
+from tiny import build_tiny
 
 
 def test_apply_changes_the_model_and_is_logged(repo, tiny, tmp_path):

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import FACTS, Memedit, base_logits, logits, write_facts
 from tiny import SENTENCES
 
@@ -37,14 +36,15 @@ def test_apply_changes_the_model_and_records_factors(repo, tiny, tmp_path, corpu
 
 
 def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, corpus):
-    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
+    from memedit_cli.lm import models
     from memedit_cli.methods.base import Env
     from memedit_cli.methods.memit import MEMIT
     from memedit_cli.methods.memit.compute_ks import keys_and_current
     from memedit_cli.stats import CorpusSpec, second_moments
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
+                              "dtype": "float32", "device": "cpu"})
     env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok))
     method = MEMIT()
     hp = dataclasses.replace(method.default_hparams(model), layers=(0, 1), v_num_grad_steps=3,
@@ -58,7 +58,8 @@ def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, cor
     # the first layer of the band, by hand: ΔW = R Kᵀ (λ C₀ + K Kᵀ)⁻¹ in float64
     name = "model.layers.0.mlp.down_proj"
     keys, current = keys_and_current(model, tok, facts, hp.context_templates, 0, 1, "cpu")
-    C = second_moments(model, tok, [name], CorpusSpec(str(corpus), 2000, seq_len=64), "tiny", [tmp_path / "cache"])[name]
+    C = second_moments(model, tok, [name], CorpusSpec(str(corpus), 2000, seq_len=64), "tiny",
+                       [tmp_path / "cache"])[name]
     K, R = keys.T, (tensors["z"].double() - current).T / 2
     dense = R @ K.T @ torch.linalg.inv(hp.mom2_update_weight * C + K @ K.T)
     factored = tensors[f"{name}.U"].double() @ tensors[f"{name}.V"].double().T
@@ -68,12 +69,14 @@ def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, cor
 
 
 def test_keys_in_chunks_stopping_at_block_L_equal_one_full_forward(tiny_models, monkeypatch):
-    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
-    from memedit_cli.methods.memit import compute_ks, rows as rows_mod
+    from memedit_cli.lm import models
     from memedit_cli.lm.nethook import capture
+    from memedit_cli.methods.memit import compute_ks
+    from memedit_cli.methods.memit import rows as rows_mod
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
+                              "dtype": "float32", "device": "cpu"})
     facts, templates = [Fact(**f) for f in FACTS], ("{}", "A prefix. {}")
     monkeypatch.setattr(compute_ks, "CHUNK_ROWS", 4)  # 6 rows: two chunks
     keys, current = compute_ks.keys_and_current(model, tok, facts, templates, 0, 1, "cpu")
@@ -89,12 +92,13 @@ def test_keys_in_chunks_stopping_at_block_L_equal_one_full_forward(tiny_models, 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models, arch):
-    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
+    from memedit_cli.lm import models
     from memedit_cli.methods.memit.compute_z import compute_z
     from memedit_cli.methods.memit.hparams import MEMITHparams
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])},
+                              "dtype": "float32", "device": "cpu"})
     hp = MEMITHparams(layers=(0,), v_num_grad_steps=6, context_templates=("{}", "A prefix. {}"))
     facts = [Fact(**f) for f in FACTS]
     together, _ = compute_z(model, tok, facts, hp, 0, hp.context_templates, "cpu")
@@ -139,13 +143,14 @@ def test_export_is_plain_weights(repo, tmp_path, corpus):
 
 
 def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tmp_path, corpus):
-    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
+    from memedit_cli.lm import models
     from memedit_cli.methods.base import Env
     from memedit_cli.methods.memit import MEMIT
     from memedit_cli.stats import CorpusSpec, second_moments
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
+                              "dtype": "float32", "device": "cpu"})
     env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok))
     method = MEMIT()
     hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, null_space=True,
@@ -153,7 +158,8 @@ def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tm
     hp = method.resolve(hp, model, tok, env)
     tensors, _ = method.compute(model, tok, [Fact(**f) for f in FACTS], hp, 0, env)
     name = "model.layers.1.mlp.down_proj"
-    C = second_moments(model, tok, [name], CorpusSpec(str(corpus), 2000, seq_len=64), "tiny", [tmp_path / "cache"])[name]
+    C = second_moments(model, tok, [name], CorpusSpec(str(corpus), 2000, seq_len=64), "tiny",
+                       [tmp_path / "cache"])[name]
     evals, evecs = torch.linalg.eigh(C)
     kept = evecs[:, evals >= 0.5 * evals.mean()]  # directions the statistics say are in use
     delta = tensors[f"{name}.U"].double() @ tensors[f"{name}.V"].double().T
@@ -164,12 +170,13 @@ def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tm
 def test_null_space_keeps_earlier_batches_keys(tiny_models, tmp_path, corpus):
     """AlphaEdit's Kp term: a later null-space batch changes the earlier batches' keys
     far less when their stored keys are in the solve than when they are not."""
-    from memedit_cli.lm import models
     from memedit_cli.facts import Fact
+    from memedit_cli.lm import models
     from memedit_cli.methods.base import Env
     from memedit_cli.methods.memit import MEMIT
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
+                              "dtype": "float32", "device": "cpu"})
     method = MEMIT()
     hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, null_space=True,
                              null_space_threshold=0.9, null_space_l2=1e-4, mom2_corpus=str(corpus), mom2_n_tokens=2000)
@@ -225,9 +232,15 @@ def test_stats_command_fills_the_shared_cache(repo, corpus):
     assert shared, "the per-user cache gets a copy for other repositories of the same model"
 
 
+def test_stats_layers_take_ranges_as_the_torchrun_entry_does(repo, corpus):
+    out = repo("stats", "--corpus", corpus, "--tokens", "2000", "--layers", "0-1")
+    assert "2 layer(s)" in out.stdout and ".0.mlp" in out.stdout and ".1.mlp" in out.stdout
+
+
 def test_memit_records_follow_the_schema(repo, tmp_path, corpus):
-    import jsonschema
     from pathlib import Path
+
+    import jsonschema
 
     schema = json.loads((Path(__file__).resolve().parents[1] / "formats" / "record.schema.json").read_text())
     repo("apply", write_facts(tmp_path / "f.jsonl", FACTS[:2]), *memit_args(corpus))

@@ -12,13 +12,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tiny import SENTENCES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from memedit_cli.stats import compute
-from memedit_cli.lm.arch import arch_for
 from memedit_cli.errors import UserError
-from memedit_cli.stats import SAMPLES_ID, CorpusSpec, second_moments, stats_dir
-from tiny import SENTENCES
+from memedit_cli.lm.arch import arch_for
+from memedit_cli.stats import SAMPLES_ID, CorpusSpec, compute, second_moments, stats_dir
 
 # 40 documents, some over several lines; joined by blank lines (.txt) or one per line (.jsonl)
 DOCS = [" ".join(SENTENCES[(i * k + k) % len(SENTENCES)] for k in range(1 + i % 3)) + f" Item {i}."

@@ -13,7 +13,8 @@ from memedit_cli.lm.upper import Upper
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("start", [0, 3])
 def test_upper_blocks_give_the_full_models_output(tiny_models, arch, start):
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])},
+                              "dtype": "float32", "device": "cpu"})
     batch = tok(["The Eiffel Tower is in Paris.", "Danielle Darrieux speaks"], return_tensors="pt", padding=True)
     ids, attn = batch["input_ids"], batch["attention_mask"]  # right-padded; the shorter row has >= 3 real tokens
     assert tok.padding_side == "right" and attn.sum(1).min() > start
@@ -39,7 +40,8 @@ def test_rows_cut_at_their_own_position_give_the_full_models_output(tiny_models,
     column c, the prefix cached; one row's cut is at 0 (an all-padding prefix)."""
     from memedit_cli.methods.memit.rows import Rows, left_cut
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])},
+                              "dtype": "float32", "device": "cpu"})
     batch = tok(["The Eiffel Tower is in Paris.", "Danielle Darrieux speaks", "Toko Yasuda plays"],
                 return_tensors="pt", padding=True)
     ids, attn = batch["input_ids"], batch["attention_mask"]

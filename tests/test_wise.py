@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FACTS, PROMPTS, UNRELATED, Memedit, base_logits, logits, write_facts
 
 WISE = ["--method", "wise", "--set", "n_iter=10"]
@@ -75,10 +74,10 @@ def test_a_row_uses_the_memory_with_the_largest_score_above_its_threshold(transp
 
 
 def test_thresholds_come_from_the_edits_scores_on_the_finished_shard(repo, tiny, tmp_path):
+    from memedit_cli.lm.tokens import prompt_target_batch
     from memedit_cli.methods.wise.side import WISELayer
     from memedit_cli.replay import get_tensors
     from memedit_cli.store.repo import Repo
-    from memedit_cli.lm.tokens import prompt_target_batch
 
     rec = repo.json("show", repo.json("apply", write_facts(tmp_path / "f.jsonl"), *WISE,
                                       "--set", "threshold_from=final")["revision"])
@@ -134,13 +133,14 @@ def test_ties_merge():
 @pytest.mark.parametrize("router", ["activation", "keys"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch, router):
+    from memedit_cli.facts import Fact
     from memedit_cli.lm import models
     from memedit_cli.lm.arch import arch_for
-    from memedit_cli.facts import Fact
     from memedit_cli.methods.wise import WISE as Wise
     from memedit_cli.methods.wise.train import EditRows
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(wise_models[arch])}, "dtype": "float32", "device": "cpu"})
+    model, tok = models.load({"model": {"kind": "local", "path": str(wise_models[arch])},
+                              "dtype": "float32", "device": "cpu"})
     hp = dataclasses.replace(Wise().default_hparams(model), prefixes=("{}", "A prefix. {}", "Another one here. {}"),
                              alpha=1.0, beta=3.0, gamma=2.0, router=router)
     name = arch_for(model.config).mlp_out_at(hp.layer)
@@ -149,7 +149,8 @@ def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch
     D = (torch.randn(base.weight.shape) * 0.05).requires_grad_()
     grads = []
     for fast in (True, False):
-        rows = EditRows(model, tok, fact, dataclasses.replace(hp, fast_path=fast), UNRELATED, base, name, hp.layer, "cpu")
+        rows = EditRows(model, tok, fact, dataclasses.replace(hp, fast_path=fast), UNRELATED, base, name, hp.layer,
+                        "cpu")
         D.grad = None
         loss, nll, _ = rows.loss(D)
         loss.backward()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import torch
-
 from conftest import FACTS, logits, write_facts
 
 EDITED = FACTS[0]["prompt"]  # "The Eiffel Tower is in"
@@ -119,5 +118,6 @@ def test_export_with_the_key_router_reproduces_routes_logits_and_generation(repo
     enc = tok([EDITED], return_tensors="pt")
     kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": tok.pad_token_id}
     theirs_ids = exported.generate(**enc, **kw)
-    assert tok.decode(theirs_ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True) == greedy(ours, tok, EDITED, 4)
+    assert (tok.decode(theirs_ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            == greedy(ours, tok, EDITED, 4))
     assert exported.get_submodule(name).last_route.tolist() == [0]

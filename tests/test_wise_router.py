@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import FACTS, PROMPTS, UNRELATED, Memedit, base_logits, logits, write_facts
 
 KEYS = ["--method", "wise", "--set", "n_iter=10", "--set", "router=keys", "--set", "layer=1", "--set", "key_layer=0"]
@@ -131,7 +130,8 @@ def test_a_subject_missing_from_its_prompt_is_refused_with_keys(repo, tmp_path):
     r = repo("apply", write_facts(tmp_path / "f.jsonl", bad), *KEYS, ok=False)
     assert r.exit_code != 0 and "does not occur in prompt" in r.output
     assert repo.tree() == before
-    repo("apply", write_facts(tmp_path / "f.jsonl", bad), "--method", "wise", "--set", "n_iter=1")  # activation: no subject needed
+    # activation: no subject needed
+    repo("apply", write_facts(tmp_path / "f.jsonl", bad), "--method", "wise", "--set", "n_iter=1")
 
 
 @pytest.mark.parametrize("setting, message", [("router=nearest", "router must be activation or keys"),

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 from memedit_cli import hparams as hparams_mod
-from memedit_cli.store import log as logmod
 from memedit_cli import methods
 from memedit_cli.errors import UserError
 from memedit_cli.facts import Fact, check_subjects
 from memedit_cli.lm.progress import bar
 from memedit_cli.lm.tokens import check_fit, context_length
+from memedit_cli.store import log as logmod
 
 
 def prepare(method_name: str, facts: list[Fact], overrides: dict, source: str, batch_size: int | None):
@@ -25,7 +25,8 @@ def prepare(method_name: str, facts: list[Fact], overrides: dict, source: str, b
     return method
 
 
-def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size: int | None, seed: int, source: str) -> dict:
+def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size: int | None, seed: int,
+          source: str) -> dict:
     from memedit_cli.replay import Build
 
     method = prepare(method_name, facts, overrides, source, batch_size)
@@ -47,7 +48,8 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
         load_s = time.perf_counter() - t0
         size = min(batch_size or len(facts), method.batch_limit(hp) or len(facts))
         batches = [facts[i : i + size] for i in range(0, len(facts), size)]
-        new = [build.compute(method, hp, batch, seed) for batch in bar(batches, desc=f"apply {method.name}", unit="batch")]
+        new = [build.compute(method, hp, batch, seed)
+               for batch in bar(batches, desc=f"apply {method.name}", unit="batch")]
         total_s = time.perf_counter() - t0
         return repo.append({
             "parent": head,

@@ -40,18 +40,29 @@ def evaluate(repo, facts, limit: int | None = None) -> Report:
     head = repo.head()
     segments = repo.segments_at(head)
     model, tok = models.load(repo.config)
+
+    def edit():  # the segments attached to the same model (no second copy in memory)
+        for seg in segments:
+            attach_segment(repo, model, seg, tok)
+
+    return score(model, tok, facts, edit, lambda: methods.reset(model, segments), head or "base")
+
+
+def score(model, tok, facts, edit, reset=None, revision: str = "") -> Report:
+    """Score the state that `edit()` makes of the base `model` in hand, on `facts`.
+
+    Locality compares with the unedited model's own predictions, so they are
+    taken first, on the base weights; then `edit()` turns the model into the
+    state (attaching segments), and `reset()` starts each batch of scoring as
+    new sequences. `evaluate` is this on a repository's HEAD; benchmarks that
+    build states in memory score through here too.
+    """
     gen_facts = [f for f in facts if f.rephrase_prompt]
     loc_facts = [f for f in facts if f.locality_prompt and f.locality_ground_truth]
     loc_targets = continuation_tokens(tok, [f.locality_ground_truth for f in loc_facts])
-    # locality compares with the unedited model's own predictions: computed first, on the base weights,
-    # then the segments are attached to the same model (no second copy in memory)
     base_loc = predict(model, tok, [f.locality_prompt for f in loc_facts], loc_targets, desc="eval: base locality")
-    for seg in segments:
-        attach_segment(repo, model, seg, tok)
+    edit()
     targets = continuation_tokens(tok, [f.target_new for f in facts])
-    def reset():
-        methods.reset(model, segments)
-
     rel = token_scores(predict(model, tok, [f.prompt for f in facts], targets, desc="eval: reliability",
                                reset=reset), targets)
     gen_t = [targets[i] for i, f in enumerate(facts) if f.rephrase_prompt]
@@ -70,7 +81,7 @@ def evaluate(repo, facts, limit: int | None = None) -> Report:
 
     scores = {"rel": mean(rel), "rel_em": mean([float(r == 1.0) for r in rel]), "gen": mean(gen),
               "gen_em": mean([float(g == 1.0) for g in gen]), "loc": mean(loc)}
-    return Report(head or "base", list(per.values()), scores, {"rel": len(rel), "gen": len(gen), "loc": len(loc)})
+    return Report(revision, list(per.values()), scores, {"rel": len(rel), "gen": len(gen), "loc": len(loc)})
 
 
 def parse_gate(spec: str | None) -> dict:

@@ -20,7 +20,8 @@ def export_merged(repo, out_dir: str, force: bool = False) -> dict:
         raise UserError(f"{out} exists and is not a directory; choose another OUT_DIR")
     if out.is_dir() and any(out.iterdir()):
         if not force:
-            raise UserError(f"{out} is not empty; choose an empty or new OUT_DIR, or pass --force to replace an earlier export")
+            raise UserError(f"{out} is not empty; choose an empty or new OUT_DIR, "
+                            "or pass --force to replace an earlier export")
         if not (out / "memedit.json").is_file():
             raise UserError(f"{out} is not empty and is not an earlier memedit export; --force only replaces those")
     if (out / ".memedit").exists() or out == repo.root.parent:

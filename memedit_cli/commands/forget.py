@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 
 from memedit_cli import hparams as hparams_mod
-from memedit_cli.store import log as logmod
 from memedit_cli import methods
 from memedit_cli.errors import RevisionError, UserError
 from memedit_cli.facts import Fact
 from memedit_cli.lm.progress import bar
+from memedit_cli.store import log as logmod
 
 
 def resolve_ids(repo, ids: list[str], head) -> list[str]:

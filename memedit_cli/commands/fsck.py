@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from memedit_cli.store import log as logmod
 from memedit_cli.errors import DamagedRepository, MemeditError
+from memedit_cli.store import log as logmod
 from memedit_cli.store.jsonutil import loads_strict
 
 

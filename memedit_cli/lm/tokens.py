@@ -20,10 +20,12 @@ def check_fit(tok, facts, max_len: int | None) -> None:
     for f in facts:
         target = tok(" " + f.target_new, add_special_tokens=False)["input_ids"]
         if not target:
-            raise UserError(f"fact {f.id}: target {f.target_new!r} tokenizes to nothing; give a target with text the model can say")
+            raise UserError(f"fact {f.id}: target {f.target_new!r} tokenizes to nothing; "
+                            "give a target with text the model can say")
         n = len(tok(f.prompt)["input_ids"]) + len(target)
         if max_len is not None and n > max_len:
-            raise UserError(f"fact {f.id}: prompt and target are {n} tokens, longer than the model's context of {max_len}; shorten them")
+            raise UserError(f"fact {f.id}: prompt and target are {n} tokens, "
+                            f"longer than the model's context of {max_len}; shorten them")
 
 
 def prompt_target_batch(tok, prompts: list[str], targets: list[str], device):

@@ -77,7 +77,8 @@ class Upper:
             _crop(cache, self.start)  # the blocks up to L appended positions start..; keep the prefix only
 
     def final_hidden(self, h):
-        """(B, T', d) block-L output at positions start.. -> (B, T', d) after the remaining blocks and the final norm."""
+        """(B, T', d) block-L output at positions start.. -> (B, T', d) after the remaining blocks
+        and the final norm."""
         try:
             for block in self.blocks:
                 out = block(h, *self.args, **self.kwargs)

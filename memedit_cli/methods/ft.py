@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from memedit_cli.lm.arch import arch_for, extra_output, num_layers
 from memedit_cli.errors import HparamsError
-from memedit_cli.methods.base import Method, add_weight_deltas
+from memedit_cli.lm.arch import arch_for, extra_output, num_layers
 from memedit_cli.lm.models import input_device
 from memedit_cli.lm.nethook import add_to_output
 from memedit_cli.lm.progress import bar
 from memedit_cli.lm.tokens import prompt_target_batch, target_nll
+from memedit_cli.methods.base import Method, add_weight_deltas
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ class FT(Method):
         # ΔW lives in float32 whatever the model's dtype; shape = W's own layout
         delta = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=hp.lr, weight_decay=hp.weight_decay)
-        ids, attn, labels = prompt_target_batch(tok, [f.prompt for f in facts], [f.target_new for f in facts], input_device(model))
+        ids, attn, labels = prompt_target_batch(tok, [f.prompt for f in facts], [f.target_new for f in facts],
+                                                input_device(model))
         losses = []
         with add_to_output(module, lambda x: extra_output(module, x.float(), delta)):
             for _ in bar(range(hp.steps), desc=f"ft: {len(facts)} fact(s)", unit="step"):

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from memedit_cli.lm.arch import arch_for
     from memedit_cli.errors import MemeditError
+    from memedit_cli.lm.arch import arch_for
     from memedit_cli.lm.models import quiet_transformers, weights_hash
     from memedit_cli.stats import CorpusSpec, second_moments, stats_dir
 

@@ -50,8 +50,17 @@ from memedit_cli.errors import UserError
 from memedit_cli.lm.nethook import StopForward, inputs_until_all
 from memedit_cli.stats.corpus import CorpusSpec, token_stream
 from memedit_cli.stats.dist import agree, all_reduce, broadcast_object, dist_info
-from memedit_cli.stats.store import (CHECKPOINT_MIN_S, checkpoint, find_partial, load_mom2, load_partial, mom2_bytes,
-                                     module_file, partial_file, save_everywhere, stats_dir)
+from memedit_cli.stats.store import (
+    CHECKPOINT_MIN_S,
+    checkpoint,
+    find_partial,
+    load_mom2,
+    module_file,
+    mom2_bytes,
+    partial_file,
+    save_everywhere,
+    stats_dir,
+)
 
 
 def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_key: str, cache_dirs: list[Path],
@@ -166,7 +175,9 @@ def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpo
     if resume is not None:
         start = resume["rows"]
         if rank == 0:  # the partial sums are counted once, on rank 0
-            saved = load_partial(resume["path"])
+            from safetensors.torch import load_file
+
+            saved = load_file(resume["path"])
             for name in names:
                 sums[name].copy_(saved[f"sum.{name}"])
                 counts[name] = int(saved[f"count.{name}"])
@@ -207,7 +218,8 @@ def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpo
                         pass
                     else:
                         never = sorted(set(names) - seen)
-                        raise UserError(f"the forward pass never called {', '.join(never)}; cannot take its input statistics")
+                        raise UserError(f"the forward pass never called {', '.join(never)}; "
+                                        "cannot take its input statistics")
                 done = min(g0 + step, n_rows)
                 if rank == 0:
                     progress.update(min(done * seq, spec.tokens) - g0 * seq)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from memedit_cli.stats.dist import broadcast_object, coll_device
 from memedit_cli.errors import UserError
+from memedit_cli.stats.dist import broadcast_object, coll_device
 from memedit_cli.stats.samples import model_samples
 from memedit_cli.stats.store import SAMPLES_ID
 
@@ -22,7 +22,8 @@ from memedit_cli.stats.store import SAMPLES_ID
 class CorpusSpec:
     """What the statistics are computed over."""
 
-    path: str | None  # .txt (documents split on blank lines) or .jsonl/.json ({"text": ...} per line); None: model samples
+    # .txt (documents split on blank lines) or .jsonl/.json ({"text": ...} per line); None: model samples
+    path: str | None
     tokens: int  # number of tokens to accumulate
     seq_len: int = 256  # tokens per row
 

@@ -115,8 +115,3 @@ def find_partial(spec_dirs: list[Path], spec, missing: list[str]) -> dict | None
             return {"path": str(path), "rows": rows, "modules": modules}
     return None
 
-
-def load_partial(path: str) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(path)

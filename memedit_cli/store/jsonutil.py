@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import math
 
 
 def canonical(obj) -> bytes:
@@ -22,6 +21,3 @@ def reject_constants(name: str):
 def loads_strict(text):
     return json.loads(text, parse_constant=reject_constants)
 
-
-def is_finite_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -15,7 +15,6 @@ attached in order (see `Repo.segments_at`).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 
 from memedit_cli.store.jsonutil import canonical, loads_strict, sha256_hex
 
@@ -26,10 +25,6 @@ def make_record(fields: dict) -> dict:
     """Add `id` (content hash) to a record's fields; returns a new dict."""
     body = {k: v for k, v in fields.items() if k != "id"}
     return {"id": sha256_hex(canonical(body)), **body}
-
-
-def encode(record: dict) -> bytes:
-    return canonical(record)
 
 
 def now() -> str:
@@ -71,7 +66,9 @@ def record_problem(rec, known_ids: set) -> str | None:
         and isinstance(s.get("method"), str) and isinstance(s.get("hparams"), dict) for s in segs
     ):
         return "malformed segments"
-    if not isinstance(rec["facts"], list) or not all(isinstance(f, dict) and isinstance(f.get("id"), str) for f in rec["facts"]):
+    if not isinstance(rec["facts"], list) or not all(
+        isinstance(f, dict) and isinstance(f.get("id"), str) for f in rec["facts"]
+    ):
         return "malformed facts"
     if rec["op"] == "forget" and (not isinstance(rec["keep"], int) or isinstance(rec["keep"], bool) or rec["keep"] < 0
                                   or not isinstance(rec["forgot"], list)):
@@ -102,12 +99,10 @@ def scan(data: bytes) -> tuple[list[dict], list[str]]:
             break
         problem = record_problem(rec, known)
         if problem:
-            problems.append(f"log.jsonl:{n}: record {str(rec.get('id', '?'))[:12] if isinstance(rec, dict) else '?'}: {problem}")
+            problems.append(f"log.jsonl:{n}: "
+                            f"record {str(rec.get('id', '?'))[:12] if isinstance(rec, dict) else '?'}: {problem}")
             break
         known.add(rec["id"])
         records.append(rec)
     return records, problems
 
-
-def dumps_pretty(obj) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False)

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from memedit_cli import FORMAT_VERSION
-from memedit_cli.store import log as logmod
 from memedit_cli.errors import DamagedRepository, LockedError, NotARepository, RevisionError, UserError
+from memedit_cli.store import log as logmod
 from memedit_cli.store.fileio import append_line, fsync_dir, write_atomic
 from memedit_cli.store.jsonutil import canonical
 from memedit_cli.store.objects import ObjectStore
@@ -124,7 +124,7 @@ class Repo:
         if fields.get("parent") != self.head():
             raise UserError("HEAD moved while this command ran; run it again")
         rec = logmod.make_record(fields)
-        append_line(self.root / "log.jsonl", logmod.encode(rec))
+        append_line(self.root / "log.jsonl", canonical(rec))  # the bytes the id was hashed over
         self._records = None
         self.set_head(rec["id"], f"{rec['op']}: {len(rec.get('facts', []))} fact(s)")
         return rec
@@ -171,12 +171,14 @@ class Repo:
         if rev == "HEAD":
             return self.head()
         if not _HEX.match(rev):
-            raise RevisionError(f"{rev!r} is not a revision: use an id prefix of 4+ hex characters, HEAD, HEAD~N or base")
+            raise RevisionError(f"{rev!r} is not a revision: "
+                                "use an id prefix of 4+ hex characters, HEAD, HEAD~N or base")
         hits = [r["id"] for r in self.records if r["id"].startswith(rev)]
         if not hits:
             raise RevisionError(f"no revision starts with {rev!r}; `memedit log` lists them")
         if len(hits) > 1:
-            raise RevisionError(f"{rev!r} is ambiguous: it starts {len(hits)} revisions ({', '.join(h[:12] for h in hits)}); give more characters")
+            raise RevisionError(f"{rev!r} is ambiguous: it starts {len(hits)} revisions "
+                                f"({', '.join(h[:12] for h in hits)}); give more characters")
         return hits[0]
 
     def chain(self, rid: str | None) -> list[dict]:
@@ -218,7 +220,8 @@ class Repo:
             try:
                 timeout = float(raw)
             except ValueError:
-                raise UserError(f"MEMEDIT_LOCK_TIMEOUT={raw!r} is not a number of seconds; unset it or set e.g. 60") from None
+                raise UserError(f"MEMEDIT_LOCK_TIMEOUT={raw!r} is not a number of seconds; "
+                                "unset it or set e.g. 60") from None
         path = self.root / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -23,8 +23,8 @@ import math
 import shutil
 from pathlib import Path
 
-from memedit_cli.lm.arch import num_layers
 from memedit_cli.errors import HparamsError, UserError
+from memedit_cli.lm.arch import num_layers
 from memedit_cli.methods.base import Method
 from memedit_cli.methods.larimar.hparams import LarimarHparams
 
@@ -79,7 +79,8 @@ class Larimar(Method):
         if encoder == "model":
             layer = n // 2 if hp.encoder_layer == -1 else hp.encoder_layer
             if not 0 <= layer <= n:
-                raise HparamsError(f"encoder_layer must be a block between 0 and {n} (the final hidden state), got {layer}")
+                raise HparamsError(f"encoder_layer must be a block between 0 and {n} (the final hidden state), "
+                                   f"got {layer}")
         hp = dataclasses.replace(hp, encoder=encoder, encoder_layer=layer)
         if hp.mode == "prefix":
             from memedit_cli.methods.larimar import prefix
@@ -146,8 +147,8 @@ class Larimar(Method):
                            torch.cat([p[1] for p in parts]),
                            torch.cat([torch.zeros(1, dtype=torch.int64)] + [p[2][1:] + e for p, e in zip(parts, ends)]))
         if hp.mode == "prefix":
-            from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter
             from memedit_cli.lm.models import input_device
+            from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter
 
             decoder._runtime["adapter"] = PrefixAdapter.from_tensors(tensors, model.config).to(input_device(model))
         decoder.bind(tok, encoder_for(model, tok, hp) if hp.encoder == "minilm" else None)
@@ -242,8 +243,8 @@ def _check_fit(model, tok, facts, context_ids) -> None:
 
 def encoder_for(model, tok, hp: LarimarHparams):
     """The encoder these (resolved) hparams name, on the model's device."""
-    from memedit_cli.methods.larimar.encoder import ModelEncoder, minilm
     from memedit_cli.lm.models import input_device
+    from memedit_cli.methods.larimar.encoder import ModelEncoder, minilm
 
     if hp.encoder == "minilm":
         return minilm(str(input_device(model)))

@@ -326,7 +326,8 @@ class _LarimarMixin:
         decoder = wrap(model, settings)
         decoder.set_memory(t["episodes"], t["memory"], t["context_ids"], t["context_offsets"])
         if settings.get("mode") == "prefix":
-            decoder._runtime["adapter"] = PrefixAdapter.from_tensors(t, model.config).to(next(model.parameters()).device)
+            decoder._runtime["adapter"] = PrefixAdapter.from_tensors(t, model.config).to(
+                next(model.parameters()).device)
         encoder = None
         if settings["encoder"] == "minilm":
             encoder = MiniLMEncoder(folder / settings["encoder_dir"], next(model.parameters()).device)

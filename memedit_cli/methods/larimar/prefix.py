@@ -69,8 +69,8 @@ def adapters_dir(cache_dir: Path, model_key: str) -> Path:
 
 def train(model, tok, encoder, texts: list[str], s: TrainSettings, progress=None) -> tuple[dict, list[float]]:
     """Train a PrefixAdapter with `model` frozen; returns its tensors and the loss of each step."""
-    from memedit_cli.methods.larimar.memory import EpisodicMemory
     from memedit_cli.lm.models import input_device
+    from memedit_cli.methods.larimar.memory import EpisodicMemory
 
     device = input_device(model)
     gen = torch.Generator().manual_seed(s.seed)

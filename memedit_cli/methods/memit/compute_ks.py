@@ -8,8 +8,8 @@ h_L(fact): block L's output at the last subject token of the bare prompt.
 from __future__ import annotations
 
 from memedit_cli.lm.arch import arch_for
-from memedit_cli.methods.memit import rows as rows_mod
 from memedit_cli.lm.nethook import StopForward, capture, stop_after
+from memedit_cli.methods.memit import rows as rows_mod
 
 CHUNK_ROWS = 256  # rows per forward: bounds activation memory for batches of thousands of facts
 
@@ -30,7 +30,8 @@ def keys_and_current(model, tok, facts, templates, layer: int, z_layer: int, dev
     B = rows.input_ids.shape[0]
     k_rows, h_rows = [], []
     # nothing above block L is needed: the forward stops there (no upper blocks, no LM head)
-    with torch.no_grad(), capture(model, inputs=[proj], outputs=[block]) as seen, stop_after(model.get_submodule(block)):
+    with (torch.no_grad(), capture(model, inputs=[proj], outputs=[block]) as seen,
+          stop_after(model.get_submodule(block))):
         for i in range(0, B, CHUNK_ROWS):
             sl = slice(i, i + CHUNK_ROWS)
             try:

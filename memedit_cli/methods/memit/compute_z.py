@@ -19,10 +19,10 @@ cut into a few buckets, padded only to the bucket's longest remainder.
 from __future__ import annotations
 
 from memedit_cli.lm.arch import arch_for
-from memedit_cli.methods.memit import rows as rows_mod
 from memedit_cli.lm.nethook import capture, edit_output
 from memedit_cli.lm.progress import bar
 from memedit_cli.lm.upper import Upper
+from memedit_cli.methods.memit import rows as rows_mod
 
 ROWS_PER_BUCKET = 40  # more, smaller buckets pad less but pay per-call overhead in every block
 MIN_BUCKETS, MAX_BUCKETS = 4, 16
@@ -123,7 +123,8 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
         row_nll = torch.zeros(B, device=device).index_add(0, lab_row, -logp)
         kl_logp = torch.log_softmax(kl_out.float(), -1)[kl_order]  # (n, V), fact order
         row_nll = row_nll / tokens_per_row
-        nll = torch.zeros(n, device=device).index_add(0, rows.fact[target_rows], row_nll[target_rows]) / templates_per_fact
+        nll = (torch.zeros(n, device=device).index_add(0, rows.fact[target_rows], row_nll[target_rows])
+               / templates_per_fact)
         if init_kl is None:
             init_kl = kl_logp.detach()
         kl = (init_kl.exp() * (init_kl - kl_logp)).sum(1)  # KL(initial ‖ current) per fact

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MEMITHparams:
-    layers: tuple[int, ...] = ()  # the band R of blocks whose FFN output projection is edited; (): the architecture default
+    # the band R of blocks whose FFN output projection is edited; (): the architecture default
+    layers: tuple[int, ...] = ()
     # target vectors z: a residual δ at the last subject token of block max(R)
     v_num_grad_steps: int = 25  # Adam steps at most (MEMIT: 20–25)
     v_lr: float = 0.5  # Adam learning rate on δ (MEMIT: 0.5)
@@ -28,7 +29,8 @@ class MEMITHparams:
     null_space: bool = False  # AlphaEdit: project updates onto the null space of C₀ (sequential robustness)
     null_space_threshold: float = 1.0  # eigenvalues of C₀ below this fraction of the mean count as null (docs: sweep)
     null_space_l2: float = 1.0  # AlphaEdit's α: ridge term of the projected solve (docs: sweep)
-    z_fast_path: bool = True  # run only the blocks above max(R) while optimizing z (False: the full model, for comparison)
+    # run only the blocks above max(R) while optimizing z (False: the full model, for comparison)
+    z_fast_path: bool = True
 
     def check(self) -> str | None:
         if any(layer < 0 for layer in self.layers):

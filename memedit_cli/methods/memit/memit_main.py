@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from memedit_cli.lm.arch import arch_for, is_transposed, num_layers
 from memedit_cli.errors import HparamsError
 from memedit_cli.lm import prefixes
+from memedit_cli.lm.arch import arch_for, is_transposed, num_layers
+from memedit_cli.lm.models import input_device
+from memedit_cli.lm.tokens import context_length
 from memedit_cli.methods.base import Method, add_weight_deltas
 from memedit_cli.methods.memit.compute_ks import key_rows, keys_and_current
 from memedit_cli.methods.memit.compute_z import compute_z
 from memedit_cli.methods.memit.hparams import MEMITHparams
-from memedit_cli.lm.models import input_device
-from memedit_cli.lm.tokens import context_length
 
 # Per family: the band as (first block, count) scaled from the reference depth,
 # and λ per key dimension: MEMIT's λ over the d_in it was tuned at. The
@@ -78,7 +78,8 @@ class MEMIT(Method):
     def resolve(self, hp: MEMITHparams, model, tok, env) -> MEMITHparams:
         n = num_layers(model.config)
         if not hp.layers or hp.layers[-1] >= n:
-            raise HparamsError(f"layers must be a non-empty list of blocks between 0 and {n - 1}, got {list(hp.layers)}")
+            raise HparamsError(f"layers must be a non-empty list of blocks between 0 and {n - 1}, "
+                               f"got {list(hp.layers)}")
         changes = {}
         if not hp.context_templates:
             base, base_tok = env.load_base()
@@ -93,7 +94,8 @@ class MEMIT(Method):
         from memedit_cli.stats import CorpusSpec, cached_moments, second_moments
 
         # rows of 256 tokens, or the whole context of a model with less
-        spec = CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens, seq_len=min(256, context_length(model) or 256))
+        spec = CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens,
+                          seq_len=min(256, context_length(model) or 256))
         names = [arch_for(model.config).mlp_out_at(layer) for layer in hp.layers]
         if cached_moments(names, spec, env.model_key, env.cache_dirs) is None:  # only now is the unedited model needed
             base, base_tok = env.load_base()

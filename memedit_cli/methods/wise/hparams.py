@@ -31,7 +31,8 @@ class WISEHparams:
     key_margin: float = 0.05  # ...and this above the unrelated pool's best cosine to it
     act_ratio: float = 0.88  # ε = act_ratio · (smallest routing score of the memory's edits) (WISE: 0.88)
     route_reduce: str = "mean"  # Δ over a row's positions: mean (WISE) or max (the most affected position)
-    threshold_from: str = "edit"  # edit: each edit's score when it finished (WISE); final: re-measured on the finished shard
+    # edit: each edit's score when it finished (WISE); final: re-measured on the finished shard
+    threshold_from: str = "edit"
     # routing loss: max(0, Δ_irr − α) + max(0, β − Δ_edit) + max(0, γ − (Δ_edit − Δ_irr))
     # (router=keys has none; α, β, γ are then left 0)
     alpha: float = 0.0  # 0: resolved as alpha_rel · m, m = mean ‖FFN output‖ per token of the base layer

@@ -31,7 +31,7 @@ import hashlib
 import torch
 
 from memedit_cli.lm.arch import extra_output
-from memedit_cli.lm.nethook import StopForward, add_to_output, capture
+from memedit_cli.lm.nethook import add_to_output, capture, module_input
 from memedit_cli.lm.progress import bar
 from memedit_cli.lm.tokens import prompt_target_batch
 from memedit_cli.lm.upper import Upper
@@ -50,22 +50,7 @@ def shard_mask(shape, ratio: float, seed: int) -> torch.Tensor:
 
 def activation(model, name: str, input_ids, attention_mask):
     """The input a(x) (B, T, d_in) of module `name`, running the model no further than that module."""
-    module = model.get_submodule(name)
-    seen = {}
-
-    def take(mod, args):
-        seen["a"] = args[0]
-        raise StopForward
-
-    handle = module.register_forward_pre_hook(take)
-    try:
-        with torch.no_grad():
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        handle.remove()
-    return seen["a"].detach()
+    return module_input(model, name, input_ids=input_ids, attention_mask=attention_mask)
 
 
 def row_score(extra, attn, reduce: str = "mean"):

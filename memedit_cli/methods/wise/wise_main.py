@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from memedit_cli.lm.arch import arch_for, extra_output, num_layers
 from memedit_cli.errors import HparamsError
-from memedit_cli.methods.base import Method
 from memedit_cli.lm import prefixes
-from memedit_cli.methods.wise.hparams import WISEHparams
+from memedit_cli.lm.arch import arch_for, extra_output, num_layers
 from memedit_cli.lm.models import input_device
+from memedit_cli.methods.base import Method
+from memedit_cli.methods.wise.hparams import WISEHparams
 
 # Per family: the side-memory block as a fraction of depth, from the reference configs.
 _FAMILY = {
