@@ -3,7 +3,7 @@
     python benchmarks/bench.py [--methods ft,memit,wise,larimar] [--data counterfact,zsre] [--T 1,10,100]
 
 For each dataset of ../shared/data (skipped with a message when absent), method and T, in a
-fresh repository, through the CLI as a user runs it:
+fresh repository, through the CLI as a user runs it (common.memedit):
 
 - `apply` of the first T facts in one command (the method's default batching): seconds per
   edit after loading (the record's timings.per_fact_s);
@@ -14,9 +14,9 @@ fresh repository, through the CLI as a user runs it:
   the edited state against the base model, best of 3 interleaved rounds (in-process);
 - repository bytes per fact: the object store's size after the apply, over T.
 
-Writes docs/benchmarks.md (tables with the machine, versions and date), docs/benchmarks.json,
-and, with matplotlib (`pip install .[plot]`), docs/benchmarks-scores.png and
-docs/benchmarks-time.png. MEMIT's key statistics are computed once beforehand (`memedit stats`,
+Writes benchmarks.md (tables with the machine, versions and date), benchmarks.json and, with
+matplotlib (`pip install .[plot]`), benchmarks-scores.png and benchmarks-time.png into --out
+(default docs/). MEMIT's key statistics are computed once beforehand (`memedit stats`,
 cached per user) and timed on their own.
 """
 
@@ -27,48 +27,29 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-FILES = {"counterfact": "counterfact-edit-1k.json", "zsre": "zsre-mend-train-1k.json"}
+import common
+
 UNRELATED = "The Space Needle is located in the city of"
 METHODS = ("ft", "memit", "wise", "larimar")
-
-
-def memedit(work, *args) -> tuple[float, str]:
-    """Run the CLI in `work`; (wall seconds, stdout)."""
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "memedit_cli", "-q", "-C", str(work), *map(str, args)],
-                         check=True, capture_output=True, text=True)
-    return time.perf_counter() - t0, out.stdout
-
-
-def facts_file(name: str, n: int, path: Path) -> list[dict]:
-    raw = json.loads((DATA / FILES[name]).read_text())
-    if name == "zsre":  # two records have an empty target; the parser refuses them, as it should
-        raw = [r for r in raw if r.get("alt", "").strip()]
-    path.write_text(json.dumps(raw[:n]))
-    from memedit_cli.facts import load_facts
-
-    return [f.to_json() for f in load_facts(path)]
 
 
 def latency(work, prompt: str) -> dict:
     """ms per token of 16 greedy tokens, edited state and base model, best of 3 interleaved rounds."""
     import torch
 
+    from memedit_cli import methods
     from memedit_cli.lm import models
-    from memedit_cli.methods.wise import router
-    from memedit_cli.store.repo import Repo
     from memedit_cli.replay import materialize
+    from memedit_cli.store.repo import Repo
 
     repo = Repo.open(work)
-    edited, tok = materialize(repo, repo.segments_at(repo.head()))
+    segments = repo.segments_at(repo.head())
+    edited, tok = materialize(repo, segments)
     base, _ = models.load(repo.config)
     out = {}
     for label, text in (("edited", prompt), ("unrelated", UNRELATED)):
@@ -76,7 +57,7 @@ def latency(work, prompt: str) -> dict:
         enc = tok(text, return_tensors="pt").to(models.input_device(base))
         for _ in range(3):
             for name, model in (("base", base), ("edited", edited)):
-                router.reset(model)
+                methods.reset(model, segments if model is edited else [])  # a new sequence, as `ask` starts one
                 t0 = time.perf_counter()
                 with torch.no_grad():  # exactly 16 tokens: an early end of text would shorten one side only
                     model.generate(**enc, min_new_tokens=16, max_new_tokens=16, do_sample=False,
@@ -88,13 +69,14 @@ def latency(work, prompt: str) -> dict:
 
 
 def run_one(data: str, method: str, T: int, latency_only: bool = False) -> dict:
+    memedit = common.memedit
     with tempfile.TemporaryDirectory() as work:
         memedit(work, "init")
-        path = Path(work) / "facts.json"
-        facts = facts_file(data, T, path)
+        facts = common.load(data, T)
+        path = common.write_facts(facts, Path(work) / "facts.jsonl")
         if latency_only:
             memedit(work, "apply", path, "--method", method)
-            return {"data": data, "method": method, "T": T, "latency": latency(work, facts[0]["prompt"])}
+            return {"data": data, "method": method, "T": T, "latency": latency(work, facts[0].prompt)}
         if method == "memit":
             stats_s, _ = memedit(work, "stats")
         _, out = memedit(work, "apply", path, "--method", method, "--json")
@@ -103,8 +85,8 @@ def run_one(data: str, method: str, T: int, latency_only: bool = False) -> dict:
         nbytes = sum(p.stat().st_size for p in objects.rglob("*") if p.is_file())
         _, out = memedit(work, "eval", path, "--json")
         scores = json.loads(out)["scores"]
-        lat = latency(work, facts[0]["prompt"])
-        forget_s, _ = memedit(work, "forget", facts[0]["id"])
+        lat = latency(work, facts[0].prompt)
+        forget_s, _ = memedit(work, "forget", facts[0].id)
         checkout_s, _ = memedit(work, "checkout", "HEAD~1")
         export_s, _ = memedit(work, "export", "--merged", Path(work) / "out")
         row = {"data": data, "method": method, "T": T, **scores,
@@ -150,7 +132,8 @@ def write_markdown(rows: list[dict], meta: dict, out: Path, plots: list[str]) ->
             size = f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} KB"
             lines.append(f"| {r['method']} | {r['T']} | {f(r['rel'])} | {f(r['gen'])} | {f(r['loc'])} | "
                          f"{f(r['rel_em'])} | {f(r['gen_em'])} | {r['s_per_edit']:.2f} | {r['forget_s']:.1f} | "
-                         f"{r['checkout_s']:.1f} | {r['export_s']:.1f} | {lat['edited']} | {lat['unrelated']} | {size} |")
+                         f"{r['checkout_s']:.1f} | {r['export_s']:.1f} | {lat['edited']} | {lat['unrelated']} | "
+                         f"{size} |")
         stats = [r for r in rows if r["data"] == data and "stats_s" in r]
         if stats:
             lines += ["", f"MEMIT's key statistics (`memedit stats`, before the first apply): {stats[0]['stats_s']} s "
@@ -237,7 +220,7 @@ def main():
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--data", default="counterfact,zsre")
     ap.add_argument("--T", default="1,10,100")
-    ap.add_argument("--out", default=str(ROOT / "docs"), help="folder for benchmarks.md/.json/.png")
+    ap.add_argument("--out", default=str(common.ROOT / "docs"), help="folder for benchmarks.md/.json/.png")
     ap.add_argument("--latency-only", action="store_true",
                     help="only apply and time generation (a separate table; written to benchmarks-latency.json)")
     ap.add_argument("--render", metavar="JSON,...",
@@ -246,9 +229,8 @@ def main():
     if args.render:
         render(args.render.split(","), Path(args.out))
         return
-    missing = [n for n in args.data.split(",") if not (DATA / FILES[n]).exists()]
-    if missing:
-        sys.exit(f"skipped: {', '.join(str(DATA / FILES[n]) for n in missing)} not present (needs ../shared/data)")
+    for name in args.data.split(","):
+        common.data_path(name)  # all present before the first run, or a "skipped" message now
     os.environ.setdefault("MEMEDIT_QUIET", "1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,5 +257,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

@@ -3,36 +3,26 @@
     python benchmarks/foundation.py [--facts 10] [--threads 2]
 
 Facts come from ../shared/data/counterfact-edit-1k.json when present (else
-examples/facts.jsonl). Prints a markdown table with the machine and versions.
+examples/facts.jsonl). Every figure is a whole CLI command (common.memedit), in a
+temporary repository. Prints a markdown table with the machine and versions.
 Timings are wall-clock on a shared machine: compare figures from one run only.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "counterfact-edit-1k.json"
-
-
-def run(args, cwd, env):
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "memedit_cli", "-q", "-C", str(cwd), *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
-
-
-def median_of(n, args, cwd, env):
-    return statistics.median(run(args, cwd, env) for _ in range(n))
+import common
 
 
 def main():
@@ -41,36 +31,44 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="torch threads (OMP_NUM_THREADS)")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    work = Path(tempfile.mkdtemp(prefix="memedit-bench-"))
-    facts = work / "facts.jsonl"
-    if SHARED.exists():
-        records = json.loads(SHARED.read_text())[: args.facts]
-        source = f"{SHARED.name}[:{args.facts}]"
+    work = tempfile.mkdtemp(prefix="memedit-bench-")
+    atexit.register(shutil.rmtree, work, True)  # the export alone is the size of the model
+    counterfact = common.DATA / common.FILES["counterfact"]
+    if counterfact.exists():
+        facts = common.load("counterfact", args.facts)
+        source = f"{counterfact.name}[:{args.facts}]"
     else:
-        print(f"note: {SHARED} not present; using examples/facts.jsonl", file=sys.stderr)
-        records = [json.loads(line) for line in (ROOT / "examples" / "facts.jsonl").read_text().splitlines()]
+        print(f"note: {counterfact} not present; using examples/facts.jsonl", file=sys.stderr)
+        from memedit_cli.facts import load_facts
+
+        facts = load_facts(common.ROOT / "examples" / "facts.jsonl")
         source = "examples/facts.jsonl"
-    facts.write_text("".join(json.dumps(r) + "\n" for r in records))
-    n = len(records)
+    path = common.write_facts(facts, Path(work) / "facts.jsonl")
+    n = len(facts)
+
+    def run(*a):
+        return common.memedit(work, *a, env=env)[0]
+
+    def median_of(k, *a):
+        return statistics.median(run(*a) for _ in range(k))
 
     rows = []
-    rows.append(("memedit --help (median of 5)", median_of(5, ["--help"], work, env), "s"))
-    rows.append(("memedit init (default model, already converted)", run(["init"], work, env), "s"))
-    rows.append(("memedit log, empty (median of 5)", median_of(5, ["log"], work, env), "s"))
-    t = run(["apply", str(facts), "--batch-size", "1"], work, env)
-    head = json.loads(subprocess.run([sys.executable, "-m", "memedit_cli", "-C", str(work), "log", "--json"], env=env,
-                                     capture_output=True, text=True, check=True).stdout)[0]
+    rows.append(("memedit --help (median of 5)", median_of(5, "--help"), "s"))
+    rows.append(("memedit init (default model, already converted)", run("init"), "s"))
+    rows.append(("memedit log, empty (median of 5)", median_of(5, "log"), "s"))
+    t = run("apply", path, "--batch-size", "1")
+    head = json.loads(common.memedit(work, "log", "--json", env=env)[1])[0]
     compute = [s["compute_s"] for s in head["segments"]]
     rows.append((f"memedit apply, {n} facts, --batch-size 1 (whole command)", t, "s"))
     rows.append(("  ft compute per fact (mean of the segments)", statistics.mean(compute), "s/fact"))
     rows.append(("  apply per fact, excluding model load (record timings)", head["timings"]["per_fact_s"], "s/fact"))
-    rows.append(("memedit log, 1 record (median of 5)", median_of(5, ["log"], work, env), "s"))
-    rows.append(("memedit export --merged", run(["export", "--merged", str(work / "out")], work, env), "s"))
+    rows.append(("memedit log, 1 record (median of 5)", median_of(5, "log"), "s"))
+    rows.append(("memedit export --merged", run("export", "--merged", Path(work) / "out"), "s"))
     first = head["facts"][0]["id"]
-    rows.append((f"memedit forget (first of {n}: replays {n - 1} segments)", run(["forget", first], work, env), "s"))
+    rows.append((f"memedit forget (first of {n}: replays {n - 1} segments)", run("forget", first), "s"))
     last = head["facts"][-1]["id"]
-    rows.append((f"memedit forget (last of {n}: replays 0 segments)", run(["forget", last], work, env), "s"))
-    rows.append(("memedit checkout base", run(["checkout", "base"], work, env), "s"))
+    rows.append((f"memedit forget (last of {n}: replays 0 segments)", run("forget", last), "s"))
+    rows.append(("memedit checkout base", run("checkout", "base"), "s"))
 
     import torch
     import transformers

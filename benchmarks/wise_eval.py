@@ -15,11 +15,11 @@
         a repository with N facts applied in shards of --shard, then `forget` of one fact of the
         first shard: seconds and segments replayed, per N
 
-Rel/Gen/Loc are EasyEdit's teacher-forced token accuracies, scored one prompt
-at a time (WISE routes per row over all its positions, so padding would
-count). Routing accuracy: edit and rephrase prompts should use a side memory,
-locality prompts the main memory. Data: ../shared/data (skipped with a
-message when absent).
+Rel/Gen/Loc are `memedit eval`'s (commands/evaluate.py; docs/metrics.md), on
+each state built in memory from the same shards. Routing accuracy: edit and
+rephrase prompts should use a side memory, locality prompts the main memory
+(each prompt with its answer, one at a time). Data: ../shared/data (skipped
+with a message when absent).
 """
 
 from __future__ import annotations
@@ -27,56 +27,50 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
+import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 
 from memedit_cli import hparams as hparams_mod
-from memedit_cli.lm import models
+from memedit_cli.commands.evaluate import score
 from memedit_cli.lm.arch import arch_for
-from memedit_cli.methods.base import Env
+from memedit_cli.lm.models import input_device
 from memedit_cli.methods.wise import WISE
-from memedit_cli.methods.wise.side import WISELayer
-from memit_eval import FILES, load, token_acc
-
 
 POOL_START = 500  # facts 500.. of a data file: never among the scored ones (--facts <= 500)
 
 
-def route(model, tok, texts, layer):
+def route(model, tok, texts, layer, method):
     """Per text: the memory it used (-1: main)."""
     out = []
     for t in texts:
+        method.reset(model)  # a new sequence each
         with torch.no_grad():
-            model(**tok([t], return_tensors="pt"))
+            model(**tok([t], return_tensors="pt").to(input_device(model)))
         out.append(int(layer.last_route[0]))
     return out
 
 
-def evaluate(model, tok, facts, base_loc, layer):
+def routing(model, tok, facts, layer, method):
+    """(routing accuracy, edit prompts to a side memory, locality prompts to the main memory)."""
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    rel, _ = token_acc(model, tok, [f.prompt for f in facts], [f.target_new for f in facts], batch=1)
-    gen, _ = token_acc(model, tok, [f.rephrase_prompt for f in facts], [f.target_new for f in facts], batch=1)
-    _, loc_pred = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts], batch=1)
-    loc = [(a == b).float().mean().item() for a, b in zip(loc_pred, base_loc)]
-    r_edit = route(model, tok, [f"{f.prompt} {f.target_new}" for f in facts], layer)
-    r_reph = route(model, tok, [f"{f.rephrase_prompt} {f.target_new}" for f in facts], layer)
-    r_loc = route(model, tok, [f"{f.locality_prompt} {f.locality_ground_truth}" for f in facts], layer)
-    routing = mean([r >= 0 for r in r_edit + r_reph] + [r == -1 for r in r_loc])
-    return mean(rel), mean(gen), mean(loc), routing, mean([r >= 0 for r in r_edit]), mean([r == -1 for r in r_loc])
+    r_edit = route(model, tok, [f"{f.prompt} {f.target_new}" for f in facts], layer, method)
+    r_reph = route(model, tok, [f"{f.rephrase_prompt} {f.target_new}" for f in facts], layer, method)
+    r_loc = route(model, tok, [f"{f.locality_prompt} {f.locality_ground_truth}" for f in facts], layer, method)
+    return (mean([r >= 0 for r in r_edit + r_reph] + [r == -1 for r in r_loc]), mean([r >= 0 for r in r_edit]),
+            mean([r == -1 for r in r_loc]))
 
 
 def setup(args):
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    model, tok = models.load({"model": {"kind": "default"}, "dtype": "float32", "device": "cpu"})
-    key = json.loads((models.default_model_dir() / "memedit-converted.json").read_text())["weights_sha256"]
-    env = Env([models.user_cache()], key, lambda: (model, tok), lambda: (model, tok))
+    common.set_threads()
+    _, model, tok, env = common.default_model()
     method = WISE()
     overrides = hparams_mod.parse_set(args.set)
     if getattr(args, "pool", 0):  # held-out locality prompts as the unrelated pool, as EasyEdit's WISE runs do
-        held = load(args.data, POOL_START + args.pool)[POOL_START:]
+        held = common.load(args.data, POOL_START + args.pool)[POOL_START:]
         overrides["irrelevant"] = [f"{f.locality_prompt} {f.locality_ground_truth}" for f in held]
         overrides["n_irrelevant"] = len(held)
     start = method.paper_hparams(model) if getattr(args, "paper", False) else method.default_hparams(model)
@@ -93,27 +87,16 @@ def train(model, tok, env, method, hp, facts, shard):
     return out, (time.perf_counter() - t0) / len(facts)
 
 
-def detach(model):
-    """The base model again: every WISELayer and KeyRouter replaced by the module it wraps."""
-    from memedit_cli.methods.wise.modeling_memedit_wise import replace_module
-    from memedit_cli.methods.wise.router import KeyRouter
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, (WISELayer, KeyRouter)):
-            replace_module(model, name, module.base)
-
-
-def attach_all(model, method, hp, shards):
-    detach(model)
+def attach_all(model, tok, method, hp, shards):
+    """The shards attached to `model` as `apply` attaches segments; returns the side-memory layer."""
     for tensors, _ in shards:
-        method.attach(model, tensors, hp)
+        method.attach(model, tensors, hp, tok)
     return model.get_submodule(arch_for(model.config).mlp_out_at(hp.layer))
 
 
 def quality(args):
     model, tok, env, method, hp = setup(args)
-    facts = load(args.data, args.facts)
-    _, base_loc = token_acc(model, tok, [f.locality_prompt for f in facts], [f.locality_ground_truth for f in facts], batch=1)
+    facts = common.load(args.data, args.facts)
     shards, per_edit = train(model, tok, env, method, hp, facts, args.shard)
     steps = [s for _, info in shards for s in info["steps"]]
     print(f"# layer {hp.layer}, router {hp.router}, α/β/γ {hp.alpha}/{hp.beta}/{hp.gamma}, {args.set}, "
@@ -121,10 +104,18 @@ def quality(args):
           f"{per_edit:.2f} s/edit, mean steps {sum(steps) / len(steps):.1f}", flush=True)
     for variant in args.variants.split(","):
         hp_v = dataclasses.replace(hp, variant=variant)
-        layer = attach_all(model, method, hp_v, shards)
-        rel, gen, loc, routing, r_edit, r_loc = evaluate(model, tok, facts, base_loc, layer)
-        print(f"| {args.data} | {len(facts)} | {variant} | {len(layer.memories)} | {rel:.2f} | {gen:.2f} | {loc:.2f} | "
-              f"{routing:.2f} ({r_edit:.2f} edit, {r_loc:.2f} loc) | {per_edit:.2f} |", flush=True)
+        with common.restored(model):  # each variant on the base model
+            held = {}
+
+            def edit():
+                held["layer"] = attach_all(model, tok, method, hp_v, shards)
+
+            s = score(model, tok, facts, edit, lambda: method.reset(model)).scores
+            layer = held["layer"]
+            acc, r_edit, r_loc = routing(model, tok, facts, layer, method)
+            print(f"| {args.data} | {len(facts)} | {variant} | {len(layer.eps)} | {s['rel']:.2f} | "
+                  f"{s['gen']:.2f} | {s['loc']:.2f} | {acc:.2f} ({r_edit:.2f} edit, {r_loc:.2f} loc) | "
+                  f"{per_edit:.2f} |", flush=True)
 
 
 def key_routing(args):
@@ -133,11 +124,12 @@ def key_routing(args):
     args.set = ["router=keys", *args.set]
     model, tok, env, method, hp = setup(args)
     counts = [int(x) for x in str(args.facts).split(",")]
-    facts = load(args.data, max(counts))
+    facts = common.load(args.data, max(counts))
     name = keyrouter.key_module(model, hp)
+    device = input_device(model)
     t0 = time.perf_counter()
-    keys = keyrouter.edit_keys(model, tok, facts, name, "cpu")
-    tau = keyrouter.key_thresholds(model, tok, keys, hp.irrelevant, name, hp, "cpu")
+    keys = keyrouter.edit_keys(model, tok, facts, name, device)
+    tau = keyrouter.key_thresholds(model, tok, keys, hp.irrelevant, name, hp, device)
     key_s = (time.perf_counter() - t0) / len(facts)
     router = keyrouter.KeyRouter(model.get_submodule(name), [])
     keyrouter.modeling.replace_module(model, name, router)
@@ -146,7 +138,7 @@ def key_routing(args):
         out = []
         for t in texts:
             with torch.no_grad():
-                model(**tok([t], return_tensors="pt"))
+                model(**tok([t], return_tensors="pt").to(device))
             out.append(int(router.route[0]))
         return torch.tensor(out)
 
@@ -168,7 +160,7 @@ def key_routing(args):
 
 def speed(args):
     model, tok, env, method, hp = setup(args)
-    facts = load("counterfact", args.facts)
+    facts = common.load("counterfact", args.facts)
     res = {}
     for fast in (True, False):
         hp_f = dataclasses.replace(hp, fast_path=fast)
@@ -182,15 +174,13 @@ def speed(args):
 
 
 def latency(args):
-    from memedit_cli.methods.wise import router
-
     model, tok, env, method, hp = setup(args)
-    facts = load("counterfact", args.facts)
+    facts = common.load("counterfact", args.facts)
     prompts = {"unrelated prompt": "The capital of France is", "edited prompt": facts[0].prompt}
 
     def per_token(text):
-        ids = tok([text], return_tensors="pt")
-        router.reset(model)
+        ids = tok([text], return_tensors="pt").to(input_device(model))
+        method.reset(model)  # a new sequence, as `ask` starts one
         t0 = time.perf_counter()
         with torch.no_grad():
             model.generate(**ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
@@ -207,11 +197,12 @@ def latency(args):
     for _ in range(5):  # interleaved rounds, best of each: the machine is shared and noisy
         for variant in ("merge", "retrieve"):
             for what, text in prompts.items():
-                detach(model)  # the base model: no wrapper at all
-                keep(f"{what}, no edits", text)
-                layer = attach_all(model, method, dataclasses.replace(hp, variant=variant, merge_freq=1), shards)
-                keep(f"{what}, {variant}, {len(layer.memories)} memories", text)
-                routes[(what, variant)] = layer.last_route.tolist()
+                keep(f"{what}, no edits", text)  # the base model: no wrapper at all
+            with common.restored(model):
+                layer = attach_all(model, tok, method, dataclasses.replace(hp, variant=variant, merge_freq=1), shards)
+                for what, text in prompts.items():
+                    keep(f"{what}, {variant}, {len(layer.eps)} memories", text)
+                    routes[(what, variant)] = layer.last_route.tolist()
     print(f"# router {hp.router}, layer {hp.layer}; routes of the last token: {routes}")
     for name, s in best.items():
         base = best[f"{name.split(',')[0]}, no edits"]
@@ -219,37 +210,27 @@ def latency(args):
 
 
 def forget_timing(args):
-    import subprocess
-    import tempfile
-
-    memedit = [os.path.join(os.path.dirname(os.path.abspath(__import__("sys").executable)), "memedit")]
     sets = [x for kv in args.set for x in ("--set", kv)]
     for n in (int(x) for x in str(args.facts).split(",")):
-        facts = load(args.data, n)
+        facts = common.load(args.data, n)
         with tempfile.TemporaryDirectory() as work:
-            run = lambda *a: subprocess.run([*memedit, "-C", work, "-q", *a], check=True,  # noqa: E731
-                                            capture_output=True, text=True).stdout
-            run("init")
-            path = os.path.join(work, "facts.jsonl")
-            with open(path, "w") as fh:
-                fh.writelines(json.dumps(f.to_json()) + "\n" for f in facts)
-            t0 = time.perf_counter()
-            run("apply", path, "--method", "wise", *(["--batch-size", str(args.shard)] if args.shard else []), *sets)
-            apply_s = time.perf_counter() - t0
-            shards = len(json.loads(run("show", "HEAD", "--json"))["segments"])
+            common.memedit(work, "init")
+            path = common.write_facts(facts, Path(work) / "facts.jsonl")
+            apply_s, _ = common.memedit(work, "apply", path, "--method", "wise",
+                                        *(["--batch-size", args.shard] if args.shard else []), *sets)
+            shards = len(json.loads(common.memedit(work, "show", "HEAD", "--json")[1])["segments"])
             objects = sum(p.stat().st_size for p in Path(work, ".memedit", "objects").rglob("*") if p.is_file())
-            rec = json.loads(run("forget", facts[0].id, "--json"))
-            shown = json.loads(run("show", rec["revision"], "--json"))
+            rec = json.loads(common.memedit(work, "forget", facts[0].id, "--json")[1])
+            shown = json.loads(common.memedit(work, "show", rec["revision"], "--json")[1])
             print(f"  {n} facts in {shards} shard(s) (apply {apply_s:.0f} s, objects {objects / n / 1e6:.2f} MB/fact): "
-                  f"forget 1 fact of the first "
-                  f"shard {shown['timings']['total_s']:.1f} s, {shown['timings']['replayed_segments']} segment(s) replayed",
-                  flush=True)
+                  f"forget 1 fact of the first shard {shown['timings']['total_s']:.1f} s, "
+                  f"{shown['timings']['replayed_segments']} segment(s) replayed", flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["quality", "speed", "latency", "forget", "routing"])
-    ap.add_argument("--data", choices=list(FILES), default="counterfact")
+    ap.add_argument("--data", choices=list(common.FILES), default="counterfact")
     ap.add_argument("--facts", default="10", help="how many facts (forget, routing: a comma-separated list)")
     ap.add_argument("--shard", type=int, default=0, help="edits per shard (0: the resolved save_freq)")
     ap.add_argument("--variants", default="merge,retrieve")

@@ -1,0 +1,113 @@
+"""What every benchmark shares, so that they measure the product and not code of their own.
+
+- Data: the files of ../shared/data (next to the repository). The project works
+  without them: `data_path` ends a benchmark with a "skipped: ..." message instead.
+- The model: a repository made by `memedit init` (in process, default model,
+  float32, device auto), loaded as every command loads it (`lm.models.load`),
+  with the Env a method computes with (`replay.method_env`).
+- The CLI: `memedit(work, ...)`, the one way a benchmark runs a command.
+- Scores: only `memedit eval`'s scorer, `commands.evaluate.evaluate` (a
+  repository's HEAD) or `commands.evaluate.score` (a state built in memory, on
+  a model that `restored` turns back into the base afterwards).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from memedit_cli.facts import Fact, parse_facts
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+FILES = {"counterfact": "counterfact-edit-1k.json", "zsre": "zsre-mend-train-1k.json"}
+WIKITEXT = "wikitext-2-raw-test.txt"
+
+
+def data_path(name: str) -> Path:
+    """../shared/data/<file> for a dataset name (a key of FILES) or a file name; exits with a message when absent."""
+    path = DATA / FILES.get(name, name)
+    if not path.exists():
+        sys.exit(f"skipped: {path} is not present (this benchmark reads ../shared/data)")
+    return path
+
+
+def load(name: str, n: int) -> list[Fact]:
+    """The first `n` facts of a dataset, parsed as `memedit apply` parses them."""
+    raw = json.loads(data_path(name).read_text())
+    if name == "zsre":  # two records have an empty target; the parser refuses them, as it should
+        raw = [r for r in raw if r.get("alt", "").strip()]
+    return parse_facts(json.dumps(raw[:n]).encode(), f"{FILES[name]}[:{n}]")
+
+
+def write_facts(facts: list[Fact], path: Path) -> Path:
+    """`facts` as a JSONL file for the CLI (ids kept)."""
+    path.write_text("".join(json.dumps(f.to_json()) + "\n" for f in facts))
+    return path
+
+
+def memedit(work, *args, env: dict | None = None) -> tuple[float, str]:
+    """Run `memedit -q -C work ARGS...` as a user would; (wall seconds, stdout). Raises with its stderr on failure."""
+    cmd = [sys.executable, "-m", "memedit_cli", "-q", "-C", str(work), *map(str, args)]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"`memedit {' '.join(map(str, args))}` exited {out.returncode}:\n{out.stderr.strip()}")
+    return seconds, out.stdout
+
+
+def new_repo(work=None):
+    """A repository on the default model (`memedit init`), in `work` or in a temporary folder removed at exit."""
+    from memedit_cli.commands.init import init
+
+    if work is None:
+        work = tempfile.mkdtemp(prefix="memedit-bench-")
+        atexit.register(shutil.rmtree, work, True)
+    return init(work, None, "float32", "auto", False)
+
+
+def default_model(repo=None):
+    """(repo, model, tok, env): the base model of `repo` (a new one if None) and the Env to compute on it."""
+    from memedit_cli.lm import models
+    from memedit_cli.replay import method_env
+
+    repo = repo or new_repo()
+    model, tok = models.load(repo.config)
+    return repo, model, tok, method_env(repo, model, tok, [])
+
+
+def set_threads(n: int | None = None) -> None:
+    """torch threads: `n`, else $OMP_NUM_THREADS, else 2 (the machine the figures come from)."""
+    import torch
+
+    torch.set_num_threads(n or int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+@contextlib.contextmanager
+def restored(model):
+    """Inside, attach anything to `model` (weight deltas, wrapper modules); after, it is the base model again.
+
+    `commands.evaluate.score` takes the base model in hand (locality compares with it), so a
+    benchmark that scores several states on one loaded model builds each one inside this block.
+    """
+    import torch
+
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tree = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()]
+    try:
+        yield model
+    finally:
+        for parent, name, child in tree:  # wrappers replaced modules: put the originals back
+            setattr(parent, name, child)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(weights[n])
