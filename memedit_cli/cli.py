@@ -276,17 +276,21 @@ def blame(ctx, prompt, limit, max_new_tokens, as_json):
 @click.option("--limit", type=int, help="Score only the first N facts of FILE.")
 @click.option("--fail-under", "fail_under", metavar="METRIC=V,...",
               help="Exit 1 when a score is below its threshold, e.g. rel=0.9,gen=0.7,loc=0.95 "
-                   "(metrics: rel, rel_em, gen, gen_em, loc).")
+                   "(metrics: rel, rel_em, gen, gen_em, loc, spec, port, rel_gen, gen_gen, loc_gen).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores, counts and per-fact scores as JSON.")
 @click.pass_context
 def eval_(ctx, file, limit, fail_under, as_json):
     """Score the current state on the facts in FILE (any layout `apply` reads).
 
-    Reliability (the prompt), generalization (rephrase_prompt) and locality
-    (locality_prompt, against the unedited model's own predictions), as
+    Reliability (the prompt), generalization (every rephrase) and locality
+    (every locality prompt, against the unedited model's own predictions), as
     EasyEdit defines them: teacher-forced token accuracy, with the prompt read
-    first as generation reads it; `_em`: every target token right (greedy
-    generation equals the target). docs/metrics.md has the formulas.
+    first as generation reads it; `_em`: every target token right. `spec`:
+    same-subject probes (subject_locality, KnowEdit's Relation_Specificity)
+    keep the unedited model's answer; `port`: portability probes reach their
+    answer. Not teacher-forced: `rel_gen`/`gen_gen` (the target's words appear
+    in the greedy answer) and `loc_gen` (the greedy answer is unchanged).
+    docs/metrics.md has the rules.
     """
     from memedit_cli.commands.evaluate import evaluate, missed, parse_gate
     from memedit_cli.facts import load_facts
@@ -299,13 +303,15 @@ def eval_(ctx, file, limit, fail_under, as_json):
     if as_json:
         _json({**report.to_json(), "failed": failed})
     else:
-        s, n = report.scores, report.counts
+        s, n, q = report.scores, report.counts, report.probes
+
+        def cell(key):
+            return "" if key not in s else "n/a" if s[key] is None else f"{s[key]:.3f}"
         click.echo(f"eval of {report.to_json()['facts']} fact(s) at {report.revision[:12]}")
-        click.echo("metric  score   exact   facts")
-        for key in ("rel", "gen", "loc"):
-            score = "n/a" if s[key] is None else f"{s[key]:.3f}"
-            exact = "" if key == "loc" or s.get(f"{key}_em") is None else f"{s[key + '_em']:.3f}"
-            click.echo(f"{key:<7} {score:<7} {exact:<7} {n[key]}")
+        click.echo("metric  score   exact   generated  facts  prompts")
+        for key in ("rel", "gen", "loc", "spec", "port"):
+            click.echo(f"{key:<7} {cell(key):<7} {cell(key + '_em'):<7} {cell(key + '_gen'):<10} "
+                       f"{n[key]:<6} {q[key]}")
     for line in failed:
         click.echo(f"eval: below --fail-under: {line}", err=True)
     if failed:

@@ -1,14 +1,16 @@
 """Facts files: what a user asks the model to learn, read from JSONL or a JSON array.
 
 Three item layouts are accepted, detected per item by its keys: EasyEdit
-(`prompt`, `subject`, `target_new`, ...), raw ZsRE (`src`, `alt`, ...) and the
-original CounterFact (`requested_rewrite`, ...). All of them map onto `Fact`.
+(`prompt`, `subject`, `target_new`, ...; with KnowEdit's `portability` and
+`locality` groups), raw ZsRE (`src`, `alt`, ...) and the original CounterFact
+(`requested_rewrite`, ...). All of them map onto `Fact`, which carries lists of
+probes for evaluation: rephrases, locality prompts, portability probes and
+same-subject probes (docs/facts.md has the mapping).
 Every problem is reported as one line naming the file and the line (JSONL) or
 record (JSON array), so users can fix their file without reading a traceback.
 This module stays stdlib-only: the CLI validates input before loading a model.
 """
 
-import dataclasses
 import difflib
 import hashlib
 import json
@@ -25,13 +27,17 @@ REQUIRED = ("prompt", "subject", "target_new")
 OPTIONAL = ("ground_truth", "rephrase_prompt", "locality_prompt", "locality_ground_truth")
 EASYEDIT_FIELDS = ("id",) + REQUIRED + OPTIONAL
 # Keys of the other layouts (used or knowingly ignored): never "near misses".
-KNOWN_KEYS = set(EASYEDIT_FIELDS) | {
+# Lists of probes (evaluation only): stored under these keys, each a list of {"prompt", "ground_truth"}.
+PROBE_LISTS = ("locality", "portability", "subject_locality")
+# KnowEdit's locality group that asks about the edited subject itself through another relation.
+SAME_SUBJECT_GROUP = "Relation_Specificity"
+KNOWN_KEYS = set(EASYEDIT_FIELDS) | set(PROBE_LISTS) | {
     "case_id", "src", "alt", "answers", "rephrase", "loc", "loc_ans", "pred", "cond",
     "requested_rewrite", "paraphrase_prompts", "neighborhood_prompts",
     "attribute_prompts", "generation_prompts", "pararel_idx",
 }
 # Keys that may hold a list of answers; the first one is the answer used.
-LIST_OK = {"locality_ground_truth", "loc_ans", "answers"}
+LIST_OK = {"ground_truth", "locality_ground_truth", "loc_ans", "answers"}
 
 
 _ABSENT = object()  # a key not given at all, unlike an explicit JSON null
@@ -94,7 +100,23 @@ def _check_id(value) -> str:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A prompt and the answer it is scored against (the first of several aliases)."""
+    prompt: str
+    answer: str
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "ground_truth": self.answer}
+
+
+@dataclass(frozen=True)
 class Fact:
+    """One fact to teach, and the probes that evaluate it.
+
+    The scalar fields `rephrase_prompt`, `locality_prompt` and
+    `locality_ground_truth` are the first entries of `rephrase_prompts` and
+    `locality`; either form may be given, and the other is filled in.
+    """
     id: str
     prompt: str
     subject: str
@@ -103,15 +125,44 @@ class Fact:
     rephrase_prompt: str | None = None
     locality_prompt: str | None = None
     locality_ground_truth: str | None = None
+    rephrase_prompts: tuple[str, ...] = ()
+    locality: tuple[Probe, ...] = ()  # other subjects: their answers must not change
+    portability: tuple[Probe, ...] = ()  # consequences of the edit (multi-hop, aliases): answer must follow
+    subject_locality: tuple[Probe, ...] = ()  # the same subject through another relation: must not change
 
     def __post_init__(self):
         # Validate here too, so a Fact built anywhere (CLI flags, the log) is sound.
         _check_id(self.id)
         for name in REQUIRED + OPTIONAL:
             _check_text(getattr(self, name), name, name in REQUIRED)
+        _sync(self, "rephrase_prompts", "rephrase_prompt", self.rephrase_prompt)
+        first = (Probe(self.locality_prompt, self.locality_ground_truth)
+                 if self.locality_prompt and self.locality_ground_truth else None)
+        _sync(self, "locality", None, first)
+        if self.locality and self.locality_prompt is None:
+            object.__setattr__(self, "locality_prompt", self.locality[0].prompt)
+            object.__setattr__(self, "locality_ground_truth", self.locality[0].answer)
+        for i, text in enumerate(self.rephrase_prompts):
+            _check_text(text, f"rephrase_prompts[{i}]", True)
+        for key in PROBE_LISTS:
+            for i, probe in enumerate(getattr(self, key)):
+                if not isinstance(probe, Probe):
+                    raise _Invalid(f"{key}[{i}] must be a Probe")
+                _check_text(probe.prompt, f"{key}[{i}].prompt", True)
+                _check_text(probe.answer, f"{key}[{i}].ground_truth", True)
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
+        """The stored form: a fact with one rephrase and one locality probe keeps the eight plain keys."""
+        d = {k: getattr(self, k) for k in ("id",) + REQUIRED + OPTIONAL}
+        if len(self.rephrase_prompts) > 1:
+            d["rephrase_prompt"] = list(self.rephrase_prompts)
+        lone = len(self.locality) == 1 and self.locality[0].prompt == self.locality_prompt
+        if self.locality and not lone:
+            d["locality_prompt"] = d["locality_ground_truth"] = None
+        for key in PROBE_LISTS:
+            probes = getattr(self, key)
+            if probes and not (key == "locality" and lone):
+                d[key] = [p.to_json() for p in probes]
         return {k: d[k] for k in sorted(d) if d[k] is not None}
 
     @classmethod
@@ -119,13 +170,32 @@ class Fact:
         """Read a fact back from the log: exactly the to_json form, nothing else."""
         if not isinstance(d, dict):
             raise _Invalid(f"a fact must be a JSON object, found {_json_type(d)}")
-        extra = sorted(set(d) - set(EASYEDIT_FIELDS))
+        extra = sorted(set(d) - set(EASYEDIT_FIELDS) - set(PROBE_LISTS))
         if extra:
             raise _Invalid(f"unknown field {extra[0]!r} in a stored fact")
         missing = [k for k in ("id",) + REQUIRED if k not in d]
         if missing:  # checked here: the constructor would raise TypeError instead
             raise _Invalid(f"missing required field {missing[0]!r} in a stored fact")
-        return cls(**d)
+        fields = dict(d)
+        if isinstance(fields.get("rephrase_prompt"), list):
+            fields["rephrase_prompts"] = tuple(fields.pop("rephrase_prompt"))
+        for key in PROBE_LISTS:
+            if key in fields:
+                fields[key] = tuple(Probe(p["prompt"], p["ground_truth"]) for p in fields[key])
+        return cls(**fields)
+
+
+def _sync(fact, many: str, one: str | None, first) -> None:
+    """Fill the list field `many` from its first entry `first`, or check they agree."""
+    items = tuple(getattr(fact, many))
+    if first is not None and not items:
+        items = (first,)
+    elif first is not None and items[0] != first:
+        # the scalar form names the first entry; given both ways, they must agree
+        raise _Invalid(f"{one or many + '[0]'} differs from the first entry of {many}")
+    object.__setattr__(fact, many, items)
+    if one and items and getattr(fact, one) is None:
+        object.__setattr__(fact, one, items[0])
 
 
 def fact_id(prompt: str, subject: str, target_new: str) -> str:
@@ -145,14 +215,95 @@ def _first(d: dict, key: str):
     return value
 
 
-def _first_prompt(d: dict, key: str):
+def _prompts(d: dict, key: str) -> tuple[str, ...]:
+    """A list of prompts (CounterFact's `paraphrase_prompts`, ...), each checked."""
     value = d.get(key, [])
     if not isinstance(value, list):
         raise _Invalid(f"field {key!r} must be a list of strings, found {_json_type(value)}")
     for p in value:
         if not isinstance(p, str):
             raise _Invalid(f"field {key!r} must be a list of strings, found a list holding {_json_type(p)}")
-    return _check_text(value[0], f"{key}[0]", False) if value else None
+    return tuple(_check_text(p, f"{key}[{i}]", True) for i, p in enumerate(value))
+
+
+def _answer(value, where: str) -> str:
+    """A probe's answer: a string, or aliases (a list, or KnowEdit's list of lists) whose first is used."""
+    while isinstance(value, list) and value:
+        value = value[0]
+    if isinstance(value, list) or value is None:
+        raise _Invalid(f"{where} has no answer; give it a non-empty ground_truth")
+    return _check_text(value, where, True)
+
+
+def _probes(value, key: str) -> list[Probe]:
+    """Probes from a list of {"prompt", "ground_truth"} objects; an object whose
+    `prompt` is a list pairs it with a list of answers (EasyEdit's *_inputs form)."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise _Invalid(f"field {key!r} must be a list of {{\"prompt\", \"ground_truth\"}} objects, "
+                       f"found {_json_type(value)}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or "prompt" not in item:
+            raise _Invalid(f"{where} must be an object with \"prompt\" and \"ground_truth\"")
+        prompts, answers = item["prompt"], item.get("ground_truth")
+        if isinstance(prompts, list):
+            if not isinstance(answers, list) or len(answers) != len(prompts):
+                raise _Invalid(f"{where}: a list of prompts needs a list of as many ground_truth answers")
+            pairs = list(zip(prompts, answers))
+        else:
+            pairs = [(prompts, answers)]
+        for j, (prompt, answer) in enumerate(pairs):
+            at = where if len(pairs) == 1 else f"{where}[{j}]"
+            out.append(Probe(_check_text(prompt, f"{at}.prompt", True), _answer(answer, f"{at}.ground_truth")))
+    return out
+
+
+def _probe_groups(item: dict) -> dict:
+    """`locality`, `portability` and `subject_locality` of an EasyEdit item, as tuples of Probes.
+
+    KnowEdit gives `locality` and `portability` as dicts of named groups; its
+    `Relation_Specificity` locality group asks about the edited subject, so it
+    is a same-subject probe (subject_locality), the other groups are locality.
+    """
+    out = {k: [] for k in PROBE_LISTS}
+    for key in PROBE_LISTS:
+        value = item.get(key)
+        if value is None:
+            continue
+        groups = value if isinstance(value, dict) and "prompt" not in value else {None: value}
+        for name, group in groups.items():
+            dest = "subject_locality" if key == "locality" and name == SAME_SUBJECT_GROUP else key
+            out[dest] += _probes(group, f"{key}.{name}" if name else key)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _easyedit(item: dict) -> dict:
+    fields = {f: _check_text(_first(item, f), f, f in REQUIRED) for f in REQUIRED + ("ground_truth",)}
+    groups = _probe_groups(item)
+    reph = item.get("rephrase_prompt")
+    if isinstance(reph, list):
+        fields["rephrase_prompts"] = _prompts(item, "rephrase_prompt")
+    else:
+        fields["rephrase_prompt"] = _check_text(_first(item, "rephrase_prompt"), "rephrase_prompt", False)
+    loc = item.get("locality_prompt")
+    if isinstance(loc, list):  # parallel lists: prompt i is answered by locality_ground_truth[i]
+        answers = item.get("locality_ground_truth")
+        if not isinstance(answers, list) or len(answers) != len(loc):
+            raise _Invalid("a list 'locality_prompt' needs a list 'locality_ground_truth' of the same length")
+        pairs = [Probe(_check_text(q, f"locality_prompt[{i}]", True), _answer(a, f"locality_ground_truth[{i}]"))
+                 for i, (q, a) in enumerate(zip(loc, answers))]
+        groups["locality"] = tuple(pairs) + groups["locality"]
+    else:
+        fields["locality_prompt"] = _check_text(_first(item, "locality_prompt"), "locality_prompt", False)
+        fields["locality_ground_truth"] = _check_text(_first(item, "locality_ground_truth"),
+                                                      "locality_ground_truth", False)
+        if fields["locality_prompt"] and fields["locality_ground_truth"] and groups["locality"]:
+            groups["locality"] = (Probe(fields["locality_prompt"], fields["locality_ground_truth"]),) \
+                + groups["locality"]
+    return {**fields, **groups}
 
 
 def _counterfact(d: dict) -> dict:
@@ -175,11 +326,13 @@ def _counterfact(d: dict) -> dict:
             raise _Invalid(f"field 'requested_rewrite.{key}' must be an object like "
                            f"{{\"str\": \"...\"}}, found {_json_type(obj)}")
         answers[key] = _check_text(obj.get("str", _ABSENT), f"requested_rewrite.{key}.str", True)
-    neighbour = _first_prompt(d, "neighborhood_prompts")
+    # neighbours are other subjects that share the true answer: it must stay theirs
+    true = answers.get("target_true")
+    neighbours = _prompts(d, "neighborhood_prompts") if true else ()
     return dict(prompt=template.replace("{}", subject), subject=subject,
-                target_new=answers["target_new"], ground_truth=answers.get("target_true"),
-                rephrase_prompt=_first_prompt(d, "paraphrase_prompts"), locality_prompt=neighbour,
-                locality_ground_truth=answers.get("target_true") if neighbour else None)
+                target_new=answers["target_new"], ground_truth=true,
+                rephrase_prompts=_prompts(d, "paraphrase_prompts"),
+                locality=tuple(Probe(q, true) for q in neighbours))
 
 
 # ZsRE raw key -> Fact field.
@@ -203,7 +356,7 @@ def _to_fact(item) -> Fact:
         # Check under the user's own key names, so the message names what they wrote.
         fields = {f: _check_text(_first(item, k), k, f in REQUIRED) for k, f in ZSRE.items()}
     else:
-        fields = {f: _check_text(_first(item, f), f, f in REQUIRED) for f in REQUIRED + OPTIONAL}
+        fields = _easyedit(item)
     if "id" in item:
         fid = _check_id(item["id"])
     elif "case_id" in item:

@@ -36,7 +36,9 @@ def test_base_state_has_locality_one_and_reliability_of_a_single_pass(repo, tmp_
     facts = write_facts(tmp_path / "f.jsonl", LOCAL)
     report = repo.json("eval", facts)
     assert report["revision"] == "base" and report["facts"] == 3
-    assert report["scores"]["loc"] == 1.0 and report["counts"] == {"rel": 3, "gen": 3, "loc": 3}
+    assert report["scores"]["loc"] == 1.0 and report["scores"]["loc_gen"] == 1.0
+    assert {k: report["counts"][k] for k in ("rel", "gen", "loc")} == {"rel": 3, "gen": 3, "loc": 3}
+    assert report["scores"]["spec"] is None and report["counts"]["port"] == 0  # no such probes in the file
     model, tok = repo.state()
     expected = single_pass(model, tok, [f["prompt"] for f in FACTS], [f["target_new"] for f in FACTS])
     got = [p["rel"] for p in report["per_fact"]]
@@ -86,3 +88,92 @@ def test_limit_scores_the_first_facts(repo, tmp_path):
     report = repo.json("eval", facts, "--limit", "2")
     assert [p["id"] for p in report["per_fact"]] == [f["id"] for f in FACTS[:2]]
     assert repo("eval", facts, "--limit", "0", ok=False).exit_code == 1
+
+
+def test_the_words_rule_of_generation_scores():
+    from memedit_cli.lm.score import contains
+
+    assert contains(" Rome, the capital of Italy.", "Rome")
+    assert contains("It is New York City.", "new york")  # case and punctuation do not matter
+    assert not contains(" Romeo and Juliet", "Rome")  # whole words, not substrings
+    assert not contains(" York, New", "New York")  # in order, next to each other
+    assert contains(" said: ?!", "?!") and not contains(" nothing", "?!")
+
+
+def test_free_running_predictions_equal_greedy_generation(repo):
+    from memedit_cli.lm.score import greedy_tokens
+
+    model, tok = repo.state()
+    prompts = ["The Space Needle is in", "Hi", "The Eiffel Tower is located in the city of"]
+    got = greedy_tokens(model, tok, prompts, [6, 3, 5])
+    for prompt, n, ids in zip(prompts, [6, 3, 5], got):
+        enc = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+        want = out[0, enc["input_ids"].shape[1]:].tolist()
+        if tok.eos_token_id in want:
+            want = want[:want.index(tok.eos_token_id)]
+        assert ids == want
+
+
+def _greedy(model, tok, prompt, n=3):
+    from memedit_cli.lm.score import greedy_tokens
+
+    return tok.decode(greedy_tokens(model, tok, [prompt], [n])[0])
+
+
+def _identity_facts(model, tok, want=2):
+    """Facts whose target is what the model already says after the prompt (ids that tokenize back)."""
+    from memedit_cli.lm.score import continuation_tokens, greedy_tokens
+
+    prompts = [f"Fact {n}: the {FACTS[n % 3]['subject']} is in" for n in range(400)]
+    facts = []
+    for n, (prompt, ids) in enumerate(zip(prompts, greedy_tokens(model, tok, prompts, [3] * len(prompts)))):
+        for k in (1, 2, 3):
+            text = tok.decode(ids[:k])
+            said = next((c for c in (text, text[1:]) if c.strip() and "\x00" not in c
+                         and continuation_tokens(tok, [c])[0].tolist() == ids[:k]), None)
+            if said:
+                break
+        if said and len(facts) < want:
+            facts.append({"id": f"i{n}", "prompt": prompt, "subject": FACTS[n % 3]["subject"], "target_new": said,
+                          "rephrase_prompt": [prompt, prompt],
+                          "locality": [{"prompt": "The Space Needle is in", "ground_truth": "Seattle"}],
+                          "subject_locality": [{"prompt": f"{FACTS[n % 3]['subject']} is", "ground_truth": "a"}],
+                          "portability": {"Reasoning": [{"prompt": prompt, "ground_truth": [said]}]}})
+    assert facts, "the model should say something that tokenizes back after one of 400 prompts"
+    return facts
+
+
+def test_identity_facts_score_one_on_every_metric(memedit, tiny_models, tmp_path):
+    # Facts whose targets and probe answers are what the model already says: every score is 1.0.
+    # GPT-2 only: its tokenizer has space-prefixed tokens, so an answer it says tokenizes back to
+    # the same ids as a target; the tiny LLaMA's vocabulary spells the space as a token of its own.
+    memedit("init", "--model", tiny_models["gpt2"], "--device", "cpu")
+    model, tok = memedit.state()
+    facts = _identity_facts(model, tok)
+    report = memedit.json("eval", write_facts(tmp_path / "id.jsonl", facts))
+    for key in ("rel", "rel_em", "gen", "gen_em", "loc", "spec", "port", "rel_gen", "gen_gen", "loc_gen"):
+        assert report["scores"][key] == 1.0, key
+        assert report["counts"][key] == len(facts), key
+    assert report["probes"]["gen"] == 2 * len(facts)  # two rephrases a fact, each scored
+    assert report["per_fact"][0]["answer"].lstrip().startswith(facts[0]["target_new"].lstrip())
+    assert memedit("eval", write_facts(tmp_path / "id2.jsonl", facts),
+                   "--fail-under", "spec=1.0,port=1.0,rel_gen=1.0,gen_gen=1.0,loc_gen=1.0").exit_code == 0
+
+
+def test_an_edit_that_rewrites_its_subject_lowers_spec(repo, tmp_path):
+    # The same-subject probe is the edit's own prompt asked for its old answer: an edit that
+    # takes must change it, so spec falls below 1 while the unrelated locality prompt may stay.
+    model, tok = repo.state()
+    f = FACTS[0]
+    old = _greedy(model, tok, f["prompt"], 2).strip()
+    fact = dict(f, subject_locality=[{"prompt": f["prompt"], "ground_truth": old}])
+    path = write_facts(tmp_path / "s.jsonl", [fact])
+    assert repo.json("eval", path)["scores"]["spec"] == 1.0
+    repo("apply", path, "--method", "ft", "--set", "lr=0.5", "--set", "steps=20", "--set", "norm_constraint=1.0")
+    report = repo.json("eval", path)
+    assert report["scores"]["rel"] == 1.0  # the edit took
+    assert report["scores"]["spec"] < 1.0
+    result = repo("eval", path, "--fail-under", "spec=1.0", ok=False)
+    assert result.exit_code == 1 and "spec" in result.stderr

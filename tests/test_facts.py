@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memedit_cli.errors import FactsError
-from memedit_cli.facts import ID_PATTERN, Fact, check_subjects, fact_id, load_facts, parse_facts
+from memedit_cli.facts import ID_PATTERN, Fact, Probe, check_subjects, fact_id, load_facts, parse_facts
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -105,8 +105,9 @@ def test_array_original_counterfact(tmp_path):
     (fact,) = load_facts(write(tmp_path, json.dumps([CF_ITEM]), "cf.json"))
     assert fact == Fact(id="0", prompt="David Robinson plays the sport", subject="David Robinson",
                         target_new="baseball", ground_truth="basketball",
-                        rephrase_prompt="David Robinson's sport is", locality_prompt="Shaquille O'Neal plays",
-                        locality_ground_truth="basketball")
+                        rephrase_prompts=("David Robinson's sport is", "Robinson plays"),
+                        locality_prompt="Shaquille O'Neal plays", locality_ground_truth="basketball")
+    assert fact.rephrase_prompt == "David Robinson's sport is"  # every paraphrase is kept, the first is the scalar
 
 
 def test_counterfact_without_neighbours_has_no_locality(tmp_path):
@@ -204,7 +205,7 @@ def test_required_field_wrong_type(tmp_path, value, found):
 
 
 @pytest.mark.parametrize("field, value, found", [
-    ("ground_truth", ["Paris"], "array"), ("rephrase_prompt", 7, "number"),
+    ("ground_truth", {"str": "Paris"}, "object"), ("rephrase_prompt", 7, "number"),
     ("locality_prompt", {}, "object"), ("locality_ground_truth", True, "boolean")])
 def test_optional_field_wrong_type(tmp_path, field, value, found):
     assert error(tmp_path, jsonl(EASY, dict(EASY, target_new="Oslo", **{field: value}))) == (
@@ -241,8 +242,14 @@ def test_near_miss_field(tmp_path):
 
 
 def test_unrelated_extra_fields_ignored():
-    extras = {"portability": {"a": 1}, "ood_rephrase": "x", "target_true": "y", "notes": None}
+    extras = {"ood_rephrase": "x", "target_true": "y", "notes": None}
     assert parse_facts(jsonl(dict(EASY, **extras)), "f")[0] == parse_facts(jsonl(EASY), "f")[0]
+
+
+def test_malformed_portability_is_refused_not_ignored():
+    # portability is read now (docs/facts.md), so a group that is not a list of probes is an error
+    with pytest.raises(FactsError, match=r"f:1: field 'portability.a' must be a list of"):
+        parse_facts(jsonl(dict(EASY, portability={"a": 1})), "f")
 
 
 def test_duplicate_ids_name_both_places(tmp_path):
@@ -386,3 +393,76 @@ def test_shared_zsre_file():
                             locality_prompt="nq question: john goodman's character in the big lebowski",
                             locality_ground_truth="Walter Sobchak")
     check_subjects(facts)
+
+
+# --- lists of probes (docs/facts.md, "Probes") ----------------------------------
+
+KNOWEDIT_ITEM = {  # the shape of a KnowEdit record (wiki_counterfact / ZsRE test files)
+    "subject": "Eiffel Tower", "prompt": "The Eiffel Tower is in", "target_new": "Rome", "ground_truth": ["Paris"],
+    "rephrase_prompt": "Where is the Eiffel Tower? In",
+    "portability": {"Reasoning": [{"prompt": "The Eiffel Tower's country is", "ground_truth": [["Italy", "IT"]]}],
+                    "Subject_Aliasing": [{"prompt": "La tour Eiffel is in", "ground_truth": ["Rome"]}]},
+    "locality": {"Relation_Specificity": [{"prompt": "The Eiffel Tower was designed by",
+                                           "ground_truth": ["Gustave Eiffel"]}],
+                 "Forgetfulness": [{"prompt": "The Eiffel Tower is in the city of", "ground_truth": "Paris"}]},
+}
+
+
+def test_knowedit_groups_map_onto_probes():
+    (fact,) = parse_facts(jsonl(KNOWEDIT_ITEM), "f")
+    assert fact.ground_truth == "Paris" and fact.rephrase_prompts == ("Where is the Eiffel Tower? In",)
+    # Relation_Specificity asks about the edited subject itself: a same-subject probe
+    assert fact.subject_locality == (Probe("The Eiffel Tower was designed by", "Gustave Eiffel"),)
+    # every other locality group is locality; every portability group is portability, first alias kept
+    assert fact.locality == (Probe("The Eiffel Tower is in the city of", "Paris"),)
+    assert fact.locality_prompt == "The Eiffel Tower is in the city of" and fact.locality_ground_truth == "Paris"
+    assert fact.portability == (Probe("The Eiffel Tower's country is", "Italy"), Probe("La tour Eiffel is in", "Rome"))
+
+
+def test_easyedit_lists_and_our_own_probe_lists():
+    item = dict(EASY, rephrase_prompt=["Where is the Eiffel Tower?", "The Eiffel Tower stands in"],
+                locality_prompt=["The Colosseum is in", "The Space Needle is in"],
+                locality_ground_truth=["Rome", ["Seattle", "Seattle, WA"]],
+                subject_locality=[{"prompt": "The Eiffel Tower is made of", "ground_truth": "iron"}],
+                portability=[{"prompt": ["The tower's country is", "Its mayor is"], "ground_truth": ["Italy", "X"]}])
+    (fact,) = parse_facts(jsonl(item), "f")
+    assert fact.rephrase_prompts == ("Where is the Eiffel Tower?", "The Eiffel Tower stands in")
+    assert fact.rephrase_prompt == "Where is the Eiffel Tower?"
+    assert fact.locality == (Probe("The Colosseum is in", "Rome"), Probe("The Space Needle is in", "Seattle"))
+    assert fact.subject_locality == (Probe("The Eiffel Tower is made of", "iron"),)
+    assert fact.portability == (Probe("The tower's country is", "Italy"), Probe("Its mayor is", "X"))
+
+
+def test_probe_lists_round_trip_through_the_stored_form():
+    (fact,) = parse_facts(jsonl(dict(KNOWEDIT_ITEM, rephrase_prompt=["a b", "c d"], id="k")), "f")
+    stored = fact.to_json()
+    assert stored["rephrase_prompt"] == ["a b", "c d"] and "locality" not in stored  # one locality: plain keys
+    assert stored["subject_locality"] == [{"prompt": "The Eiffel Tower was designed by",
+                                           "ground_truth": "Gustave Eiffel"}]
+    assert Fact.from_json(stored) == fact
+    assert parse_facts(jsonl(stored), "f")[0] == fact  # the stored form is also a facts file
+    # a plain fact keeps the eight keys it always had (content ids and old logs unchanged)
+    (plain,) = parse_facts(jsonl(dict(EASY, rephrase_prompt="r", locality_prompt="l", locality_ground_truth="a")), "f")
+    assert sorted(plain.to_json()) == ["id", "locality_ground_truth", "locality_prompt", "prompt",
+                                       "rephrase_prompt", "subject", "target_new"]
+
+
+def test_original_counterfact_keeps_every_paraphrase_and_neighbour():
+    item = dict(CF_ITEM, neighborhood_prompts=["Shaquille O'Neal plays", "Michael Jordan plays"])
+    (fact,) = parse_facts(jsonl(item), "f")
+    assert fact.rephrase_prompts == ("David Robinson's sport is", "Robinson plays")
+    assert fact.locality == (Probe("Shaquille O'Neal plays", "basketball"), Probe("Michael Jordan plays", "basketball"))
+
+
+@pytest.mark.parametrize("item, message", [
+    (dict(EASY, locality_prompt=["a", "b"], locality_ground_truth=["x"]), "of the same length"),
+    (dict(EASY, portability=[{"prompt": "p"}]), "portability[0].ground_truth has no answer"),
+    (dict(EASY, portability=[{"ground_truth": "x"}]), "portability[0] must be an object with"),
+    (dict(EASY, subject_locality=[{"prompt": "", "ground_truth": "x"}]), "subject_locality[0].prompt' is empty"),
+    (dict(EASY, rephrase_prompt=["ok", 3]), "must be a list of strings"),
+    (dict(EASY, locality={"Forgetfulness": [{"prompt": ["a"], "ground_truth": "x"}]}), "needs a list of as many"),
+])
+def test_bad_probes_are_one_line_errors(item, message):
+    with pytest.raises(FactsError) as info:
+        parse_facts(jsonl(item), "f")
+    assert str(info.value).startswith("f:1: ") and message in str(info.value) and "\n" not in str(info.value)

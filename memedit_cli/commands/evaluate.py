@@ -1,8 +1,9 @@
 """`memedit eval`: score the current state on a facts file (docs/metrics.md has the formulas).
 
 Every score reads as generation reads (lm/score.py); this file turns the
-per-token predictions into Rel/Gen/Loc, exact match and the `--fail-under`
-gate.
+per-token predictions and greedy answers into the scores (Rel/Gen/Loc, exact
+match, same-subject specificity, portability, and the generation-based
+rel_gen/gen_gen/loc_gen) and the `--fail-under` gate.
 """
 
 from __future__ import annotations
@@ -11,21 +12,27 @@ from dataclasses import dataclass
 
 from memedit_cli import methods
 from memedit_cli.errors import UserError
-from memedit_cli.lm.score import agreement, continuation_tokens, predict, token_scores
+from memedit_cli.lm.score import agreement, contains, continuation_tokens, greedy_tokens, predict, token_scores
 
-METRICS = ("rel", "rel_em", "gen", "gen_em", "loc")
+METRICS = ("rel", "rel_em", "gen", "gen_em", "loc", "spec", "port", "rel_gen", "gen_gen", "loc_gen")
+# What a fact needs for each metric to be scored (the gate's message when none has it).
+NEEDS = {"rel": "a prompt", "gen": "rephrase_prompt", "loc": "locality_prompt and locality_ground_truth",
+         "spec": "subject_locality", "port": "portability", "rel_gen": "a prompt", "gen_gen": "rephrase_prompt",
+         "loc_gen": "locality_prompt and locality_ground_truth"}
+EXTRA_TOKENS = 8  # generation: up to this many tokens beyond the reference answer's own length
 
 
 @dataclass
 class Report:
     revision: str
     per_fact: list[dict]
-    scores: dict  # metric -> mean, or None when no fact has the fields it needs
-    counts: dict  # rel/gen/loc -> facts scored
+    scores: dict  # metric -> mean over the facts scored, or None when no fact has the probes it needs
+    counts: dict  # metric -> facts scored (exact-match metrics count with their own metric)
+    probes: dict  # metric -> prompts scored (a fact may carry several rephrases, locality prompts, ...)
 
     def to_json(self) -> dict:
         return {"revision": self.revision, "facts": len(self.per_fact), "scores": self.scores,
-                "counts": self.counts, "per_fact": self.per_fact}
+                "counts": self.counts, "probes": self.probes, "per_fact": self.per_fact}
 
 
 def evaluate(repo, facts, limit: int | None = None) -> Report:
@@ -51,37 +58,74 @@ def evaluate(repo, facts, limit: int | None = None) -> Report:
 def score(model, tok, facts, edit, reset=None, revision: str = "") -> Report:
     """Score the state that `edit()` makes of the base `model` in hand, on `facts`.
 
-    Locality compares with the unedited model's own predictions, so they are
-    taken first, on the base weights; then `edit()` turns the model into the
-    state (attaching segments), and `reset()` starts each batch of scoring as
-    new sequences. `evaluate` is this on a repository's HEAD; benchmarks that
-    build states in memory score through here too.
+    The unedited model's answers come first, on the base weights: locality and
+    same-subject probes compare with them. Then `edit()` turns the model into
+    the state (attaching segments), and `reset()` starts each batch of scoring
+    as new sequences. `evaluate` is this on a repository's HEAD; benchmarks that
+    build states in memory score through here too. docs/metrics.md has the rules.
     """
-    gen_facts = [f for f in facts if f.rephrase_prompt]
-    loc_facts = [f for f in facts if f.locality_prompt and f.locality_ground_truth]
-    loc_targets = continuation_tokens(tok, [f.locality_ground_truth for f in loc_facts])
-    base_loc = predict(model, tok, [f.locality_prompt for f in loc_facts], loc_targets, desc="eval: base locality")
+    # (fact index, prompt, answer) per kind of probe
+    rel = [(i, f.prompt, f.target_new) for i, f in enumerate(facts)]
+    gen = [(i, q, f.target_new) for i, f in enumerate(facts) for q in f.rephrase_prompts]
+    loc, spec, port = ([(i, p.prompt, p.answer) for i, f in enumerate(facts) for p in getattr(f, key)]
+                       for key in ("locality", "subject_locality", "portability"))
+    base_loc = _teacher_forced(model, tok, loc, "base locality", None)
+    base_spec = _teacher_forced(model, tok, spec, "base same-subject", None)
+    base_loc_ans = _generated(model, tok, loc, "base locality, generated", None)
     edit()
-    targets = continuation_tokens(tok, [f.target_new for f in facts])
-    rel = token_scores(predict(model, tok, [f.prompt for f in facts], targets, desc="eval: reliability",
-                               reset=reset), targets)
-    gen_t = [targets[i] for i, f in enumerate(facts) if f.rephrase_prompt]
-    gen = token_scores(predict(model, tok, [f.rephrase_prompt for f in gen_facts], gen_t,
-                               desc="eval: generalization", reset=reset), gen_t)
-    loc = agreement(predict(model, tok, [f.locality_prompt for f in loc_facts], loc_targets,
-                            desc="eval: locality", reset=reset), base_loc)
-    per = {f.id: {"id": f.id, "rel": r, "rel_em": r == 1.0} for f, r in zip(facts, rel)}
-    for f, g in zip(gen_facts, gen):
-        per[f.id].update(gen=g, gen_em=g == 1.0)
-    for f, v in zip(loc_facts, loc):
-        per[f.id]["loc"] = v
+    rel_p = _teacher_forced(model, tok, rel, "reliability", reset)
+    gen_p = _teacher_forced(model, tok, gen, "generalization", reset)
+    per_probe = {
+        "rel": token_scores(rel_p, _targets(tok, rel)),
+        "gen": token_scores(gen_p, _targets(tok, gen)),
+        "loc": agreement(_teacher_forced(model, tok, loc, "locality", reset), base_loc),
+        "spec": agreement(_teacher_forced(model, tok, spec, "same-subject", reset), base_spec),
+        "port": token_scores(_teacher_forced(model, tok, port, "portability", reset), _targets(tok, port)),
+    }
+    per_probe["rel_em"] = [float(x == 1.0) for x in per_probe["rel"]]
+    per_probe["gen_em"] = [float(x == 1.0) for x in per_probe["gen"]]
+    rel_ans = [tok.decode(a) for a in _generated(model, tok, rel, "reliability, generated", reset)]
+    gen_ans = [tok.decode(a) for a in _generated(model, tok, gen, "generalization, generated", reset)]
+    per_probe["rel_gen"] = [float(contains(a, t)) for a, (_, _, t) in zip(rel_ans, rel)]
+    per_probe["gen_gen"] = [float(contains(a, t)) for a, (_, _, t) in zip(gen_ans, gen)]
+    loc_ans = _generated(model, tok, loc, "locality, generated", reset)
+    per_probe["loc_gen"] = [float(a == b) for a, b in zip(loc_ans, base_loc_ans)]
+    probes_of = {"rel": rel, "rel_em": rel, "rel_gen": rel, "gen": gen, "gen_em": gen, "gen_gen": gen,
+                 "loc": loc, "loc_gen": loc, "spec": spec, "port": port}
 
-    def mean(xs):
-        return round(sum(xs) / len(xs), 4) if xs else None
+    per = [{"id": f.id} for f in facts]
+    scores, counts, probes = {}, {}, {}
+    for key in METRICS:
+        by_fact: dict[int, list[float]] = {}
+        for (i, _, _), v in zip(probes_of[key], per_probe[key]):
+            by_fact.setdefault(i, []).append(v)
+        for i, vs in by_fact.items():  # a fact's score: the mean over its probes of this kind
+            per[i][key] = sum(vs) / len(vs)
+        means = [per[i][key] for i in by_fact]
+        scores[key] = round(sum(means) / len(means), 4) if means else None
+        counts[key], probes[key] = len(by_fact), len(probes_of[key])
+    for row, answer in zip(per, rel_ans):
+        row["answer"] = answer  # the greedy answer to the edit prompt, as rel_gen read it
+    return Report(revision, per, scores, counts, probes)
 
-    scores = {"rel": mean(rel), "rel_em": mean([float(r == 1.0) for r in rel]), "gen": mean(gen),
-              "gen_em": mean([float(g == 1.0) for g in gen]), "loc": mean(loc)}
-    return Report(revision, list(per.values()), scores, {"rel": len(rel), "gen": len(gen), "loc": len(loc)})
+
+def _targets(tok, probes):
+    return continuation_tokens(tok, [a for _, _, a in probes])
+
+
+def _teacher_forced(model, tok, probes, what: str, reset):
+    """Argmax predictions for each probe's answer tokens, teacher-forced (lm/score.py)."""
+    if not probes:
+        return []
+    return predict(model, tok, [q for _, q, _ in probes], _targets(tok, probes), desc=f"eval: {what}", reset=reset)
+
+
+def _generated(model, tok, probes, what: str, reset):
+    """Greedy answers (token ids) of up to the reference answer's length + EXTRA_TOKENS."""
+    if not probes:
+        return []
+    lengths = [len(t) + EXTRA_TOKENS for t in _targets(tok, probes)]
+    return greedy_tokens(model, tok, [q for _, q, _ in probes], lengths, desc=f"eval: {what}", reset=reset)
 
 
 def parse_gate(spec: str | None) -> dict:
@@ -110,7 +154,7 @@ def missed(report: Report, gate: dict) -> list[str]:
     for key, threshold in gate.items():
         score = report.scores[key]
         if score is None:
-            need = "rephrase_prompt" if key.startswith("gen") else "locality_prompt and locality_ground_truth"
+            need = NEEDS[key.removesuffix("_em")]
             lines.append(f"{key}: no fact in the file has {need}, so it cannot reach {threshold}")
         elif score < threshold:
             lines.append(f"{key} {score:.4f} < {threshold}")

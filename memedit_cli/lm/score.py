@@ -10,6 +10,8 @@ key router keeps the route its prompt chose. `memedit eval`
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from memedit_cli.lm.progress import bar
@@ -31,10 +33,12 @@ def continuation_tokens(tok, texts: list[str]) -> list[torch.Tensor]:
 
 
 def predict(model, tok, prompts: list[str], conts: list[torch.Tensor], batch: int = 16, desc: str | None = None,
-            reset=None):
+            reset=None, free: bool = False):
     """Argmax predictions (L_i,) for each continuation token, teacher-forced, reading as generation reads.
 
-    `reset()` starts each batch as new sequences (`methods.reset` for the state's methods)."""
+    `reset()` starts each batch as new sequences (`methods.reset` for the state's methods).
+    With `free`, each step is fed the model's own prediction instead of the continuation:
+    greedy generation of len(conts[i]) tokens (only the lengths of `conts` are used)."""
     from memedit_cli.lm.models import input_device
 
     device = input_device(model)
@@ -43,13 +47,13 @@ def predict(model, tok, prompts: list[str], conts: list[torch.Tensor], batch: in
     tok.padding_side = "left"  # every row's last prompt token in the last column
     try:
         for i in bar(range(0, len(prompts), batch), desc=desc, unit="batch"):
-            out += _predict_batch(model, tok, prompts[i:i + batch], conts[i:i + batch], device, reset)
+            out += _predict_batch(model, tok, prompts[i:i + batch], conts[i:i + batch], device, reset, free)
     finally:
         tok.padding_side = side
     return out
 
 
-def _predict_batch(model, tok, prompts, conts, device, reset):
+def _predict_batch(model, tok, prompts, conts, device, reset, free):
     if reset is not None:
         reset()  # new sequences: wrappers drop the previous batch's per-sequence state
     enc = tok(prompts, return_tensors="pt", padding=True).to(device)
@@ -70,7 +74,35 @@ def _predict_batch(model, tok, prompts, conts, device, reset):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             pos = pos[:, -1:] + 1
-            step = model(input_ids=feed[:, t:t + 1], attention_mask=mask, position_ids=pos,
+            nxt = preds[-1][:, None] if free else feed[:, t:t + 1]  # (B, 1)
+            step = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
                          past_key_values=step.past_key_values, use_cache=True)
     P = torch.stack(preds, 1).cpu()  # (B, L)
     return [P[r, :len(c)] for r, c in enumerate(conts)]
+
+
+def greedy_tokens(model, tok, prompts: list[str], lengths: list[int], desc: str | None = None,
+                  reset=None) -> list[list[int]]:
+    """Greedy continuations of up to lengths[i] tokens, cut after an end-of-text token."""
+    preds = predict(model, tok, prompts, [torch.zeros(n, dtype=torch.long) for n in lengths], desc=desc,
+                    reset=reset, free=True)
+    out = []
+    for p in preds:
+        ids = p.tolist()
+        if tok.eos_token_id in ids:
+            ids = ids[:ids.index(tok.eos_token_id)]
+        out.append(ids)
+    return out
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words, punctuation dropped: the unit the generation scores compare (docs/metrics.md)."""
+    return re.findall(r"\w+", text.lower())
+
+
+def contains(answer: str, target: str) -> bool:
+    """Whether the target's words appear in the answer, in order and next to each other."""
+    a, t = words(answer), words(target)
+    if not t:  # a target of punctuation only: its text must appear as written
+        return target.strip() in answer
+    return any(a[i:i + len(t)] == t for i in range(len(a) - len(t) + 1))
