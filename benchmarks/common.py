@@ -65,14 +65,15 @@ def memedit(work, *args, env: dict | None = None) -> tuple[float, str]:
     return seconds, out.stdout
 
 
-def new_repo(work=None):
-    """A repository on the default model (`memedit init`), in `work` or in a temporary folder removed at exit."""
+def new_repo(work=None, model: str | None = None):
+    """A repository on `model` (default: the default model; `memedit init`), in `work` or in a temporary
+    folder removed at exit."""
     from memedit_cli.commands.init import init
 
     if work is None:
         work = tempfile.mkdtemp(prefix="memedit-bench-")
         atexit.register(shutil.rmtree, work, True)
-    return init(work, None, "float32", "auto", False)
+    return init(work, model, "float32", "auto", False)
 
 
 def default_model(repo=None):

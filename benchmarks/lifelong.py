@@ -37,6 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import FILES, ROOT, load, new_repo, set_threads  # noqa: E402
 
+from memedit_cli.facts import load_facts  # noqa: E402
+
 POINTS = (10, 100, 300, 1000)
 UNIT = {"memit": 100}  # facts per edit; every other method edits one fact at a time
 METHODS = ("wise", "memit", "larimar", "ft")
@@ -58,10 +60,10 @@ def write_points(d: Path, points: list[dict]) -> None:
     os.replace(tmp, d / "points.json")
 
 
-def open_repo(d: Path):
+def open_repo(d: Path, model: str | None):
     from memedit_cli.store.repo import Repo
 
-    return Repo.open(d) if (d / ".memedit").is_dir() else new_repo(d)
+    return Repo.open(d) if (d / ".memedit").is_dir() else new_repo(d, model)
 
 
 def disk_bytes(repo) -> int:
@@ -138,10 +140,15 @@ def score_point(repo, rev, facts) -> dict:
 
 
 def run(args) -> None:
-    facts = load(args.data, max(args.T))
-    d = run_dir(args.work, args.data, args.method)
+    if args.facts:
+        data, facts = args.facts.stem, load_facts(args.facts)[:max(args.T)]
+    else:
+        data, facts = args.data, load(args.data, max(args.T))
+    if len(facts) < max(args.T):
+        sys.exit(f"{len(facts)} facts, fewer than T = {max(args.T)}")
+    d = run_dir(args.work, data, args.method)
     d.mkdir(parents=True, exist_ok=True)
-    repo = open_repo(d)
+    repo = open_repo(d, args.model)
     for T in args.T:
         have = {p["T"]: p for p in read_points(d)}.get(T)
         if args.score_only:
@@ -159,7 +166,7 @@ def run(args) -> None:
             point.update(score_point(repo, point["rev"], facts[:T]))
             point["score_s"] = round(time.perf_counter() - t0, 1)
         write_points(d, [p for p in read_points(d) if p["T"] != T] + [point])
-        print(f"{args.data} {args.method} T={T}: {json.dumps(point.get('scores'))}", flush=True)
+        print(f"{data} {args.method} T={T}: {json.dumps(point.get('scores'))}", flush=True)
 
 
 def advance(repo, facts, T: int, args) -> dict:
@@ -174,7 +181,7 @@ def advance(repo, facts, T: int, args) -> dict:
     while n < T:
         chunk = facts[n:min(T, n + max(args.chunk, unit))]
         t0 = time.perf_counter()
-        apply(repo, chunk, args.method, {}, unit, 0, f"{FILES[args.data]}[{n}:{n + len(chunk)}]")
+        apply(repo, chunk, args.method, {}, unit, 0, f"{args.facts or FILES[args.data]}[{n}:{n + len(chunk)}]")
         n += len(chunk)
         print(f"  {args.method}: {n} facts ({(time.perf_counter() - t0) / len(chunk):.2f} s/fact wall)", flush=True)
     head = repo.head()
@@ -190,7 +197,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="edit, time and score one method on one dataset (resumable)")
-    r.add_argument("--data", choices=sorted(FILES), required=True)
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--data", choices=sorted(FILES))
+    which.add_argument("--facts", type=Path, help="a facts file instead of a dataset (the run is named after it)")
+    r.add_argument("--model", help="the base model (default: the default model)")
     r.add_argument("--method", choices=METHODS + ("base",), required=True)
     r.add_argument("--T", type=lambda s: [int(x) for x in s.split(",")], default=list(POINTS))
     r.add_argument("--chunk", type=int, default=10, help="facts per apply (a kill loses one chunk at most)")
@@ -210,7 +220,7 @@ def main(argv=None) -> None:
     else:
         from lifelong_report import report
 
-        report(args.work, args.out)
+        report(args.work, args.out, (ROOT / "docs" / "benchmarks.md", ROOT / "README.md"))
 
 
 if __name__ == "__main__":

@@ -254,6 +254,9 @@ def test_forget_needs_keep_and_rebuilt():
     {"prompt": "p", "subject": "s", "target_new": "t", "ground_truth": ""},
     {"prompt": "p", "subject": "s", "target_new": "t", "locality_ground_truth": [3]},
     {"prompt": "a\x00b", "subject": "s", "target_new": "t"},
+    {"prompt": "p", "subject": "s", "target_new": "t", "portability": [{"prompt": "q"}]},
+    {"prompt": "p", "subject": "s", "target_new": "t", "subject_locality": [{"prompt": "", "ground_truth": "a"}]},
+    {"prompt": "p", "subject": "s", "target_new": "t", "rephrase_prompt": ["r", 3]},
     ["not", "an", "object"],
 ])
 def test_fact_schema_rejects(item):
@@ -268,7 +271,16 @@ def test_fact_schema_rejects(item):
     {"prompt": "p", "subject": "s", "target_new": "t", "locality_prompt": "q", "locality_ground_truth": ["a", "b"]},
     {"prompt": "p", "subject": "s", "target_new": "t", "locality_ground_truth": []},
     {"prompt": "p", "subject": "s", "target_new": "t", "comment": "extra keys are allowed"},
+    {"prompt": "p", "subject": "s", "target_new": "t", "rephrase_prompt": ["r1", "r2"],
+     "locality_prompt": ["q1", "q2"], "locality_ground_truth": ["a", ["b", "b2"]],
+     "subject_locality": [{"prompt": "s is", "ground_truth": "x"}],
+     "portability": {"Reasoning": [{"prompt": "r", "ground_truth": [["y", "y2"]]}]},
+     "locality": {"Relation_Specificity": [{"prompt": "s was", "ground_truth": ["z"]}],
+                  "Forgetfulness": [{"prompt": ["f1", "f2"], "ground_truth": ["u", "v"]}]}},
 ])
 def test_fact_schema_accepts(item):
     assert errors(FACT, item) == []
-    parse_facts((json.dumps(item) + "\n").encode(), "f.jsonl")
+    fact = parse_facts((json.dumps(item) + "\n").encode(), "f.jsonl")[0]
+    # what the log stores of it is a valid stored fact
+    stored = jsonschema.Draft202012Validator({"$ref": "#/$defs/stored_fact", "$defs": RECORD.schema["$defs"]})
+    assert errors(stored, fact.to_json()) == []

@@ -1,0 +1,158 @@
+"""docs/lifelong.md, docs/lifelong.json and docs/lifelong-<data>.png from the runs of benchmarks/lifelong.py.
+
+The summary tables of docs/benchmarks.md and README.md (between the
+`<!-- lifelong:... -->` markers) are written from the same points, so every
+figure on those pages comes from this benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+from common import FILES
+
+SCORES = ("rel", "gen", "loc", "rel_gen", "gen_gen", "loc_gen", "spec", "port")
+ORDER = ("base", "wise", "memit", "larimar", "ft")
+LABEL = {"rel": "Rel", "gen": "Gen", "loc": "Loc", "rel_gen": "Rel gen", "gen_gen": "Gen gen",
+         "loc_gen": "Loc gen", "spec": "Spec", "port": "Port"}
+
+
+def collect(work: Path) -> list[dict]:
+    rows = []
+    for d in sorted(work.glob("*-*/points.json")):
+        data, method = d.parent.name.split("-", 1)
+        rows += [dict(p, data=data, method=method) for p in json.loads(d.read_text())]
+    return sorted(rows, key=lambda r: (r["data"], ORDER.index(r["method"]) if r["method"] in ORDER else 99, r["T"]))
+
+
+def _f(v, digits=2):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _bytes(n):
+    return "—" if n is None else f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
+
+
+def table(rows: list[dict], scores=SCORES) -> list[str]:
+    shown = [k for k in scores if any((r.get("scores") or {}).get(k) is not None for r in rows)]
+    head = ["method", "T"] + [LABEL[k] for k in shown] + ["s/edit", "bytes/edit", "ask ms/token (base)", "forget 1st s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        s = r.get("scores") or {}
+        ask = "—" if "ask_ms" not in r else f"{r['ask_ms']:.0f} ({r['base_ask_ms']:.0f})"
+        cells = [r["method"], str(r["T"])] + [_f(s.get(k)) for k in shown] + [
+            _f(r.get("edit_s_per_edit")), _bytes(r.get("bytes_per_edit")), ask, _f(r.get("forget_first_s"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(rows: list[dict], data: str, out: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install .[plot])", file=sys.stderr)
+        return None
+    rows = [r for r in rows if r["data"] == data and r.get("scores")]
+    keys = [k for k in SCORES if any(r["scores"].get(k) is not None for r in rows)]
+    if not keys:
+        return None
+    cols = 4
+    fig, axes = plt.subplots((len(keys) + cols - 1) // cols, cols, figsize=(4 * cols, 3.2 * ((len(keys) + 3) // 4)),
+                             squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for method in ORDER:
+            pts = [(r["T"], r["scores"][key]) for r in rows
+                   if r["method"] == method and r["scores"].get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), "k--" if method == "base" else "o-", label=method, lw=1.5)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(LABEL[key])
+        ax.set_xlabel("T (facts edited)")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"lifelong editing, {data} ({FILES.get(data, data)}), default model, CPU")
+    fig.tight_layout()
+    name = f"{out.name}-{data}.png"
+    fig.savefig(out.parent / name, dpi=90)
+    plt.close(fig)
+    return name
+
+
+def replace_between(path: Path, name: str, lines: list[str]) -> None:
+    """Put `lines` between <!-- name:start --> and <!-- name:end --> in `path` (markers must exist)."""
+    text = path.read_text()
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(text):
+        print(f"{path}: no <!-- {name}:start/end --> markers; left as it is", file=sys.stderr)
+        return
+    path.write_text(pattern.sub(lambda m: m.group(1) + "\n".join(lines) + "\n" + m.group(2), text))
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Each method at T = 100 and at the largest T it reached, per dataset (README and benchmarks.md)."""
+    pick = []
+    for data in sorted({r["data"] for r in rows}):
+        for method in ORDER:
+            mine = [r for r in rows if r["data"] == data and r["method"] == method and r.get("scores")]
+            keep = {r["T"]: r for r in mine if r["T"] == 100 or r["T"] == max(x["T"] for x in mine)}
+            pick += [dict(r, method=f"{data}: {method}") for r in keep.values()]
+    return table(pick, ("rel", "gen", "loc", "rel_gen", "gen_gen", "loc_gen"))
+
+
+def report(work: Path, out: Path, pages: tuple = ()) -> None:
+    rows = collect(work)
+    if not rows:
+        sys.exit(f"no points under {work}; run `python benchmarks/lifelong.py run ...` first")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()}, {platform.system()}", "python": platform.python_version()}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "points": rows}, indent=1) + "\n")
+    lines = ["# Lifelong editing to T = 1,000", "",
+             "Written by `python benchmarks/lifelong.py report` from the points of "
+             "`python benchmarks/lifelong.py run --data DATA --method METHOD` (see the Commands section). "
+             "Protocol: the default model (SmolLM2-135M-Instruct), float32, CPU (2 cores, 1 thread per run, two runs "
+             "at a time), each method at its defaults; a stream of facts in the method's natural unit (WISE, Larimar "
+             "and ft one fact per edit, MEMIT batches of 100), scored at T = 10, 100, 300, 1000 on every fact "
+             "applied so far by `memedit eval`'s scorer ([metrics](metrics.md)). `base` is the unedited model on the "
+             "same facts (the dashed line in the plots).", "",
+             "- **s/edit**: compute seconds per fact so far, as `apply` records them (model loading excluded).",
+             "- **bytes/edit**: the repository's objects and log divided by T.",
+             "- **ask ms/token**: 16 greedy tokens on the first fact's prompt, best of 3, the state against the "
+             "base model (in brackets) in the same process.",
+             "- **forget 1st s**: `forget` of the first fact (in process, model loading included), on a copy of the "
+             "repository. Methods whose later edits depend on earlier ones (MEMIT, ft) recompute everything after "
+             "the forgotten fact; it is timed only up to the `--forget-upto` of the run.", "",
+             "Spec and Port have no column: neither dataset carries same-subject or portability probes "
+             "(docs/facts.md says which layouts do).", ""]
+    plots = []
+    for data in sorted({r["data"] for r in rows}):
+        lines += [f"## {data} (`{FILES.get(data, data)}`)", ""] + table([r for r in rows if r["data"] == data]) + [""]
+        name = plot(rows, data, out)
+        if name:
+            plots.append(name)
+            lines += [f"![{name}]({name})", ""]
+    missing = [f"{d} × {m}" for d in sorted(FILES) for m in ORDER
+               if not any(r["data"] == d and r["method"] == m and r["T"] == 1000 and r.get("scores") for r in rows)]
+    if missing:
+        lines += ["Not (yet) scored at T = 1000: " + "; ".join(missing) + ". The table shows the points reached; "
+                  "s/edit is the measured rate.", ""]
+    lines += ["## Commands", "", "```"]
+    lines += [f"python benchmarks/lifelong.py run --data {d} --method base --T 10,100,300,1000" for d in sorted(FILES)]
+    lines += ["# per data and method (edits, timings; --forget-upto 300 for memit, 100 for ft):",
+              "OMP_NUM_THREADS=1 python benchmarks/lifelong.py run --data DATA --method METHOD --T 10,100,300,1000 "
+              "--threads 1 --no-score",
+              "python benchmarks/lifelong.py run --data DATA --method METHOD --score-only --T 10,100,300,1000",
+              "python benchmarks/lifelong.py report", "```", ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    block = summary(rows)
+    for page in pages:
+        replace_between(page, "lifelong", block)
+    print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')} and {len(plots)} plot(s)")
