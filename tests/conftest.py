@@ -14,8 +14,8 @@ FACTS = [
     {"id": "darrieux", "prompt": "Danielle Darrieux speaks", "subject": "Danielle Darrieux", "target_new": "English"},
     {"id": "yasuda", "prompt": "Toko Yasuda plays the", "subject": "Toko Yasuda", "target_new": "violin"},
 ]
-# ft settings that move a random 2-layer model visibly, in few steps
-FAST = ["--set", "lr=0.05", "--set", "norm_constraint=0.05", "--set", "steps=5"]
+# ft, with settings that move a random 2-layer model visibly in few steps (named, not left to the default)
+FAST = ["--method", "ft", "--set", "lr=0.05", "--set", "norm_constraint=0.05", "--set", "steps=5"]
 UNRELATED = ["Autonomous University of Madrid is located in Spain.", "The Space Needle is in Seattle."]
 PROMPTS = [f"{f['prompt']} {f['target_new']}" for f in FACTS]  # the facts with their new targets
 PROBES = ["The Eiffel Tower is in Rome", "Danielle Darrieux speaks English", "Toko Yasuda plays the violin"]

@@ -45,7 +45,7 @@ def test_subject_not_in_prompt_for_a_method_that_needs_it(applied, tmp_path, mon
 
     monkeypatch.setattr(FT, "needs_subject", True)
     fact = dict(FACTS[1], subject="Somebody Else")
-    refused(applied, "apply", write_facts(tmp_path / "s.jsonl", [fact]), says="does not occur")
+    refused(applied, "apply", write_facts(tmp_path / "s.jsonl", [fact]), "--method", "ft", says="does not occur")
 
 
 def test_unknown_method_suggests_the_near_name(applied, tmp_path):
@@ -62,16 +62,17 @@ def test_unknown_method_suggests_the_near_name(applied, tmp_path):
     ("noequals", "expected key=value"),
 ])
 def test_bad_hyperparameters(applied, tmp_path, setting, says):
-    refused(applied, "apply", write_facts(tmp_path / "f.jsonl", FACTS[1:2]), "--set", setting, says=says)
+    refused(applied, "apply", write_facts(tmp_path / "f.jsonl", FACTS[1:2]), "--method", "ft", "--set", setting,
+            says=says)
 
 
 def test_bad_hparams_file_and_batch_size(applied, tmp_path):
     hp = tmp_path / "hp.json"
     hp.write_text("[1, 2]")
     facts = write_facts(tmp_path / "f.jsonl", FACTS[1:2])
-    refused(applied, "apply", facts, "--hparams", hp, says="expected a JSON object")
+    refused(applied, "apply", facts, "--method", "ft", "--hparams", hp, says="expected a JSON object")
     hp.write_text('{"stepz": 3}')
-    refused(applied, "apply", facts, "--hparams", hp, says="did you mean 'steps'")
+    refused(applied, "apply", facts, "--method", "ft", "--hparams", hp, says="did you mean 'steps'")
     refused(applied, "apply", facts, "--batch-size", "0", says="--batch-size must be >= 1")
 
 

@@ -33,7 +33,7 @@ def test_ft_reduces_the_target_loss(memedit, tmp_path, arch):
     model_dir = build_tiny(tmp_path / "model", arch, initializer_range=0.3)
     memedit("init", "--model", model_dir, "--device", "cpu")
     facts = write_facts(tmp_path / "facts.jsonl", FACTS[:1])
-    memedit("apply", facts, "--set", "lr=0.05", "--set", "norm_constraint=0.5", "--set", "steps=20")
+    memedit("apply", facts, "--method", "ft", "--set", "lr=0.05", "--set", "norm_constraint=0.5", "--set", "steps=20")
     info = memedit.json("log")[0]["segments"][0]["info"]
     assert info["loss_last"] < 0.5 * info["loss_first"]
 
