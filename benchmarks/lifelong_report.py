@@ -108,6 +108,7 @@ def summary(rows: list[dict]) -> list[str]:
     return table(pick, ("rel", "gen", "loc", "rel_gen", "gen_gen", "loc_gen"))
 
 
+NOTES = "<!-- notes: written by hand, kept by the report -->"
 CHOICE = ("rel", "gen", "loc", "rel_gen", "gen_gen", "loc_gen")  # what the default method is chosen on
 
 
@@ -173,7 +174,10 @@ def report(work: Path, out: Path, pages: tuple = ()) -> None:
               "--threads 1 --no-score",
               "python benchmarks/lifelong.py run --data DATA --method METHOD --score-only --T 10,100,300,1000",
               "python benchmarks/lifelong.py report", "```", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    page = out.with_suffix(".md")
+    old = page.read_text() if page.exists() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else NOTES + "\n## Notes\n\n(none yet)\n"
+    page.write_text("\n".join(lines) + "\n" + notes)  # the hand-written notes after the marker are kept
     block = summary(rows)
     for page in pages:
         replace_between(page, "lifelong", block)

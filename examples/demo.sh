@@ -16,6 +16,7 @@ m ask "$q2" --max-new-tokens 6
 m apply examples/facts.jsonl
 m ask "$q1" --max-new-tokens 6
 m ask "$q2" --max-new-tokens 6
+m eval examples/facts.jsonl
 m log
 m forget eiffel-rome
 m ask "$q1" --max-new-tokens 6
