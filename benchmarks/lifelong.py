@@ -19,7 +19,10 @@ the repository whose objects are hard links, so the stream goes on untouched).
 A run lives in `--work` (default benchmarks/runs/, ignored by git):
 <data>-<method>/ holds a memedit repository and points.json. Each `apply`
 covers at most `--chunk` facts, so a killed run loses one chunk at most and
-`run` continues from the repository's HEAD. `--score-only` fills in points
+`run` continues from the repository's HEAD. Scoring costs about as much as
+editing at T = 1000 on this machine, so `--score-sample N` scores N of the
+facts seen, evenly spaced over the stream (early and late edits alike; the
+point's counts say how many). `--score-only` fills in points
 whose scores are missing (or all of them with `--rescore`), from the revision
 each point recorded.
 """
@@ -139,6 +142,13 @@ def score_point(repo, rev, facts) -> dict:
     return {"scores": report.scores, "counts": report.counts}
 
 
+def sample(seen: list, n: int | None) -> list:
+    """`n` of the facts seen, evenly spaced over the stream (the first and the last included); all if n is None."""
+    if n is None or n >= len(seen):
+        return seen
+    return [seen[round(i * (len(seen) - 1) / (n - 1))] for i in range(n)]
+
+
 def run(args) -> None:
     if args.facts:
         data, facts = args.facts.stem, load_facts(args.facts)[:max(args.T)]
@@ -163,7 +173,7 @@ def run(args) -> None:
             point = advance(repo, facts, T, args)
         if not args.no_score:
             t0 = time.perf_counter()
-            point.update(score_point(repo, point["rev"], facts[:T]))
+            point.update(score_point(repo, point["rev"], sample(facts[:T], args.score_sample)))
             point["score_s"] = round(time.perf_counter() - t0, 1)
         write_points(d, [p for p in read_points(d) if p["T"] != T] + [point])
         print(f"{data} {args.method} T={T}: {json.dumps(point.get('scores'))}", flush=True)
@@ -208,6 +218,8 @@ def main(argv=None) -> None:
     r.add_argument("--no-score", action="store_true", help="edit and time only; score later with --score-only")
     r.add_argument("--score-only", action="store_true", help="only score points already edited")
     r.add_argument("--rescore", action="store_true", help="with --score-only: score every point again")
+    r.add_argument("--score-sample", type=int, default=None, metavar="N",
+                   help="score N of the facts seen, evenly spaced over the stream (default: all of them)")
     r.add_argument("--threads", type=int, default=None)
     for q in (r, sub.add_parser("report", help="write docs/lifelong.md, .json and one PNG per dataset")):
         q.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "runs")

@@ -39,12 +39,14 @@ def _bytes(n):
 
 def table(rows: list[dict], scores=SCORES) -> list[str]:
     shown = [k for k in scores if any((r.get("scores") or {}).get(k) is not None for r in rows)]
-    head = ["method", "T"] + [LABEL[k] for k in shown] + ["s/edit", "bytes/edit", "ask ms/token (base)", "forget 1st s"]
+    head = (["method", "T", "scored"] + [LABEL[k] for k in shown]
+            + ["s/edit", "bytes/edit", "ask ms/token (base)", "forget 1st s"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         s = r.get("scores") or {}
         ask = "—" if "ask_ms" not in r else f"{r['ask_ms']:.0f} ({r['base_ask_ms']:.0f})"
-        cells = [r["method"], str(r["T"])] + [_f(s.get(k)) for k in shown] + [
+        scored = str((r.get("counts") or {}).get("rel", "—"))
+        cells = [r["method"], str(r["T"]), scored] + [_f(s.get(k)) for k in shown] + [
             _f(r.get("edit_s_per_edit")), _bytes(r.get("bytes_per_edit")), ask, _f(r.get("forget_first_s"), 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -136,9 +138,11 @@ def report(work: Path, out: Path, pages: tuple = ()) -> None:
              "`python benchmarks/lifelong.py run --data DATA --method METHOD` (see the Commands section). "
              "Protocol: the default model (SmolLM2-135M-Instruct), float32, CPU (2 cores, 1 thread per run, two runs "
              "at a time), each method at its defaults; a stream of facts in the method's natural unit (WISE, Larimar "
-             "and ft one fact per edit, MEMIT batches of 100), scored at T = 10, 100, 300, 1000 on every fact "
-             "applied so far by `memedit eval`'s scorer ([metrics](metrics.md)). `base` is the unedited model on the "
-             "same facts (the dashed line in the plots).", "",
+             "and ft one fact per edit, MEMIT batches of 100), scored at T = 10, 100, 300, 1000 on the facts "
+             "applied so far by `memedit eval`'s scorer ([metrics](metrics.md)): all of them up to T = 300, and at "
+             "T = 1000 an even sample of 300 over the whole stream (`--score-sample 300`: scoring 1,000 facts costs "
+             "about half an hour per point here; the `scored` column says how many). `base` is the unedited model "
+             "on the same facts (the dashed line in the plots).", "",
              "- **s/edit**: compute seconds per fact so far, as `apply` records them (model loading excluded).",
              "- **bytes/edit**: the repository's objects and log divided by T.",
              "- **ask ms/token**: 16 greedy tokens on the first fact's prompt, best of 3, the state against the "
@@ -168,11 +172,13 @@ def report(work: Path, out: Path, pages: tuple = ()) -> None:
         lines += ["Not (yet) scored at T = 1000: " + "; ".join(missing) + ". The table shows the points reached; "
                   "s/edit is the measured rate.", ""]
     lines += ["## Commands", "", "```"]
-    lines += [f"python benchmarks/lifelong.py run --data {d} --method base --T 10,100,300,1000" for d in sorted(FILES)]
-    lines += ["# per data and method (edits, timings; --forget-upto 300 for memit, 100 for ft):",
+    lines += [f"python benchmarks/lifelong.py run --data {d} --method base --T 10,100,300,1000 --score-sample 300"
+              for d in sorted(FILES)]
+    lines += ["# per data and method: edits and timings (--forget-upto 300 for memit, 10 for ft), then scores",
               "OMP_NUM_THREADS=1 python benchmarks/lifelong.py run --data DATA --method METHOD --T 10,100,300,1000 "
-              "--threads 1 --no-score",
-              "python benchmarks/lifelong.py run --data DATA --method METHOD --score-only --T 10,100,300,1000",
+              "--threads 1 --no-score --forget-upto 1000",
+              "python benchmarks/lifelong.py run --data DATA --method METHOD --score-only --T 10,100,300,1000 "
+              "--score-sample 300",
               "python benchmarks/lifelong.py report", "```", ""]
     page = out.with_suffix(".md")
     old = page.read_text() if page.exists() else ""
