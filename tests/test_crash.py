@@ -27,7 +27,7 @@ def start(tmp_path_factory, tiny_models):
     work.mkdir()
     env = _env(root)
     _memedit(work, env, "init", "--model", tiny_models["llama"], "--device", "cpu")
-    _memedit(work, env, "apply", write_facts(root / "a.jsonl", FACTS[:1]), "--method", "ft", *FAST)
+    _memedit(work, env, "apply", write_facts(root / "a.jsonl", FACTS[:1]), *FAST)
     write_facts(root / "b.jsonl", FACTS[1:2])
     return root, work, env
 
@@ -80,7 +80,7 @@ def _check(work, before: dict, after: dict, out=None) -> str:
 
 
 COMMANDS = {  # (the module's folder, this test's folder) -> arguments
-    "apply": lambda root, tmp: ["apply", root / "b.jsonl", "--method", "ft", *FAST],
+    "apply": lambda root, tmp: ["apply", root / "b.jsonl", *FAST],
     "forget": lambda root, tmp: ["forget", "eiffel"],
     "checkout": lambda root, tmp: ["checkout", "base"],
     "export": lambda root, tmp: ["export", "--merged", tmp / "OUT"],

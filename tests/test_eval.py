@@ -48,7 +48,7 @@ def test_base_state_has_locality_one_and_reliability_of_a_single_pass(repo, tmp_
 
 def test_after_an_edit_the_read_first_scores_equal_a_single_pass(repo, tmp_path):
     facts = write_facts(tmp_path / "f.jsonl", LOCAL)
-    repo("apply", facts, "--method", "ft", *FAST)
+    repo("apply", facts, *FAST)
     report = repo.json("eval", facts)
     model, tok = repo.state()
     for key, prompt in (("rel", "prompt"), ("gen", "rephrase_prompt")):

@@ -190,8 +190,8 @@ def test_live_records_validate(tmp_path, monkeypatch, arch):
     facts = tmp_path / "facts.jsonl"
     shutil.copyfile(GOLDEN / "facts.jsonl", facts)
     run("-q", "-C", str(work), "init", "--model", str(model))
-    run("-q", "-C", str(work), "apply", str(facts), "--method", "ft", "--batch-size", "1", "--set", "steps=2", "--set", "lr=0.05",
-        "--set", "norm_constraint=0.05")
+    run("-q", "-C", str(work), "apply", str(facts), "--method", "ft", "--batch-size", "1", "--set", "steps=2",
+        "--set", "lr=0.05", "--set", "norm_constraint=0.05")
     run("-q", "-C", str(work), "forget", "eiffel")
     recs = Repo(work / ".memedit").records
     assert [r["op"] for r in recs] == ["apply", "forget"]

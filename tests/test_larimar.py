@@ -166,7 +166,7 @@ def test_other_methods_edit_the_wrapped_decoder(repo, tmp_path):
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model",
          "--set", "threshold=-1")
     only_larimar, tok = repo.state()
-    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--method", "ft", *FAST)
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), *FAST)
     model, _ = repo.state()
     assert type(decoder(model)).__name__ == "LarimarDecoder"
     a, read_a = one(only_larimar, tok, EDITED[1])
