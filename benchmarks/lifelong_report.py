@@ -174,7 +174,7 @@ def report(work: Path, out: Path, pages: tuple = ()) -> None:
     lines += ["## Commands", "", "```"]
     lines += [f"python benchmarks/lifelong.py run --data {d} --method base --T 10,100,300,1000 --score-sample 300"
               for d in sorted(FILES)]
-    lines += ["# per data and method: edits and timings (--forget-upto 300 for memit, 10 for ft), then scores",
+    lines += ["# per data and method: edits and timings (--forget-upto 100 for memit, 10 for ft), then scores",
               "OMP_NUM_THREADS=1 python benchmarks/lifelong.py run --data DATA --method METHOD --T 10,100,300,1000 "
               "--threads 1 --no-score --forget-upto 1000",
               "python benchmarks/lifelong.py run --data DATA --method METHOD --score-only --T 10,100,300,1000 "

@@ -6,7 +6,7 @@ It builds a tiny random LLaMA (hidden 16, 2 layers; tests/tiny.py) with a tiny
 byte-level BPE tokenizer in a temporary folder, then runs
 
     memedit -C DIR init --model TINY
-    memedit -C DIR apply facts.jsonl --batch-size 1 --set norm_constraint=0.05 --set lr=0.05 --set steps=5
+    memedit -C DIR apply facts.jsonl --method ft --batch-size 1 --set norm_constraint=0.05 --set lr=0.05 --set steps=5
     memedit -C DIR forget eiffel
 
 on the CPU and copies DIR/.memedit (without `lock`) to formats/golden/dot-memedit/
@@ -62,7 +62,7 @@ def main() -> None:
         # run in tmp and name the facts file relatively: the apply record's `source` is the
         # path as given on the command line, and it is covered by the record id
         memedit(tmp, "-C", str(work), "init", "--model", str(model))
-        memedit(tmp, "-C", str(work), "apply", facts.name, "--batch-size", "1",
+        memedit(tmp, "-C", str(work), "apply", facts.name, "--method", "ft", "--batch-size", "1",
                 "--set", "norm_constraint=0.05", "--set", "lr=0.05", "--set", "steps=5")
         memedit(tmp, "-C", str(work), "forget", "eiffel")
         memedit(tmp, "-C", str(work), "fsck")

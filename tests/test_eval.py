@@ -177,3 +177,26 @@ def test_an_edit_that_rewrites_its_subject_lowers_spec(repo, tmp_path):
     assert report["scores"]["spec"] < 1.0
     result = repo("eval", path, "--fail-under", "spec=1.0", ok=False)
     assert result.exit_code == 1 and "spec" in result.stderr
+
+
+def test_generation_scores_read_a_wise_state_as_ask_does(memedit, wise_models, tmp_path):
+    # A wrapper method's routes are chosen by the prompt: the batched free-running loop that
+    # rel_gen reads must give, for each prompt, what `ask` (lm/generate.greedy) answers alone.
+    from memedit_cli import methods
+    from memedit_cli.lm.generate import greedy
+    from memedit_cli.lm.score import greedy_tokens
+    from memedit_cli.store.repo import Repo
+
+    memedit("init", "--model", wise_models["llama"], "--device", "cpu")
+    memedit("apply", write_facts(tmp_path / "f.jsonl"), "--method", "wise", "--set", "n_iter=10")
+    model, tok = memedit.state()
+    segments = Repo.open(memedit.dir).segments_at(Repo.open(memedit.dir).head())
+
+    def reset():
+        methods.reset(model, segments)
+
+    prompts = [f["prompt"] for f in FACTS] + ["The Space Needle is in"]
+    batched = greedy_tokens(model, tok, prompts, [4] * len(prompts), reset=reset)
+    for prompt, ids in zip(prompts, batched):
+        alone = greedy(model, tok, prompt, 4, reset)
+        assert tok.decode(ids) == alone[:len(tok.decode(ids))] and (len(ids) == 4 or tok.decode(ids) == alone)

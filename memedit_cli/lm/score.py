@@ -42,12 +42,25 @@ def predict(model, tok, prompts: list[str], conts: list[torch.Tensor], batch: in
     from memedit_cli.lm.models import input_device
 
     device = input_device(model)
-    out: list[torch.Tensor] = []
+    # Rows of one batch have prompts of the same token length: no padding, so a wrapper that
+    # routes on every position of a row (WISE: the mean or max over positions) sees what it
+    # sees when the prompt is asked alone, as `ask` does.
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=True)["input_ids"]] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    batches = []
+    for i in order:
+        if batches and len(batches[-1]) < batch and lengths[batches[-1][0]] == lengths[i]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    out: list = [None] * len(prompts)
     side = tok.padding_side
     tok.padding_side = "left"  # every row's last prompt token in the last column
     try:
-        for i in bar(range(0, len(prompts), batch), desc=desc, unit="batch"):
-            out += _predict_batch(model, tok, prompts[i:i + batch], conts[i:i + batch], device, reset, free)
+        for rows in bar(batches, desc=desc, unit="batch"):
+            got = _predict_batch(model, tok, [prompts[i] for i in rows], [conts[i] for i in rows], device, reset, free)
+            for i, p in zip(rows, got):
+                out[i] = p
     finally:
         tok.padding_side = side
     return out
