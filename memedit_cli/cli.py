@@ -18,6 +18,7 @@ import time
 import click
 
 from memedit_cli import __version__
+from memedit_cli import methods as methods_registry
 from memedit_cli.errors import EXIT_DAMAGED, MemeditError
 from memedit_cli.store.repo import Repo
 
@@ -54,7 +55,7 @@ def cli(ctx, directory, quiet):
 
     \b
       memedit init                       # the default model, SmolLM2-135M-Instruct
-      memedit apply facts.jsonl --method ft
+      memedit apply facts.jsonl --method wise
       memedit forget 3f9a1c
       memedit checkout HEAD~1
       memedit export --merged ./out
@@ -89,7 +90,9 @@ def init(ctx, model, dtype, device, trust_remote_code):
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--method", default="ft", show_default=True, help="Edit method (see `memedit methods`).")
+@click.option("--method", default=methods_registry.DEFAULT, show_default=True,
+              help="Edit method (see `memedit methods`). The default is the best of the lifelong benchmark "
+                   "at T = 100 (docs/lifelong.md); `ft` is the fine-tuning baseline.")
 @click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False), help="JSON object of hyperparameters.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one hyperparameter (repeatable).")
 @click.option("--batch-size", type=int, help="Facts per edit batch (default: all in one batch).")

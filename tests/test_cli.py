@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import FACTS, FAST, write_facts
 
@@ -91,3 +93,24 @@ def test_hparams_round_trip_and_set_parsing():
     data = hparams.to_json(hp)
     assert list(data) == sorted(data)
     assert hparams.from_json(FTHparams, data) == hp
+
+
+def test_the_default_method_is_the_one_the_lifelong_benchmark_ranks_first():
+    # memedit_cli.methods.DEFAULT is chosen from docs/lifelong.json (benchmarks/lifelong_report.py ranks)
+    from memedit_cli import methods
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from lifelong_report import ranking
+
+    points = json.loads((root / "docs" / "lifelong.json").read_text())["points"]
+    ranked = ranking(points)
+    assert {m for m, _ in ranked} == set(methods.names())  # every method measured at T = 100 on both datasets
+    assert ranked[0][0] == methods.DEFAULT
+
+
+def test_apply_without_method_uses_the_default(repo, tmp_path):
+    from memedit_cli import methods
+
+    rev = repo.json("apply", write_facts(tmp_path / "f.jsonl", FACTS[:1]))["revision"]
+    assert repo.json("show", rev)["method"] == methods.DEFAULT

@@ -18,6 +18,12 @@ REGISTRY = {
 }
 
 
+# `memedit apply`'s default --method: the best mean of Rel, Gen, Loc and their generation-based
+# scores at T = 100 over CounterFact and ZsRE in the lifelong benchmark (docs/lifelong.md, "The
+# default method"; tests/test_cli.py checks this against docs/lifelong.json).
+DEFAULT = "wise"
+
+
 def names() -> list[str]:
     return sorted(REGISTRY)
 
