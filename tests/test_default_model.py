@@ -33,7 +33,8 @@ def test_default_model_end_to_end(memedit, tmp_path):
     memedit("export", "--merged", out)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    # the default method (wise) ships its side memory in the exported modeling file
+    exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert torch.equal(logits(exported, AutoTokenizer.from_pretrained(out), PROBE), edited)
 
     memedit("forget", "eiffel-rome")
