@@ -126,19 +126,9 @@ def forget_first(d: Path, fact_id: str) -> float:
 
 
 def score_point(repo, rev, facts) -> dict:
-    from memedit_cli import methods
-    from memedit_cli.commands.evaluate import score
-    from memedit_cli.lm import models
-    from memedit_cli.replay import attach_segment
+    from memedit_cli.commands.evaluate import evaluate
 
-    segments = repo.segments_at(rev)
-    model, tok = models.load(repo.config)
-
-    def edit():
-        for seg in segments:
-            attach_segment(repo, model, seg, tok)
-
-    report = score(model, tok, facts, edit, lambda: methods.reset(model, segments), rev or "base")
+    report = evaluate(repo, facts, rev=rev)
     return {"scores": report.scores, "counts": report.counts}
 
 

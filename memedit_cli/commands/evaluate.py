@@ -35,8 +35,11 @@ class Report:
                 "counts": self.counts, "probes": self.probes, "per_fact": self.per_fact}
 
 
-def evaluate(repo, facts, limit: int | None = None) -> Report:
-    """Rel/Gen/Loc (and exact match) of the state at HEAD on `facts`."""
+HEAD = object()  # `evaluate`'s default revision: whatever HEAD is
+
+
+def evaluate(repo, facts, limit: int | None = None, rev=HEAD) -> Report:
+    """Every score of the state at `rev` (a record id, None for the base model; default HEAD) on `facts`."""
     from memedit_cli.lm import models
     from memedit_cli.replay import attach_segment
 
@@ -44,7 +47,7 @@ def evaluate(repo, facts, limit: int | None = None) -> Report:
         if limit < 1:
             raise UserError(f"--limit must be >= 1, got {limit}")
         facts = facts[:limit]
-    head = repo.head()
+    head = repo.head() if rev is HEAD else rev
     segments = repo.segments_at(head)
     model, tok = models.load(repo.config)
 
@@ -69,26 +72,27 @@ def score(model, tok, facts, edit, reset=None, revision: str = "") -> Report:
     gen = [(i, q, f.target_new) for i, f in enumerate(facts) for q in f.rephrase_prompts]
     loc, spec, port = ([(i, p.prompt, p.answer) for i, f in enumerate(facts) for p in getattr(f, key)]
                        for key in ("locality", "subject_locality", "portability"))
-    base_loc = _teacher_forced(model, tok, loc, "base locality", None)
-    base_spec = _teacher_forced(model, tok, spec, "base same-subject", None)
-    base_loc_ans = _generated(model, tok, loc, "base locality, generated", None)
+    # each kind's answer tokens (` answer` as it follows the prompt), tokenized once
+    ids = {k: continuation_tokens(tok, [a for _, _, a in v])
+           for k, v in (("rel", rel), ("gen", gen), ("loc", loc), ("spec", spec), ("port", port))}
+    base_loc = _teacher_forced(model, tok, loc, ids["loc"], "base locality", None)
+    base_spec = _teacher_forced(model, tok, spec, ids["spec"], "base same-subject", None)
+    base_loc_ans = _generated(model, tok, loc, ids["loc"], "base locality, generated", None)
     edit()
-    rel_p = _teacher_forced(model, tok, rel, "reliability", reset)
-    gen_p = _teacher_forced(model, tok, gen, "generalization", reset)
     per_probe = {
-        "rel": token_scores(rel_p, _targets(tok, rel)),
-        "gen": token_scores(gen_p, _targets(tok, gen)),
-        "loc": agreement(_teacher_forced(model, tok, loc, "locality", reset), base_loc),
-        "spec": agreement(_teacher_forced(model, tok, spec, "same-subject", reset), base_spec),
-        "port": token_scores(_teacher_forced(model, tok, port, "portability", reset), _targets(tok, port)),
+        "rel": token_scores(_teacher_forced(model, tok, rel, ids["rel"], "reliability", reset), ids["rel"]),
+        "gen": token_scores(_teacher_forced(model, tok, gen, ids["gen"], "generalization", reset), ids["gen"]),
+        "loc": agreement(_teacher_forced(model, tok, loc, ids["loc"], "locality", reset), base_loc),
+        "spec": agreement(_teacher_forced(model, tok, spec, ids["spec"], "same-subject", reset), base_spec),
+        "port": token_scores(_teacher_forced(model, tok, port, ids["port"], "portability", reset), ids["port"]),
     }
     per_probe["rel_em"] = [float(x == 1.0) for x in per_probe["rel"]]
     per_probe["gen_em"] = [float(x == 1.0) for x in per_probe["gen"]]
-    rel_ans = [tok.decode(a) for a in _generated(model, tok, rel, "reliability, generated", reset)]
-    gen_ans = [tok.decode(a) for a in _generated(model, tok, gen, "generalization, generated", reset)]
+    rel_ans = [tok.decode(a) for a in _generated(model, tok, rel, ids["rel"], "reliability, generated", reset)]
+    gen_ans = [tok.decode(a) for a in _generated(model, tok, gen, ids["gen"], "generalization, generated", reset)]
     per_probe["rel_gen"] = [float(contains(a, t)) for a, (_, _, t) in zip(rel_ans, rel)]
     per_probe["gen_gen"] = [float(contains(a, t)) for a, (_, _, t) in zip(gen_ans, gen)]
-    loc_ans = _generated(model, tok, loc, "locality, generated", reset)
+    loc_ans = _generated(model, tok, loc, ids["loc"], "locality, generated", reset)
     per_probe["loc_gen"] = [float(a == b) for a, b in zip(loc_ans, base_loc_ans)]
     probes_of = {"rel": rel, "rel_em": rel, "rel_gen": rel, "gen": gen, "gen_em": gen, "gen_gen": gen,
                  "loc": loc, "loc_gen": loc, "spec": spec, "port": port}
@@ -109,22 +113,18 @@ def score(model, tok, facts, edit, reset=None, revision: str = "") -> Report:
     return Report(revision, per, scores, counts, probes)
 
 
-def _targets(tok, probes):
-    return continuation_tokens(tok, [a for _, _, a in probes])
-
-
-def _teacher_forced(model, tok, probes, what: str, reset):
-    """Argmax predictions for each probe's answer tokens, teacher-forced (lm/score.py)."""
+def _teacher_forced(model, tok, probes, answers, what: str, reset):
+    """Argmax predictions for each probe's answer tokens `answers`, teacher-forced (lm/score.py)."""
     if not probes:
         return []
-    return predict(model, tok, [q for _, q, _ in probes], _targets(tok, probes), desc=f"eval: {what}", reset=reset)
+    return predict(model, tok, [q for _, q, _ in probes], answers, desc=f"eval: {what}", reset=reset)
 
 
-def _generated(model, tok, probes, what: str, reset):
-    """Greedy answers (token ids) of up to the reference answer's length + EXTRA_TOKENS."""
+def _generated(model, tok, probes, answers, what: str, reset):
+    """Greedy answers (token ids) of up to each reference answer's length + EXTRA_TOKENS."""
     if not probes:
         return []
-    lengths = [len(t) + EXTRA_TOKENS for t in _targets(tok, probes)]
+    lengths = [len(t) + EXTRA_TOKENS for t in answers]
     return greedy_tokens(model, tok, [q for _, q, _ in probes], lengths, desc=f"eval: {what}", reset=reset)
 
 
