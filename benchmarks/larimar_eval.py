@@ -39,7 +39,7 @@ from memedit_cli.lm import models
 from memedit_cli.methods.larimar.encoder import MINILM_INSTALL, minilm, minilm_dir
 from memedit_cli.methods.larimar.memory import EpisodicMemory
 from memedit_cli.methods.larimar.modeling_memedit_larimar import nearest
-from memedit_cli.replay import attach_segment
+from memedit_cli.replay import attach_all
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -138,8 +138,7 @@ def quality(args):
         with common.restored(model):  # the threshold only changes reading: the same segments, read under it
 
             def edit():
-                for seg in segments:
-                    attach_segment(repo, model, seg, tok)
+                attach_all(repo, model, segments, tok)
                 getattr(model, model.base_model_prefix).settings["threshold"] = threshold
 
             s = score(model, tok, facts, edit, reset).scores

@@ -50,13 +50,19 @@ def attach_segment(repo, model, seg: dict, tok) -> None:
     method.attach(model, load_segment_tensors(repo, seg), hp, tok)
 
 
+def attach_all(repo, model, segments: list[dict], tok) -> None:
+    """Attach `segments` in order, then let them take effect (once: see `Method.settle`)."""
+    for seg in segments:
+        attach_segment(repo, model, seg, tok)
+    methods.settle(model, segments)
+
+
 def materialize(repo, segments: list[dict]):
     """(model, tokenizer) = base weights + `segments` attached in order."""
     from memedit_cli.lm import models
 
     model, tok = models.load(repo.config)
-    for seg in segments:
-        attach_segment(repo, model, seg, tok)
+    attach_all(repo, model, segments, tok)
     return model, tok
 
 
@@ -90,11 +96,18 @@ class Build:
         self.repo = repo
         self.model, self.tok = materialize(repo, segments)
         self.env = method_env(repo, self.model, self.tok, segments)
+        self._unsettled: list[dict] = []  # attached by `keep`, not yet settled (settled before the model runs)
 
     def keep(self, seg: dict) -> None:
         """Attach a stored segment as it is."""
         attach_segment(self.repo, self.model, seg, self.tok)
         self.env = self.env.after(seg)
+        self._unsettled.append(seg)
+
+    def settle(self) -> None:
+        """Let the segments kept since the last call take effect (once for a run of kept segments)."""
+        methods.settle(self.model, self._unsettled)
+        self._unsettled = []
 
     def compute(self, method, hp, facts: list[Fact], seed: int, reuse: dict | None = None) -> dict:
         """Compute one batch's tensors on the current model, store them, attach them; returns the segment.
@@ -102,6 +115,7 @@ class Build:
         What is attached is what was stored (re-read from the object store), so the
         model in hand equals what `materialize` later rebuilds from the log.
         """
+        self.settle()
         t0 = time.perf_counter()
         try:
             tensors, info = method.compute(self.model, self.tok, facts, hp, seed, self.env, reuse)

@@ -45,6 +45,20 @@ def test_sequential_writes_give_the_batch_ridge_solution():
     assert torch.allclose(mem.M, batch, atol=1e-10)
 
 
+def test_the_memory_solved_at_once_equals_the_sequential_writes():
+    # materialize solves M from all episodes in C dimensions; the paper's rule writes them one by one
+    Z = episodes(40)
+    mem = EpisodicMemory(K=16, C=24, ridge=0.5, seed=2)
+    for row in Z:
+        mem.write(row[None])
+    once = EpisodicMemory.of(Z, K=16, ridge=0.5, seed=2)
+    assert torch.allclose(once.M, mem.M, atol=1e-9) and torch.allclose(once.cov, mem.cov, atol=1e-9)
+    assert not torch.allclose(EpisodicMemory.of(Z[:-1], K=16, ridge=0.5, seed=2).M, mem.M, atol=1e-6)
+    once.forget(Z[5:6])  # the sequential rule goes on from it
+    fresh = EpisodicMemory.of(torch.cat([Z[:5], Z[6:]]), K=16, ridge=0.5, seed=2)
+    assert torch.allclose(once.M, fresh.M, atol=1e-8)
+
+
 def test_written_episodes_read_back_and_others_do_not():
     Z = episodes(6)
     mem = EpisodicMemory(K=16, C=24, ridge=1e-6)  # fewer episodes than slots: near exact recall

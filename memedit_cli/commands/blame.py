@@ -25,14 +25,13 @@ def blame(repo, prompt: str, limit: int = 10, max_new_tokens: int = 8) -> dict:
 
     from memedit_cli.lm import models
     from memedit_cli.lm.generate import greedy
-    from memedit_cli.replay import attach_segment
+    from memedit_cli.replay import attach_all
 
     head = repo.head()
     segments = repo.segments_at(head)
     facts = repo.facts_at(head)
     model, tok = models.load(repo.config)
-    for seg in segments:
-        attach_segment(repo, model, seg, tok)
+    attach_all(repo, model, segments, tok)
 
     def reset():
         methods.reset(model, segments)
@@ -57,8 +56,7 @@ def blame(repo, prompt: str, limit: int = 10, max_new_tokens: int = 8) -> dict:
     for i in order[:limit]:
         without = copy.deepcopy(base)
         kept = [seg for j, seg in enumerate(segments) if j != i]
-        for seg in kept:
-            attach_segment(repo, without, seg, tok)
+        attach_all(repo, without, kept, tok)
         other = greedy(without, tok, prompt, max_new_tokens, lambda: methods.reset(without, kept))
         tried += 1
         if other != answer:

@@ -41,7 +41,7 @@ HEAD = object()  # `evaluate`'s default revision: whatever HEAD is
 def evaluate(repo, facts, limit: int | None = None, rev=HEAD) -> Report:
     """Every score of the state at `rev` (a record id, None for the base model; default HEAD) on `facts`."""
     from memedit_cli.lm import models
-    from memedit_cli.replay import attach_segment
+    from memedit_cli.replay import attach_all
 
     if limit is not None:
         if limit < 1:
@@ -52,8 +52,7 @@ def evaluate(repo, facts, limit: int | None = None, rev=HEAD) -> Report:
     model, tok = models.load(repo.config)
 
     def edit():  # the segments attached to the same model (no second copy in memory)
-        for seg in segments:
-            attach_segment(repo, model, seg, tok)
+        attach_all(repo, model, segments, tok)
 
     return score(model, tok, facts, edit, lambda: methods.reset(model, segments), head or "base")
 

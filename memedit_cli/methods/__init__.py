@@ -46,3 +46,9 @@ def reset(model, segments: list[dict]) -> None:
     """A new sequence starts: every method attached to `model` drops its per-sequence state."""
     for method in of(segments):
         method.reset(model)
+
+
+def settle(model, segments: list[dict]) -> None:
+    """The methods of `segments`, just attached to `model`, build what depends on all their segments."""
+    for method in of(segments):
+        method.settle(model)

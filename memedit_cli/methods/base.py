@@ -30,6 +30,12 @@ The repository owns history, storage and replay; a method only turns
   attaching segments to fresh base weights, never by subtracting. `tok` is
   the model's tokenizer, for wrappers that read text at run time (Larimar's
   scope detector); weight methods ignore it.
+- `settle(model)`: the segments attached since the last call take effect.
+  Replay calls it once after attaching a run of segments and before the
+  model runs, so a method whose attachment is a function of all its segments
+  (WISE's merged side memories, Larimar's memory) builds it once per state,
+  not once per segment: materializing N segments is O(N), not O(N²).
+  Default: nothing (a weight delta takes effect when it is added).
 - `batch_limit(hp)`: the most facts one segment may hold (apply cuts bigger
   batches); None for no limit.
 - forget: the repository drops the forgotten facts from their segment and
@@ -115,6 +121,9 @@ class Method:
 
     def attach(self, model, tensors: dict, hp, tok=None) -> None:
         raise NotImplementedError
+
+    def settle(self, model) -> None:
+        """The segments attached since the last call take effect; by default they already have."""
 
     def reset(self, model) -> None:
         """A new sequence starts; by default a method keeps no state between calls."""

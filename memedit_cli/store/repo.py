@@ -196,7 +196,7 @@ class Repo:
         segs: list[dict] = []
         for rec in self.chain(rid):
             if rec["op"] == "apply":
-                segs = segs + rec["segments"]
+                segs.extend(rec["segments"])  # in place: a copy per record would be O(N²) at N records
             else:  # forget: keep the untouched prefix, then the segments it rebuilt
                 segs = segs[: rec["keep"]] + rec["rebuilt"]
         return segs

@@ -6,9 +6,11 @@
 - `attach` wraps the model's decoder in a `LarimarDecoder` (the decoder
   itself is kept as `base`, its weights untouched) and writes the segment's
   encodings into the memory M with the paper's sequential rule (α = +1,
-  memory.py). M and its covariance are a function of the stored encodings,
-  so they are rebuilt when a state is materialized, like every other
-  method's attachment; past K episodes the memory is rebuilt twice as large.
+  memory.py); `settle` solves M once from all attached episodes (the same
+  least-squares memory the sequential writes reach, `EpisodicMemory.of`).
+  M is a function of the stored encodings, so it is rebuilt when a state is
+  materialized, like every other method's attachment; past K episodes the
+  memory is rebuilt twice as large.
 - Segments do not depend on each other (`independent = True`): forgetting a
   fact takes its row out of its segment (the kept rows are reused, nothing
   is encoded again) and keeps every other segment as it is. The memory that
@@ -122,9 +124,6 @@ class Larimar(Method):
         return tensors, {"encoder": describe(hp.encoder, hp.encoder_layer), "episodes": len(facts)}
 
     def attach(self, model, tensors, hp: LarimarHparams, tok=None) -> None:
-        import torch
-
-        from memedit_cli.methods.larimar.memory import EpisodicMemory
         from memedit_cli.methods.larimar.modeling_memedit_larimar import wrap
 
         if tok is None:
@@ -132,21 +131,29 @@ class Larimar(Method):
         decoder = wrap(model, settings(hp))
         parts = decoder._runtime.setdefault("segments", [])  # (Z, context ids, offsets) per attached segment
         parts.append((tensors["episodes"].double(), tensors["context_ids"], tensors["context_offsets"]))
-        n = sum(len(p[0]) for p in parts)
-        K = hp.memory_size if n <= hp.memory_size else 2 ** math.ceil(math.log2(n))
-        memory = decoder._runtime.get("memory")
-        if memory is None or memory.K != K:  # new, or grown: write every segment into a memory of size K
-            memory = EpisodicMemory(K, parts[0][0].shape[1], hp.ridge, hp.memory_seed)
-            for Z, _, _ in parts:
-                memory.write(Z)
-        else:
-            memory.write(parts[-1][0])
-        decoder._runtime["memory"] = memory
+        decoder._runtime["unsettled"] = (hp, tok, tensors)
+
+    def settle(self, model) -> None:
+        """The decoder reads all attached segments' episodes: concatenated once, not once per segment."""
+        import torch
+
+        from memedit_cli.methods.larimar.memory import EpisodicMemory
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import LarimarDecoder
+
+        decoder = getattr(model, model.base_model_prefix)
+        if not isinstance(decoder, LarimarDecoder) or decoder._runtime.get("unsettled") is None:
+            return
+        hp, tok, tensors = decoder._runtime.pop("unsettled")
+        parts = decoder._runtime["segments"]
+        Z = torch.cat([p[0] for p in parts])  # (n, C) float64, every episode in attach order
+        n = len(Z)
+        K = hp.memory_size if n <= hp.memory_size else 2 ** math.ceil(math.log2(n))  # past K, twice as large
+        memory = decoder._runtime["memory"] = EpisodicMemory.of(Z, K, hp.ridge, hp.memory_seed)
         ends = torch.tensor([0] + [int(p[2][-1]) for p in parts]).cumsum(0)
-        decoder.set_memory(torch.cat([p[0] for p in parts]).float(), memory.M,
+        decoder.set_memory(Z.float(), memory.M,
                            torch.cat([p[1] for p in parts]),
                            torch.cat([torch.zeros(1, dtype=torch.int64)] + [p[2][1:] + e for p, e in zip(parts, ends)]))
-        if hp.mode == "prefix":
+        if hp.mode == "prefix":  # every segment carries the same adapter (resolve sees to it)
             from memedit_cli.lm.models import input_device
             from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter
 

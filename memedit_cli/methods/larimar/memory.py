@@ -45,7 +45,34 @@ class EpisodicMemory:
         self.K, self.C, self.ridge, self.seed = K, C, float(ridge), seed
         self.ref_pinv = torch.linalg.pinv(reference_memory(K, C, seed))  # (C, K)
         self.M = torch.zeros(K, C, dtype=torch.float64)
-        self.cov = self.ridge * torch.eye(K, dtype=torch.float64)
+        self._cov = None  # (K, K), made when first needed: `of` does not need it
+        self._gram = torch.zeros(C, C, dtype=torch.float64)  # Σ ZᵢᵀZᵢ while _cov is None
+
+    @classmethod
+    def of(cls, Z: torch.Tensor, K: int, ridge: float = 1.0, seed: int = 0) -> "EpisodicMemory":
+        """The memory holding episodes Z (n, C): the same least-squares M that writing them gives, solved
+        in the C-dimensional space (O(nC² + KC²), no K × K system), as a state is materialized.
+
+        With P = M_ref⁺ (C, K) and G = ZᵀZ, W = ZP and Cov = λI + PᵀGP, so by the push-through
+        identity M = Cov⁻¹WᵀZ = Cov⁻¹PᵀG = Pᵀ(λI + GPPᵀ)⁻¹G.
+        """
+        mem = cls(K, Z.shape[1] if Z.dim() == 2 else 0, ridge, seed)
+        Z = mem._check(Z)
+        G = Z.T @ Z  # (C, C)
+        P = mem.ref_pinv
+        M = P.T @ torch.linalg.solve(mem.ridge * torch.eye(mem.C, dtype=torch.float64) + G @ (P @ P.T), G)
+        if not torch.isfinite(M).all():
+            raise ValueError("the memory is not finite")
+        mem.M, mem._gram = M, G
+        return mem
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """(K, K) Cov = λI + Σ WᵢᵀWᵢ."""
+        if self._cov is None:
+            P = self.ref_pinv
+            self._cov = self.ridge * torch.eye(self.K, dtype=torch.float64) + P.T @ self._gram @ P
+        return self._cov
 
     def address(self, Z: torch.Tensor) -> torch.Tensor:
         """(n, K) addressing weights W = Z M_ref⁺ of episodes Z (n, C)."""
@@ -73,7 +100,7 @@ class EpisodicMemory:
         M = self.M + alpha * torch.linalg.solve(cov, W.T @ (Z - W @ self.M))
         if not (torch.isfinite(cov).all() and torch.isfinite(M).all()):
             raise ValueError("the memory update is not finite; nothing was changed")
-        self.cov, self.M = cov, M
+        self._cov, self.M = cov, M
 
     def _check(self, Z) -> torch.Tensor:
         Z = torch.as_tensor(Z).to(torch.float64).cpu()

@@ -45,6 +45,7 @@ class WISELayer(modeling.WISELayer):
         self.nnz: list[int] = []  # per memory: -1 stored dense (memory_i), else its nonzeros (memory_i_index/_values)
         self.edits: list[int] = []  # edits per memory
         self.bypass = False  # True while editing: the main memory only
+        self.unsettled = None  # the hparams of the last shard attached since the memories were rebuilt
 
     def rebuild(self, hp) -> None:
         """Side memories from the shards: merge, one TIES merge of all; retrieve, one per `merge_freq` edits."""

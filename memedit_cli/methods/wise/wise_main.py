@@ -9,8 +9,8 @@
 - Stored per shard: D's values inside the mask (float32, the mask's nnz
   entries), the mask as packed bits, and each edit's routing score; with
   `router=keys` also each edit's key and key threshold (router.py).
-- `attach` adds the shard to the layer's `WISELayer` and rebuilds the side
-  memories from all shards: merge, one memory, the TIES merge of every shard;
+- `attach` adds the shard to the layer's `WISELayer`; `settle` (once per
+  materialize) rebuilds the side memories from all shards: merge, one memory, the TIES merge of every shard;
   retrieve, one memory per group of consecutive shards holding `merge_freq`
   edits, each the TIES merge of its group. A memory's ε is `act_ratio` times
   the smallest routing score among its edits.
@@ -148,7 +148,15 @@ class WISE(Method):
             shard.update(keys=tensors["keys"].float(), key_tau=tensors["key_tau"].float())
         layer.shards.append(shard)
         router.link(model, layer, hp)
-        layer.rebuild(hp)
+        layer.unsettled = hp  # the memories are rebuilt from all shards once, in settle
+
+    def settle(self, model) -> None:
+        from memedit_cli.methods.wise.side import WISELayer
+
+        for layer in model.modules():
+            if isinstance(layer, WISELayer) and layer.unsettled is not None:
+                layer.rebuild(layer.unsettled)
+                layer.unsettled = None
 
     def reset(self, model) -> None:
         from memedit_cli.methods.wise import router
