@@ -121,18 +121,31 @@ def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
 
 @cli.command()
 @click.argument("ids", nargs=-1, required=True)
+@click.option("--allow-drift", is_flag=True,
+              help="Replay segments even where they were made on another device type, dtype, torch or "
+                   "transformers version than this machine's (the forget record notes each one).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def forget(ctx, ids, as_json):
-    """Remove facts from the current state: fact ids or apply-record ids (unique prefixes work)."""
+def forget(ctx, ids, allow_drift, as_json):
+    """Remove facts from the current state: fact ids or apply-record ids (unique prefixes work).
+
+    The segments after the first forgotten fact are replayed from the log, with
+    their recorded hparams and seeds and the statistics they read (stored in
+    the repository); a segment made on another device type, dtype, torch or
+    transformers version is refused unless --allow-drift.
+    """
     from memedit_cli.commands import forget as forget_mod
 
-    rec = forget_mod.forget(_repo(ctx), list(ids))
+    rec = forget_mod.forget(_repo(ctx), list(ids), allow_drift)
     if as_json:
-        _json({"revision": rec["id"], "forgot": rec["forgot"], "timings": rec["timings"]})
+        _json({"revision": rec["id"], "forgot": rec["forgot"], "timings": rec["timings"],
+               **({"drift": rec["drift"]} if rec.get("drift") else {})})
     else:
         click.echo(f"[{rec['id'][:12]}] forgot {len(rec['forgot'])} fact(s): {', '.join(rec['forgot'])} "
                    f"({rec['timings']['replayed_segments']} segment(s) replayed, {rec['timings']['total_s']:.1f} s)")
+    if rec.get("drift"):
+        click.echo(f"memedit: note: {len(rec['drift'])} segment(s) replayed under --allow-drift "
+                   "(the record's `drift` says what differed)", err=True)
 
 
 @cli.command()

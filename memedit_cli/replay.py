@@ -9,6 +9,8 @@ imports torch.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 
 from memedit_cli import hparams as hparams_mod
@@ -89,11 +91,35 @@ def method_env(repo, model, tok, attached: list[dict]):
                attached=tuple(attached), segment_tensors=lambda seg: load_segment_tensors(repo, seg))
 
 
+def check_composes(method, hp, model, attached: list[dict]) -> None:
+    """Refuse, before anything is computed, a weight edit below the block where an earlier segment's
+    stored tensors were read (WISE's routing keys, Larimar's model encodings): they would no longer match."""
+    mine = method.footprint(hp, model)
+    if not mine.writes:
+        return
+    seen = set()
+    for seg in attached:
+        key = (seg["method"], repr(sorted(seg["hparams"].items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        other = methods.get(seg["method"])
+        theirs = other.footprint(hparams_mod.from_json(other.hparams_class, seg["hparams"]), model)
+        if theirs.reads_below is not None and min(mine.writes) < theirs.reads_below:
+            raise UserError(
+                f"{method.name} would change block {min(mine.writes)}, below block {theirs.reads_below}, where the "
+                f"{other.name} edits already applied read their {theirs.reads_what}; those would no longer match "
+                f"the model. Apply with --set {mine.blocks_hparam}=... at blocks >= {theirs.reads_below}, "
+                f"apply the {method.name} edits before the {other.name} ones, or forget the {other.name} edits first")
+
+
 class Build:
     """A state in the making: the base with `segments` attached, and new segments computed on top."""
 
-    def __init__(self, repo, segments: list[dict]):
+    def __init__(self, repo, segments: list[dict], allow_drift: bool = False):
         self.repo = repo
+        self.allow_drift = allow_drift
+        self.drift: list[dict] = []  # replays made under a changed dependency (with allow_drift)
         self.model, self.tok = materialize(repo, segments)
         self.env = method_env(repo, self.model, self.tok, segments)
         self._unsettled: list[dict] = []  # attached by `keep`, not yet settled (settled before the model runs)
@@ -109,16 +135,48 @@ class Build:
         methods.settle(self.model, self._unsettled)
         self._unsettled = []
 
-    def compute(self, method, hp, facts: list[Fact], seed: int, reuse: dict | None = None) -> dict:
+    @contextlib.contextmanager
+    def computing(self, method):
+        """Inside, the model as `method` computes on it: other methods' wrappers that change the model's inputs
+        (visible_to_others = False: Larimar's read episode) are off."""
+        self.settle()
+        with contextlib.ExitStack() as stack:
+            for other in methods.of(self.env.attached):
+                if other.name != method.name and not other.visible_to_others:
+                    stack.enter_context(other.hidden(self.model))
+            yield
+
+    def compute(self, method, hp, facts: list[Fact], seed: int, reuse: dict | None = None,
+                replaying: dict | None = None) -> dict:
         """Compute one batch's tensors on the current model, store them, attach them; returns the segment.
 
         What is attached is what was stored (re-read from the object store), so the
-        model in hand equals what `materialize` later rebuilds from the log.
+        model in hand equals what `materialize` later rebuilds from the log. `replaying`
+        is the logged segment this one computes again (forget): what it read besides the
+        model comes from the objects it names, and what it was made on is compared first.
         """
         self.settle()
+        made_on = made_on_now(self.model)
+        if replaying is not None:
+            self.check_drift(replaying, made_on)
+        recorded = (replaying or {}).get("reads") or {}
+        reads: dict = {}
+
+        def stored(name: str, make) -> dict:
+            if name in recorded:
+                h = recorded[name]
+                tensors = get_tensors(self.repo, h)  # a missing or damaged object raises DamagedRepository
+            else:
+                tensors = make()
+                h = put_tensors(self.repo, tensors)
+            reads[name] = h
+            return tensors
+
+        env = dataclasses.replace(self.env, stored=stored)
         t0 = time.perf_counter()
         try:
-            tensors, info = method.compute(self.model, self.tok, facts, hp, seed, self.env, reuse)
+            with self.computing(method):
+                tensors, info = method.compute(self.model, self.tok, facts, hp, seed, env, reuse)
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and "out of memory" not in str(e) and "not enough memory" not in str(e):
                 raise
@@ -136,6 +194,38 @@ class Build:
                         **{k: put_tensors(self.repo, v) for k, v in tensors.items() if isinstance(v, dict)}},
             "info": info,
             "compute_s": round(compute_s, 3),
+            "made_on": made_on,  # what the result depends on besides the log: a replay compares it
         }
+        if reads:
+            seg["reads"] = reads  # objects read besides the model (not attached: MEMIT's C₀)
         self.keep(seg)
         return seg
+
+    def check_drift(self, seg: dict, now: dict) -> None:
+        """Refuse to compute `seg` again where what it was made on differs, unless drift is allowed (then noted)."""
+        then = seg.get("made_on")
+        if then is None:  # logged before memedit recorded it: nothing to compare
+            return
+        diff = {k: (then.get(k), now.get(k)) for k in DRIFT_KEYS if then.get(k) != now.get(k)}
+        if not diff:
+            return
+        said = ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in diff.items())
+        if not self.allow_drift:
+            raise UserError(f"this forget computes a {seg['method']} segment ({len(seg['facts'])} fact(s)) again, "
+                            f"and it was made elsewhere ({said}): the result may differ from a replay where it was "
+                            "made. Run it there, or pass --allow-drift to go on (the forget record notes the drift)")
+        self.drift.append({"method": seg["method"], "facts": seg["facts"], "then": then, "now": now})
+
+
+# what a replay compares with what a segment was made on (the memedit version is recorded, not compared)
+DRIFT_KEYS = ("device", "dtype", "torch", "transformers")
+
+
+def made_on_now(model) -> dict:
+    """The device type, dtype and library versions a segment computed now depends on."""
+    from memedit_cli.lm.models import input_device
+    from memedit_cli.store import log as logmod
+
+    versions = logmod.versions()
+    return {"device": input_device(model).type, "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "torch": versions["torch"], "transformers": versions["transformers"], "memedit": versions["memedit"]}

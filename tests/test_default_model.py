@@ -50,3 +50,21 @@ def test_the_conversion_is_reused(memedit, tmp_path):
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     cfg = json.loads((first / "config.json").read_text())
     assert cfg["model_type"] == "llama" and "quantization_config" not in cfg
+
+
+def test_memit_after_wise_is_refused_up_front_with_the_fix(memedit, tmp_path):
+    # the default WISE routes by keys read at block 3; MEMIT's default band 2-6 would change them
+    memedit("init")
+    memedit("apply", write_facts(tmp_path / "f.jsonl", [FACT]), "--set", "n_iter=1")
+    def recorded():  # cache/ holds derived data (generated prompts), not edits
+        return {k: v for k, v in memedit.tree().items() if not k.startswith("cache/")}
+
+    before = recorded()
+    other = dict(FACT, id="colosseum", prompt="The Colosseum is located in the city of", subject="Colosseum",
+                 target_new="Paris")
+    result = memedit("apply", write_facts(tmp_path / "g.jsonl", [other]), "--method", "memit", ok=False)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "memit would change block 2, below block 3, where the wise edits already applied read their routing keys" \
+        in result.stderr
+    assert "--set layers=..." in result.stderr
+    assert recorded() == before

@@ -196,3 +196,23 @@ def test_wise_records_follow_the_schema(repo, tmp_path):
     repo("forget", "eiffel")
     for rec in repo.json("log"):
         jsonschema.validate(rec, schema)
+
+
+def test_memories_kept_across_rebuilds_equal_memories_built_at_once(repo, tmp_path):
+    # a Build settles after every segment and keeps the memories whose shards did not change;
+    # materialize settles once: the same memories either way
+    from memedit_cli.replay import Build, materialize
+    from memedit_cli.store.repo import Repo
+
+    repo("apply", write_facts(tmp_path / "f.jsonl"), *WISE, "--batch-size", "1", "--set", "save_freq=1",
+         "--set", "merge_freq=2", "--set", "variant=retrieve")
+    r = Repo.open(repo.dir)
+    segments = r.segments_at(r.head())
+    build = Build(r, [])
+    for seg in segments:
+        build.keep(seg)
+        build.settle()
+    layer = next(m for m in build.model.modules() if hasattr(m, "shards"))
+    assert layer.edits == [2, 1]  # memory 0 was rebuilt when its second shard came, memory 1 made new
+    at_once, tok = materialize(r, segments)
+    assert torch.equal(logits(build.model, tok), logits(at_once, tok))

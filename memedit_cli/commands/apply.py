@@ -27,7 +27,7 @@ def prepare(method_name: str, facts: list[Fact], overrides: dict, source: str, b
 
 def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size: int | None, seed: int,
           source: str) -> dict:
-    from memedit_cli.replay import Build
+    from memedit_cli.replay import Build, check_composes
 
     method = prepare(method_name, facts, overrides, source, batch_size)
     t0 = time.perf_counter()
@@ -44,24 +44,31 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
         hp = hparams_mod.resolve(method.default_hparams(model), overrides)
         if method.needs_subject_with(hp) and not method.needs_subject:  # known only now, from the model's defaults
             check_subjects(facts, source)
-        hp = method.resolve(hp, model, tok, build.env)
+        with build.computing(method):
+            hp = method.resolve(hp, model, tok, build.env)
+        check_composes(method, hp, model, build.env.attached)
         load_s = time.perf_counter() - t0
         size = min(batch_size or len(facts), method.batch_limit(hp) or len(facts))
         batches = [facts[i : i + size] for i in range(0, len(facts), size)]
         new = [build.compute(method, hp, batch, seed)
                for batch in bar(batches, desc=f"apply {method.name}", unit="batch")]
-        total_s = time.perf_counter() - t0
-        return repo.append({
-            "parent": head,
-            "op": "apply",
-            "method": method.name,
-            "hparams": hparams_mod.to_json(hp),
-            "seed": seed,
-            "facts": [f.to_json() for f in facts],
-            "segments": new,
-            "source": source,
-            "versions": logmod.versions(),
-            "timings": {"load_s": round(load_s, 3), "total_s": round(total_s, 3),
-                        "per_fact_s": round((total_s - load_s) / len(facts), 3)},
-            "time": logmod.now(),
-        })
+        return repo.append(record(head, method, hp, seed, facts, new, source, load_s, time.perf_counter() - t0))
+
+
+def record(head, method, hp, seed: int, facts: list[Fact], segments: list[dict], source: str, load_s: float,
+           total_s: float) -> dict:
+    """The fields of an apply record for `segments`, computed from `facts` on the state at `head`."""
+    return {
+        "parent": head,
+        "op": "apply",
+        "method": method.name,
+        "hparams": hparams_mod.to_json(hp),
+        "seed": seed,
+        "facts": [f.to_json() for f in facts],
+        "segments": segments,
+        "source": source,
+        "versions": logmod.versions(),
+        "timings": {"load_s": round(load_s, 3), "total_s": round(total_s, 3),
+                    "per_fact_s": round((total_s - load_s) / len(facts), 3)},
+        "time": logmod.now(),
+    }

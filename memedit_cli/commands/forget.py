@@ -48,7 +48,7 @@ def resolve_ids(repo, ids: list[str], head) -> list[str]:
     return [fid for fid in active if fid in chosen]
 
 
-def forget(repo, ids: list[str]) -> dict:
+def forget(repo, ids: list[str], allow_drift: bool = False) -> dict:
     from memedit_cli.replay import Build, load_segment_tensors
 
     t0 = time.perf_counter()
@@ -60,23 +60,24 @@ def forget(repo, ids: list[str]) -> dict:
         kept_as_is = {id(s) for s in segments}  # by identity: comparing segments' contents is O(N²)
         first = next(i for i, s in enumerate(segments) if gone_set & set(s["facts"]))
         facts = {f["id"]: Fact.from_json(f) for r in repo.chain(head) if r["op"] == "apply" for f in r["facts"]}
-        build = Build(repo, segments[:first])
+        build = Build(repo, segments[:first], allow_drift)
         rebuilt = []
-        others_changed = False  # has a segment of a method that sees the whole model been replayed?
+        changed: set[str] = set()  # the methods of segments dropped, shrunk or computed again so far
         for n, seg in enumerate(bar(segments[first:], desc="forget: replay", unit="segment")):
             keep = [facts[fid] for fid in seg["facts"] if fid not in gone_set]
             if not keep:
+                changed.add(seg["method"])
                 continue
             method = methods.get(seg["method"])
-            if n > 0 and method.independent and not others_changed and len(keep) == len(seg["facts"]):
+            if n > 0 and len(keep) == len(seg["facts"]) and _unaffected(method, changed):
                 build.keep(seg)  # its result cannot have changed: kept as it is
                 rebuilt.append(seg)
                 continue
-            others_changed |= not method.independent
+            changed.add(seg["method"])
             hp = hparams_mod.from_json(method.hparams_class, seg["hparams"])
             # only the first affected segment starts from the same state as before
             reuse = {"facts": seg["facts"], "tensors": load_segment_tensors(repo, seg)} if n == 0 else None
-            rebuilt.append(build.compute(method, hp, keep, seg["seed"], reuse))
+            rebuilt.append(build.compute(method, hp, keep, seg["seed"], reuse, replaying=seg))
         names = sorted({seg["method"] for seg in segments if gone_set & set(seg["facts"])})
         return repo.append({
             "parent": head,
@@ -87,7 +88,16 @@ def forget(repo, ids: list[str]) -> dict:
             "keep": first,
             "rebuilt": rebuilt,
             "versions": logmod.versions(),
+            **({"drift": build.drift} if build.drift else {}),  # replays made under --allow-drift
             "timings": {"total_s": round(time.perf_counter() - t0, 3),
                         "replayed_segments": sum(1 for s in rebuilt if id(s) not in kept_as_is)},
             "time": logmod.now(),
         })
+
+
+def _unaffected(method, changed: set[str]) -> bool:
+    """Whether a segment of `method` computed after segments of the methods `changed` changed is the same:
+    each change was of its own method and its segments are independent of each other, or of a method
+    whose wrappers are off while others compute (Larimar)."""
+    return all(c == method.name and method.independent or c != method.name and not methods.get(c).visible_to_others
+               for c in changed)

@@ -26,7 +26,11 @@ def fsck(repo) -> tuple[list[str], list[str]]:
     referenced = set()
     for rec in records:
         for seg in rec.get("segments", []) + rec.get("rebuilt", []):
-            for h in seg["objects"].values():
+            # its tensors, and what it read (MEMIT's statistics: a replay reads them from here, not from a cache)
+            named = [*seg["objects"].values(), *(seg.get("reads") or {}).values()]
+            for h in named:
+                if isinstance(h, str) and h in referenced:
+                    continue  # checked already (a kept segment is named again by later forget records)
                 referenced.add(h)
                 problem = repo.objects.problem(h) if isinstance(h, str) else f"invalid object name {h!r}"
                 if problem:

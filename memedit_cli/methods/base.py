@@ -44,6 +44,18 @@ The repository owns history, storage and replay; a method only turns
   do not depend on earlier segments of the same method (`independent = True`,
   WISE's shards) keeps its later segments as they are, as long as no segment
   of another method before them had to be replayed.
+- `footprint(hp, model)`: the blocks whose weights the lasting edit changes,
+  and the block below which its stored tensors were read (routing keys,
+  episode encodings). `apply` refuses, before computing, a weight edit below
+  the block an earlier segment read from: the earlier segment's stored keys
+  would no longer match the model (replay.check_composes). A weight edit of a
+  layer an earlier method wrapped composes: `weight_module` finds the layer
+  under the wrapper (every memedit wrapper keeps the layer it wraps as `base`).
+- `visible_to_others`: False for a method whose wrapper changes the model's
+  inputs (Larimar prepends a read episode's text): while another method
+  computes, `hidden(model)` turns that wrapper off, so no other segment's
+  result depends on it, and forget keeps the later segments of other methods
+  when only such segments changed.
 - `reset(model)`: a new sequence starts (generation, a batch of scores):
   wrappers that keep state across the calls of one sequence drop it (WISE's
   key router keeps the route its prompt chose). Default: nothing.
@@ -66,6 +78,7 @@ The repository owns history, storage and replay; a method only turns
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,10 +99,23 @@ class Env:
     load_fresh: Callable[[], tuple]  # () -> a separately loaded base model (loaded once, then reused)
     attached: tuple[dict, ...] = ()  # the log segments attached to the model, in order
     segment_tensors: Callable[[dict], dict] = lambda seg: {}  # a segment's stored tensors
+    # stored(name, make) -> tensors the segment reads besides the model (MEMIT's C₀): on a replay the
+    # ones recorded in the log, else make(); the repository keeps them as an object named by the segment
+    stored: Callable[[str, Callable[[], dict]], dict] = lambda name, make: make()
 
     def after(self, seg: dict) -> "Env":
         """The Env once `seg` is attached: the model in hand is no longer the base model."""
         return dataclasses.replace(self, attached=(*self.attached, seg), load_base=self.load_fresh)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a segment's lasting edit touches, by block index (see `Method.footprint`)."""
+
+    writes: tuple[int, ...] = ()  # blocks whose FFN output projection's weight the edit changes
+    blocks_hparam: str = ""  # the hparam that chooses `writes` (for the error's fix)
+    reads_below: int | None = None  # its stored tensors were read from activations the blocks below this compute
+    reads_what: str = ""  # what was read there, for messages ("routing keys")
 
 
 class Method:
@@ -97,6 +123,7 @@ class Method:
     hparams_class: type = type(None)
     needs_subject: bool = False
     independent: bool = False  # segments do not depend on earlier segments of this method
+    visible_to_others: bool = True  # False: its wrappers are off while other methods compute (`hidden`)
     measured: dict = {}  # shape_key(config) -> hparams measured for that shape (docs/methods/<name>.md)
 
     def batch_limit(self, hp) -> int | None:
@@ -122,6 +149,15 @@ class Method:
     def attach(self, model, tensors: dict, hp, tok=None) -> None:
         raise NotImplementedError
 
+    def footprint(self, hp, model) -> Footprint:
+        """The blocks the edit writes and reads its stored tensors below; by default nothing."""
+        return Footprint()
+
+    @contextlib.contextmanager
+    def hidden(self, model):
+        """Inside, this method's wrappers leave the model's inputs alone (methods with visible_to_others=False)."""
+        yield
+
     def settle(self, model) -> None:
         """The segments attached since the last call take effect; by default they already have."""
 
@@ -139,8 +175,19 @@ class Method:
         return None
 
 
+def weight_module(model, name: str):
+    """The module at `name` that holds the weight: under memedit's wrapper modules (WISE's key router and
+    side memory keep the layer they wrap as `base`), the wrapped layer. Weight edits compose through them."""
+    from torch import nn
+
+    module = model.get_submodule(name)
+    while "weight" not in module._parameters and isinstance(module._modules.get("base"), nn.Module):
+        module = module._modules["base"]
+    return module
+
+
 def add_weight_deltas(model, deltas: dict) -> None:
-    """W += Δ for each `parameter name -> Δ` (Δ in the parameter's own layout).
+    """W += Δ for each `parameter name -> Δ` (Δ in the parameter's own layout; under a wrapper, its layer's).
 
     The sum is taken in float32 and cast back, on the parameter's device, so
     it works for bfloat16 models and for layers spread over devices.
@@ -149,6 +196,7 @@ def add_weight_deltas(model, deltas: dict) -> None:
 
     with torch.no_grad():
         for name, delta in deltas.items():
-            param = model.get_parameter(name)
+            path, _, leaf = name.rpartition(".")
+            param = getattr(weight_module(model, path), leaf)
             summed = param.float() + delta.to(device=param.device, dtype=torch.float32)
             param.copy_(summed.to(param.dtype))

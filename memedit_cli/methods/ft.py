@@ -19,7 +19,7 @@ from memedit_cli.lm.models import input_device
 from memedit_cli.lm.nethook import add_to_output
 from memedit_cli.lm.progress import bar
 from memedit_cli.lm.tokens import prompt_target_batch, target_nll
-from memedit_cli.methods.base import Method, add_weight_deltas
+from memedit_cli.methods.base import Footprint, Method, add_weight_deltas, weight_module
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class FT(Method):
         if hp.layer is None or hp.layer >= n:
             raise HparamsError(f"layer must be between 0 and {n - 1} for this model, got {hp.layer}")
         name = arch.mlp_out_at(hp.layer)
-        module = model.get_submodule(name)
+        module = weight_module(model, name)  # under a wrapper (WISE's key router), the layer it wraps
         weight = module.weight
         torch.manual_seed(seed)
         # ΔW lives in float32 whatever the model's dtype; shape = W's own layout
@@ -106,3 +106,6 @@ class FT(Method):
 
     def attach(self, model, tensors, hp, tok=None) -> None:
         add_weight_deltas(model, tensors)
+
+    def footprint(self, hp: FTHparams, model) -> Footprint:
+        return Footprint(writes=(hp.layer,), blocks_hparam="layer")

@@ -46,6 +46,7 @@ class Repo:
         self.root = Path(root)  # the .memedit directory
         self.objects = ObjectStore(self.root / "objects")
         self._records: list[dict] | None = None
+        self._by_id: dict[str, dict] = {}  # id -> record, made with _records
 
     # -- opening and creating -------------------------------------------------
 
@@ -105,27 +106,46 @@ class Repo:
     def records(self) -> list[dict]:
         """All records in log order. Any damage raises: no state is computed from a damaged log."""
         if self._records is None:
-            records, problems = logmod.scan(self.read_log_bytes())
+            data = self.read_log_bytes()
+            if data and not data.endswith(b"\n") and self._writer_active():
+                data = data[: data.rfind(b"\n") + 1]  # another process's append in flight: not there yet
+            records, problems = logmod.scan(data)
             if problems:
                 raise DamagedRepository(f"damaged log: {problems[0]}",
                                         "run `memedit fsck` (docs/repair.md says how to repair)")
             self._records = records
+            self._by_id = {r["id"]: r for r in records}
         return self._records
 
+    def _writer_active(self) -> bool:
+        """Whether another process holds the writer lock now (this one is not the writer: it would hold it)."""
+        try:
+            fd = os.open(self.root / "lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     def record(self, rid: str) -> dict:
-        for rec in self.records:
-            if rec["id"] == rid:
-                return rec
-        raise DamagedRepository(f"record {rid[:12]} is not in the log")
+        self.records
+        if rid not in self._by_id:
+            raise DamagedRepository(f"record {rid[:12]} is not in the log")
+        return self._by_id[rid]
 
     def append(self, fields: dict) -> dict:
-        """Append a record (objects must already be stored) and move HEAD to it. Caller holds the lock."""
-        self._records = None
+        """Append a record (objects must already be stored) and move HEAD to it. Caller holds the lock
+        (`lock` re-reads the log when taken, so the records in hand are the whole log)."""
         if fields.get("parent") != self.head():
             raise UserError("HEAD moved while this command ran; run it again")
         rec = logmod.make_record(fields)
         append_line(self.root / "log.jsonl", canonical(rec))  # the bytes the id was hashed over
-        self._records = None
+        self.records.append(rec)
+        self._by_id[rec["id"]] = rec
         self.set_head(rec["id"], f"{rec['op']}: {len(rec.get('facts', []))} fact(s)")
         return rec
 
@@ -139,7 +159,8 @@ class Repo:
             raise DamagedRepository(f"{self.root}/HEAD is missing") from None
         if value == BASE:
             return None
-        if not re.fullmatch(r"[0-9a-f]{64}", value) or value not in {r["id"] for r in self.records}:
+        self.records
+        if not re.fullmatch(r"[0-9a-f]{64}", value) or value not in self._by_id:
             raise DamagedRepository(f"HEAD names {value[:20]!r}, which is not a record in the log")
         return value
 
@@ -183,7 +204,8 @@ class Repo:
 
     def chain(self, rid: str | None) -> list[dict]:
         """Records from the first to `rid`, following parents (a checkout can fork the history)."""
-        by_id = {r["id"]: r for r in self.records}
+        self.records
+        by_id = self._by_id
         out = []
         while rid is not None:
             rec = by_id[rid]

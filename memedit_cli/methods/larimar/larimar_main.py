@@ -11,6 +11,9 @@
   M is a function of the stored encodings, so it is rebuilt when a state is
   materialized, like every other method's attachment; past K episodes the
   memory is rebuilt twice as large.
+- While another method computes its edit, the wrapper reads nothing
+  (`hidden`): no other segment depends on Larimar's, so forgetting a Larimar
+  fact keeps every other segment as it is (`visible_to_others = False`).
 - Segments do not depend on each other (`independent = True`): forgetting a
   fact takes its row out of its segment (the kept rows are reused, nothing
   is encoded again) and keeps every other segment as it is. The memory that
@@ -20,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -27,7 +31,7 @@ from pathlib import Path
 
 from memedit_cli.errors import HparamsError, UserError
 from memedit_cli.lm.arch import num_layers
-from memedit_cli.methods.base import Method
+from memedit_cli.methods.base import Footprint, Method
 from memedit_cli.methods.larimar.hparams import LarimarHparams
 
 TENSORS_FILE = "memedit_larimar.safetensors"
@@ -64,6 +68,7 @@ class Larimar(Method):
     name = "larimar"
     hparams_class = LarimarHparams
     independent = True  # a segment's episodes do not depend on other segments (see module docstring)
+    visible_to_others = False  # the read episode's text changes inputs: off while other methods compute
 
     def default_hparams(self, model) -> LarimarHparams:
         return LarimarHparams()
@@ -159,6 +164,27 @@ class Larimar(Method):
 
             decoder._runtime["adapter"] = PrefixAdapter.from_tensors(tensors, model.config).to(input_device(model))
         decoder.bind(tok, encoder_for(model, tok, hp) if hp.encoder == "minilm" else None)
+
+    def footprint(self, hp: LarimarHparams, model) -> Footprint:
+        # encoder=model: an episode's encoding is the hidden state entering block encoder_layer
+        if hp.encoder == "model":
+            return Footprint(reads_below=hp.encoder_layer,
+                             reads_what=f"episode encodings (encoder=model, encoder_layer={hp.encoder_layer})")
+        return Footprint()
+
+    @contextlib.contextmanager
+    def hidden(self, model):
+        """The decoder reads no episode inside: another method's compute sees the model without Larimar."""
+        decoder = getattr(model, model.base_model_prefix)
+        runtime = getattr(decoder, "_runtime", None)
+        if runtime is None:
+            yield
+            return
+        before, runtime["hidden"] = runtime.get("hidden", False), True
+        try:
+            yield
+        finally:
+            runtime["hidden"] = before
 
     def explain(self, model, segments, prompt) -> list[dict]:
         """The episode the decoder read for the last forward's first row (none when out of scope)."""

@@ -24,7 +24,7 @@ from memedit_cli.lm import prefixes
 from memedit_cli.lm.arch import arch_for, is_transposed, num_layers
 from memedit_cli.lm.models import input_device
 from memedit_cli.lm.tokens import context_length
-from memedit_cli.methods.base import Method, add_weight_deltas
+from memedit_cli.methods.base import Footprint, Method, add_weight_deltas, weight_module
 from memedit_cli.methods.memit.compute_ks import key_rows, keys_and_current
 from memedit_cli.methods.memit.compute_z import compute_z
 from memedit_cli.methods.memit.hparams import MEMITHparams
@@ -46,7 +46,7 @@ MEASURED = {
 
 
 def _d_in(model, layer: int) -> int:
-    module = model.get_submodule(arch_for(model.config).mlp_out_at(layer))
+    module = weight_module(model, arch_for(model.config).mlp_out_at(layer))
     return module.weight.shape[0] if is_transposed(module) else module.weight.shape[1]
 
 
@@ -89,13 +89,18 @@ class MEMIT(Method):
             changes["mom2_update_weight"] = self.default_hparams(model).mom2_update_weight
         return dataclasses.replace(hp, **changes)
 
-    def stats(self, hp: MEMITHparams, env, model) -> tuple[dict, str]:
-        """(C₀ per edited layer (d_in, d_in) float64, the statistics' key), computed on the base model, cached."""
-        from memedit_cli.stats import CorpusSpec, cached_moments, second_moments
+    def _spec(self, hp: MEMITHparams, model):
+        from memedit_cli.stats import CorpusSpec
 
         # rows of 256 tokens, or the whole context of a model with less
-        spec = CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens,
+        return CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens,
                           seq_len=min(256, context_length(model) or 256))
+
+    def stats(self, hp: MEMITHparams, env, model) -> tuple[dict, str]:
+        """(C₀ per edited layer (d_in, d_in) float64, the statistics' key), computed on the base model, cached."""
+        from memedit_cli.stats import cached_moments, second_moments
+
+        spec = self._spec(hp, model)
         names = [arch_for(model.config).mlp_out_at(layer) for layer in hp.layers]
         if cached_moments(names, spec, env.model_key, env.cache_dirs) is None:  # only now is the unedited model needed
             base, base_tok = env.load_base()
@@ -121,10 +126,14 @@ class MEMIT(Method):
             info["z_reused"] = True
         else:
             z, info = compute_z(model, tok, facts, hp, z_layer, hp.context_templates, device)
-        cov, stats_key = self.stats(hp, env, model)
-        info["stats"] = stats_key
+        # C₀ goes into the repository (an object the segment names): a replay reads it there, never a cache
+        def statistics() -> dict:
+            cov, info["stats"] = self.stats(hp, env, model)
+            return cov
+
+        cov = env.stored("mom2", statistics)
         names = [arch.mlp_out_at(layer) for layer in hp.layers]
-        originals = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+        originals = {n: weight_module(model, n).weight.detach().clone() for n in names}
         tensors = {"z": z.float().cpu()}
         # AlphaEdit's earlier keys: each earlier null-space segment read once, not once per layer
         earlier = _earlier_null_space(env, self.name) if hp.null_space else []
@@ -145,19 +154,22 @@ class MEMIT(Method):
                     V = torch.linalg.solve(hp.mom2_update_weight * C + K @ K.T, K)  # (d_in, n)
                 U, V = R.float().cpu(), V.float().cpu()
                 tensors[f"{name}.U"], tensors[f"{name}.V"] = U, V
-                module = model.get_submodule(name)
+                module = weight_module(model, name)
                 add_weight_deltas(model, {f"{name}.weight": _dense(module, U, V)})  # later layers see this one
         finally:
             with torch.no_grad():
                 for n, w in originals.items():
-                    model.get_submodule(n).weight.copy_(w)  # restore, never subtract
+                    weight_module(model, n).weight.copy_(w)  # restore, never subtract
         return tensors, info
 
     def attach(self, model, tensors, hp, tok=None) -> None:
         deltas = {}
         for name in (arch_for(model.config).mlp_out_at(layer) for layer in hp.layers):
-            deltas[f"{name}.weight"] = _dense(model.get_submodule(name), tensors[f"{name}.U"], tensors[f"{name}.V"])
+            deltas[f"{name}.weight"] = _dense(weight_module(model, name), tensors[f"{name}.U"], tensors[f"{name}.V"])
         add_weight_deltas(model, deltas)
+
+    def footprint(self, hp: MEMITHparams, model) -> Footprint:
+        return Footprint(writes=tuple(hp.layers), blocks_hparam="layers")
 
 
 def _earlier_null_space(env, method: str) -> list[dict]:

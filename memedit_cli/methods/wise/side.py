@@ -46,6 +46,8 @@ class WISELayer(modeling.WISELayer):
         self.edits: list[int] = []  # edits per memory
         self.bypass = False  # True while editing: the main memory only
         self.unsettled = None  # the hparams of the last shard attached since the memories were rebuilt
+        self._built: list[tuple] = []  # per memory, the ids of the shards it was built from (rebuild keeps those)
+        self._act_ratio = self._densities = None  # what the kept memories were built with
 
     def rebuild(self, hp) -> None:
         """Side memories from the shards: merge, one TIES merge of all; retrieve, one per `merge_freq` edits."""
@@ -58,12 +60,22 @@ class WISELayer(modeling.WISELayer):
                 count = 0
             groups[-1].append(shard)
             count += len(shard["scores"])
-        for i, n in enumerate(self.nnz):
+        groups = [g for g in groups if g]
+        keys = [tuple(id(s) for s in g) for g in groups]  # a memory whose shards are the same is kept as it is
+        same = 0
+        while same < min(len(keys), len(self._built)) and keys[same] == self._built[same]:
+            same += 1
+        if hp.act_ratio != self._act_ratio or hp.densities != self._densities:
+            same = 0
+        for i, n in enumerate(self.nnz[same:], same):
             for suffix in ([""] if n < 0 else ["_index", "_values"]):
                 delattr(self, f"memory_{i}{suffix}")
         w = self.base.weight
-        self.eps, self.edits, self.nnz, self.variant, self.reduce = [], [], [], hp.variant, hp.route_reduce
-        for i, group in enumerate(g for g in groups if g):
+        self.eps, self.edits, self.nnz = self.eps[:same], self.edits[:same], self.nnz[:same]
+        self.variant, self.reduce = hp.variant, hp.route_reduce
+        self._act_ratio, self._densities = hp.act_ratio, hp.densities
+        self._built = keys
+        for i, group in enumerate(groups[same:], same):
             if len(group) == 1:  # one shard is the memory, untrimmed: keep it sparse
                 index, values = group[0]["index"], group[0]["values"]
             else:
@@ -82,7 +94,7 @@ class WISELayer(modeling.WISELayer):
             self.edits.append(sum(len(s["scores"]) for s in group))
         router = self._router[0]
         if router is not None:
-            router.rebuild([[(s["keys"], s["key_tau"]) for s in g] for g in groups if g])
+            router.rebuild([[(s["keys"], s["key_tau"]) for s in g] for g in groups])
 
     def scores(self, x) -> torch.Tensor:
         """(n_memories, B) routing scores Δ_i for an activation x (B, T, d_in)."""

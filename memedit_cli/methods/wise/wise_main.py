@@ -24,7 +24,7 @@ from memedit_cli.errors import HparamsError
 from memedit_cli.lm import prefixes
 from memedit_cli.lm.arch import arch_for, extra_output, num_layers
 from memedit_cli.lm.models import input_device
-from memedit_cli.methods.base import Method
+from memedit_cli.methods.base import Footprint, Method
 from memedit_cli.methods.wise.hparams import WISEHparams
 
 # Per family: the side-memory block as a fraction of depth, from the reference configs.
@@ -157,6 +157,13 @@ class WISE(Method):
             if isinstance(layer, WISELayer) and layer.unsettled is not None:
                 layer.rebuild(layer.unsettled)
                 layer.unsettled = None
+
+    def footprint(self, hp: WISEHparams, model) -> Footprint:
+        # router=keys: the keys are block key_layer's FFN activations, which every block below it computes
+        if hp.router == "keys":
+            return Footprint(reads_below=hp.key_layer,
+                             reads_what=f"routing keys (router=keys, key_layer={hp.key_layer})")
+        return Footprint()
 
     def reset(self, model) -> None:
         from memedit_cli.methods.wise import router
