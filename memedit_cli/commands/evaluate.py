@@ -40,8 +40,8 @@ HEAD = object()  # `evaluate`'s default revision: whatever HEAD is
 
 def evaluate(repo, facts, limit: int | None = None, rev=HEAD) -> Report:
     """Every score of the state at `rev` (a record id, None for the base model; default HEAD) on `facts`."""
+    from memedit_cli import states
     from memedit_cli.lm import models
-    from memedit_cli.replay import attach_all
 
     if limit is not None:
         if limit < 1:
@@ -52,7 +52,7 @@ def evaluate(repo, facts, limit: int | None = None, rev=HEAD) -> Report:
     model, tok = models.load(repo.config)
 
     def edit():  # the segments attached to the same model (no second copy in memory)
-        attach_all(repo, model, segments, tok)
+        states.attach(repo, model, tok, head, segments)
 
     return score(model, tok, facts, edit, lambda: methods.reset(model, segments), head or "base")
 

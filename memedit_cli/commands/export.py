@@ -13,7 +13,7 @@ from memedit_cli.store.fileio import crash_point
 
 
 def export_merged(repo, out_dir: str, force: bool = False) -> dict:
-    from memedit_cli.replay import materialize
+    from memedit_cli.states import state_at
 
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
@@ -28,7 +28,7 @@ def export_merged(repo, out_dir: str, force: bool = False) -> dict:
         raise UserError(f"{out} holds a memedit repository; export somewhere else")
     head = repo.head()
     segments = repo.segments_at(head)
-    model, tok = materialize(repo, segments)
+    model, tok = state_at(repo, head)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

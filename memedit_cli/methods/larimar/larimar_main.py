@@ -165,6 +165,30 @@ class Larimar(Method):
             decoder._runtime["adapter"] = PrefixAdapter.from_tensors(tensors, model.config).to(input_device(model))
         decoder.bind(tok, encoder_for(model, tok, hp) if hp.encoder == "minilm" else None)
 
+    def snapshot(self, model, segments) -> tuple[dict, dict]:
+        """The decoder's settings, episodes, memory and contexts (and adapter), as an export stores them."""
+        decoder = getattr(model, model.base_model_prefix)
+        tensors = {"episodes": decoder.episodes, "memory": decoder.memory, "context_ids": decoder.context_ids,
+                   "context_offsets": decoder.context_offsets}
+        adapter = decoder._runtime.get("adapter")
+        if adapter is not None:
+            import torch
+
+            tensors.update({f"adapter.proj.{k}": v for k, v in adapter.proj.state_dict().items()},
+                           **{"adapter.m": torch.tensor(adapter.m)})
+        return {"settings": decoder.settings}, tensors
+
+    def restore(self, model, meta, tensors, tok=None) -> None:
+        from memedit_cli.lm.models import input_device
+        from memedit_cli.methods.larimar.encoder import minilm
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter, wrap
+
+        decoder = wrap(model, meta["settings"])
+        decoder.set_memory(tensors["episodes"], tensors["memory"], tensors["context_ids"], tensors["context_offsets"])
+        if "adapter.proj.weight" in tensors:
+            decoder._runtime["adapter"] = PrefixAdapter.from_tensors(tensors, model.config).to(input_device(model))
+        decoder.bind(tok, minilm(str(input_device(model))) if meta["settings"]["encoder"] == "minilm" else None)
+
     def footprint(self, hp: LarimarHparams, model) -> Footprint:
         # encoder=model: an episode's encoding is the hidden state entering block encoder_layer
         if hp.encoder == "model":

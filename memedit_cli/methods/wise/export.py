@@ -27,25 +27,15 @@ CLASSES = {
 }
 
 
-def export_extras(model, out_dir) -> dict | None:
-    """Describe every WISELayer in `model.config.memedit_wise`, copy the modeling file into `out_dir`.
-
-    Returns None when the model has no side memory (nothing to add).
-    """
-    from memedit_cli.methods.wise.side import WISELayer
+def describe(model) -> dict:
+    """`config.memedit_wise`: every WISELayer of `model` by module name (what attach_side_memories rebuilds)."""
+    from memedit_cli.methods.wise.modeling_memedit_wise import WISELayer
 
     layers = {name: m for name, m in model.named_modules() if isinstance(m, WISELayer)}
-    if not layers:
-        return None
-    model_type = model.config.model_type
-    if model_type not in CLASSES:
-        raise UserError(f"exporting WISE side memories for model type {model_type!r} is not supported "
-                        f"(supported: {', '.join(sorted(CLASSES))}); forget the WISE edits before exporting, "
-                        "or add a class to memedit_cli/methods/wise/modeling_memedit_wise.py")
     # JSON-able: module name -> thresholds, variant, memory count and shape (the base weight's layout:
     # (d_out, d_in) for nn.Linear, (d_in, d_out) for GPT-2's Conv1D)
     names = {m: n for n, m in model.named_modules()}
-    model.config.memedit_wise = {
+    return {
         name: {"eps": [float(e) for e in layer.eps], "variant": layer.variant, "reduce": layer.reduce,
                "memories": len(layer.eps),
                "shape": list(layer.base.weight.shape),
@@ -55,6 +45,22 @@ def export_extras(model, out_dir) -> dict | None:
                   if (r := layer._router[0]) is not None else {})}
         for name, layer in layers.items()
     }
+
+
+def export_extras(model, out_dir) -> dict | None:
+    """Describe every WISELayer in `model.config.memedit_wise`, copy the modeling file into `out_dir`.
+
+    Returns None when the model has no side memory (nothing to add).
+    """
+    described = describe(model)
+    if not described:
+        return None
+    model_type = model.config.model_type
+    if model_type not in CLASSES:
+        raise UserError(f"exporting WISE side memories for model type {model_type!r} is not supported "
+                        f"(supported: {', '.join(sorted(CLASSES))}); forget the WISE edits before exporting, "
+                        "or add a class to memedit_cli/methods/wise/modeling_memedit_wise.py")
+    model.config.memedit_wise = described
     shutil.copyfile(MODELING_FILE, Path(out_dir) / MODELING_FILE.name)
     return {"auto_map": {"AutoModelForCausalLM": f"{MODELING_FILE.stem}.{CLASSES[model_type]}"},
             "modeling_file": MODELING_FILE.name}

@@ -133,7 +133,8 @@ class WISELayer(nn.Module):
         if shape is not None and list(w.shape) != list(shape):
             raise ValueError(f"memedit_wise: memory shape {list(shape)} does not match the base weight {list(w.shape)}")
         self.shape = list(w.shape)
-        for i, n in enumerate(nnz or [-1] * len(self.eps)):
+        self.nnz = list(nnz or [-1] * len(self.eps))
+        for i, n in enumerate(self.nnz):
             # zeros until the checkpoint's tensors are loaded into them; w's device/dtype (meta while loading)
             if n < 0:  # dense: (d_out, d_in) in the base layout
                 self.register_buffer(f"memory_{i}", torch.zeros(w.shape, dtype=w.dtype, device=w.device))

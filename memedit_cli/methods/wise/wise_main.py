@@ -165,6 +165,38 @@ class WISE(Method):
                              reads_what=f"routing keys (router=keys, key_layer={hp.key_layer})")
         return Footprint()
 
+    def snapshot(self, model, segments) -> tuple[dict, dict]:
+        """The side memories and routing keys as an export describes and stores them (export.py)."""
+        from memedit_cli.methods.wise.export import describe
+
+        meta = {}
+        for name, spec in describe(model).items():  # names that hold with or without a decoder wrapper
+            if "router" in spec:
+                router_name = _outside_wrappers(model, spec["router"]["module"])
+                spec = dict(spec, router=dict(spec["router"], module=router_name))
+            meta[_outside_wrappers(model, name)] = spec
+        tensors = {}
+        for name, spec in meta.items():
+            for module in [name] + ([spec["router"]["module"]] if "router" in spec else []):
+                buffers = model.get_submodule(module).named_buffers(recurse=False)
+                tensors.update({f"{module}.{b}": t for b, t in buffers})
+        return meta, tensors
+
+    def restore(self, model, meta, tensors, tok=None) -> None:
+        """The wrappers the exported modeling file builds, then their buffers."""
+        import types
+
+        import torch
+
+        from memedit_cli.methods.wise.modeling_memedit_wise import attach_side_memories
+
+        attach_side_memories(model, types.SimpleNamespace(memedit_wise=meta))
+        with torch.no_grad():
+            for name, t in tensors.items():
+                module, _, buffer = name.rpartition(".")
+                target = model.get_submodule(module).get_buffer(buffer)
+                target.copy_(t.to(device=target.device, dtype=target.dtype))
+
     def reset(self, model) -> None:
         from memedit_cli.methods.wise import router
 
@@ -189,6 +221,16 @@ class WISE(Method):
         from memedit_cli.methods.wise.export import export_extras
 
         return export_extras(model, out_dir)
+
+
+def _outside_wrappers(model, name: str) -> str:
+    """`name` without the `base` steps of wrappers around it (Larimar's decoder), when it names the same
+    module that way: a snapshot restored before or after those wrappers finds it."""
+    plain = ".".join(p for p in name.split(".") if p != "base")
+    try:
+        return plain if model.get_submodule(plain) is model.get_submodule(name) else name
+    except AttributeError:
+        return name
 
 
 def _routing(h: dict) -> tuple:
