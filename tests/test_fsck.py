@@ -116,3 +116,23 @@ def test_unreadable_config_is_reported_by_fsck_and_refused_elsewhere(two_applies
 def test_missing_log(two_applies):
     (two_applies.dir / ".memedit" / "log.jsonl").unlink()
     damaged(two_applies, "log.jsonl is missing")
+
+
+def test_a_partial_last_line_is_an_append_in_flight_while_a_writer_holds_the_lock(two_applies):
+    import fcntl
+
+    from memedit_cli.errors import DamagedRepository
+    from memedit_cli.store.repo import Repo
+
+    root = two_applies.dir / ".memedit"
+    log = root / "log.jsonl"
+    with open(log, "ab") as f:
+        f.write(b'{"id": "half a rec')  # what a reader may see while a long record is being appended
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a writer (this descriptor) holds the lock
+        assert len(Repo.open(two_applies.dir).records) == 2
+    finally:
+        os.close(fd)
+    with pytest.raises(DamagedRepository, match="last line is truncated"):
+        Repo.open(two_applies.dir).records  # no writer: a crash cut it short
