@@ -43,7 +43,7 @@ CHEAP = {
     "ft": ["steps=2", "lr=0.05"],
     "wise": ["n_iter=2", "router=keys", "save_freq=1", "merge_freq=1"],
     "memit": ["v_num_grad_steps=2", "mom2_n_tokens=2000"],
-    "larimar": ["encoder=model"],
+    "larimar": ["encoder=model", "context={prompt} {target}."],
 }
 # costs reported, in the order of the table: key -> column title
 COSTS = {"apply_s": "apply 1", "ask_s": "ask", "ask_warm_s": "ask (cache warm)", "eval_s": "eval 10",
