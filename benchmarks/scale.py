@@ -266,9 +266,9 @@ def plot(runs: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = ("ask_s", "apply_s", "forget_last_s", "materialize_s", "export_s", "log_s")
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], shown):
+    shown = ("ask_warm_s", "ask_s", "apply_s", "forget_last_s", "materialize_s", "log_s")
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), squeeze=False)
+    for ax, key in zip(axes.flat, shown):
         for name, pts in runs.items():
             xy = [(p["N"], p[key]) for p in pts if p.get(key)]
             if xy:
