@@ -123,6 +123,7 @@ class Build:
         self.model, self.tok = materialize(repo, segments)
         self.env = method_env(repo, self.model, self.tok, segments)
         self._unsettled: list[dict] = []  # attached by `keep`, not yet settled (settled before the model runs)
+        self._made_on: dict | None = None
 
     def keep(self, seg: dict) -> None:
         """Attach a stored segment as it is."""
@@ -155,8 +156,9 @@ class Build:
         is the logged segment this one computes again (forget): what it read besides the
         model comes from the objects it names, and what it was made on is compared first.
         """
-        self.settle()
-        made_on = made_on_now(self.model)
+        if self._made_on is None:  # one device, dtype and set of versions per command
+            self._made_on = made_on_now(self.model)
+        made_on = self._made_on
         if replaying is not None:
             self.check_drift(replaying, made_on)
         recorded = (replaying or {}).get("reads") or {}

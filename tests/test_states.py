@@ -95,3 +95,15 @@ def test_an_export_from_the_cache_equals_one_from_the_log(repo, tmp_path):
     _, tok = repo.state()
     assert torch.equal(logits(a, tok, TEXTS), logits(b, tok, TEXTS))
     assert torch.equal(logits(a, tok, TEXTS), logits(*repo.state(), TEXTS))
+
+
+def test_a_state_with_a_method_that_cannot_say_its_snapshot_is_not_cached(repo, tmp_path, monkeypatch):
+    # the contract's default: no snapshot, no entry (a wrapper method must not be cached as weights alone)
+    from memedit_cli.methods.base import Method
+    from memedit_cli.methods.ft import FT
+
+    monkeypatch.setattr(FT, "snapshot", Method.snapshot)
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), *FAST)
+    first = repo("ask", "The Eiffel Tower is in", "--max-new-tokens", "2").stdout
+    assert repo("ask", "The Eiffel Tower is in", "--max-new-tokens", "2").stdout == first
+    assert not list(states_dir(repo).glob("*.safetensors"))

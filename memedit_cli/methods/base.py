@@ -59,8 +59,9 @@ The repository owns history, storage and replay; a method only turns
 - `snapshot(model, segments)` / `restore(model, meta, tensors, tok)`: what
   the method's attached `segments` add to the base, as (JSON-able meta,
   tensors), and putting exactly that back on a fresh base: the state cache
-  (states.py) keeps a state in one file. Default: the final weights of the
-  blocks the footprints write (ft, MEMIT); methods with wrappers say their own.
+  (states.py) keeps a state in one file. Default: None, the state is not
+  cached; `WeightMethod` (ft, MEMIT) snapshots the final weights of the blocks
+  its footprints write; methods with wrappers say their own.
 - `reset(model)`: a new sequence starts (generation, a batch of scores):
   wrappers that keep state across the calls of one sequence drop it (WISE's
   key router keeps the route its prompt chose). Default: nothing.
@@ -167,23 +168,13 @@ class Method:
         """The segments attached since the last call take effect; by default they already have."""
 
     def snapshot(self, model, segments: list[dict]) -> tuple[dict, dict] | None:
-        """(meta, tensors): the final weights of the FFN output projections the segments write."""
-        from memedit_cli import hparams as hparams_mod
-        from memedit_cli.lm.arch import arch_for
-
-        arch = arch_for(model.config)
-        names = sorted({arch.mlp_out_at(b) for seg in segments for b in
-                        self.footprint(hparams_mod.from_json(self.hparams_class, seg["hparams"]), model).writes})
-        return {"weights": names}, {name: weight_module(model, name).weight for name in names}
+        """(meta, tensors) of what the attached `segments` add to the base; None: the state is not cached."""
+        return None
 
     def restore(self, model, meta: dict, tensors: dict, tok=None) -> None:
         """Put a `snapshot` back on the base `model`."""
-        import torch
+        raise NotImplementedError
 
-        with torch.no_grad():
-            for name in meta["weights"]:
-                param = weight_module(model, name).weight
-                param.copy_(tensors[name].to(device=param.device, dtype=param.dtype))
 
     def reset(self, model) -> None:
         """A new sequence starts; by default a method keeps no state between calls."""
@@ -197,6 +188,28 @@ class Method:
 
     def export_extras(self, model, out_dir) -> dict | None:
         return None
+
+
+class WeightMethod(Method):
+    """A method whose lasting edit is weight deltas of the blocks its footprint writes (ft, MEMIT): its
+    snapshot is those layers' final weights."""
+
+    def snapshot(self, model, segments: list[dict]) -> tuple[dict, dict]:
+        from memedit_cli import hparams as hparams_mod
+        from memedit_cli.lm.arch import arch_for
+
+        arch = arch_for(model.config)
+        names = sorted({arch.mlp_out_at(b) for seg in segments for b in
+                        self.footprint(hparams_mod.from_json(self.hparams_class, seg["hparams"]), model).writes})
+        return {"weights": names}, {name: weight_module(model, name).weight for name in names}
+
+    def restore(self, model, meta: dict, tensors: dict, tok=None) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name in meta["weights"]:
+                param = weight_module(model, name).weight
+                param.copy_(tensors[name].to(device=param.device, dtype=param.dtype))
 
 
 def weight_module(model, name: str):

@@ -19,7 +19,7 @@ from memedit_cli.lm.models import input_device
 from memedit_cli.lm.nethook import add_to_output
 from memedit_cli.lm.progress import bar
 from memedit_cli.lm.tokens import prompt_target_batch, target_nll
-from memedit_cli.methods.base import Footprint, Method, add_weight_deltas, weight_module
+from memedit_cli.methods.base import Footprint, WeightMethod, add_weight_deltas, weight_module
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ MEASURED = {
 }
 
 
-class FT(Method):
+class FT(WeightMethod):
     name = "ft"
     hparams_class = FTHparams
     needs_subject = False

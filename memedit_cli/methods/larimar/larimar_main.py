@@ -168,15 +168,7 @@ class Larimar(Method):
     def snapshot(self, model, segments) -> tuple[dict, dict]:
         """The decoder's settings, episodes, memory and contexts (and adapter), as an export stores them."""
         decoder = getattr(model, model.base_model_prefix)
-        tensors = {"episodes": decoder.episodes, "memory": decoder.memory, "context_ids": decoder.context_ids,
-                   "context_offsets": decoder.context_offsets}
-        adapter = decoder._runtime.get("adapter")
-        if adapter is not None:
-            import torch
-
-            tensors.update({f"adapter.proj.{k}": v for k, v in adapter.proj.state_dict().items()},
-                           **{"adapter.m": torch.tensor(adapter.m)})
-        return {"settings": decoder.settings}, tensors
+        return {"settings": decoder.settings}, _decoder_tensors(decoder)
 
     def restore(self, model, meta, tensors, tok=None) -> None:
         from memedit_cli.lm.models import input_device
@@ -239,7 +231,6 @@ class Larimar(Method):
         return prefix.save_adapter(Path(env.cache_dirs[-1]), env.model_key, tensors, meta)
 
     def export_extras(self, model, out_dir) -> dict | None:
-        import torch
         from safetensors.torch import save_file
 
         from memedit_cli.methods.larimar.encoder import minilm_dir
@@ -253,13 +244,7 @@ class Larimar(Method):
             raise UserError(f"exporting a Larimar memory for model type {model_type!r} is not supported "
                             f"(supported: {', '.join(sorted(CLASSES))}); forget the Larimar edits before exporting")
         out = Path(out_dir)
-        tensors = {"episodes": decoder.episodes.contiguous(), "memory": decoder.memory.contiguous(),
-                   "context_ids": decoder.context_ids.contiguous(),
-                   "context_offsets": decoder.context_offsets.contiguous()}
-        if decoder._runtime.get("adapter") is not None:
-            adapter = decoder._runtime["adapter"]
-            tensors.update({f"adapter.proj.{k}": v.detach().cpu().contiguous()
-                            for k, v in adapter.proj.state_dict().items()}, **{"adapter.m": torch.tensor(adapter.m)})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in _decoder_tensors(decoder).items()}
         save_file(tensors, str(out / TENSORS_FILE))
         config = dict(decoder.settings, tensors=TENSORS_FILE)
         if decoder.settings["encoder"] == "minilm":  # shipped inside the folder, so it loads offline
@@ -270,6 +255,20 @@ class Larimar(Method):
         shutil.copyfile(modeling, out / modeling.name)
         return {"auto_map": {"AutoModelForCausalLM": f"{modeling.stem}.{CLASSES[model_type]}"},
                 "modeling_file": modeling.name}
+
+
+def _decoder_tensors(decoder) -> dict:
+    """What a LarimarDecoder holds besides the decoder: episodes (n, C), memory (K, C), the contexts'
+    tokens and offsets, and the mode=prefix adapter (an export's tensors file, a state cache entry)."""
+    import torch
+
+    tensors = {"episodes": decoder.episodes, "memory": decoder.memory, "context_ids": decoder.context_ids,
+               "context_offsets": decoder.context_offsets}
+    adapter = decoder._runtime.get("adapter")
+    if adapter is not None:
+        tensors.update({f"adapter.proj.{k}": v for k, v in adapter.proj.state_dict().items()},
+                       **{"adapter.m": torch.tensor(adapter.m)})
+    return tensors
 
 
 def _adapter(hp: LarimarHparams, env, reuse) -> dict:

@@ -24,7 +24,7 @@ from memedit_cli.lm import prefixes
 from memedit_cli.lm.arch import arch_for, is_transposed, num_layers
 from memedit_cli.lm.models import input_device
 from memedit_cli.lm.tokens import context_length
-from memedit_cli.methods.base import Footprint, Method, add_weight_deltas, weight_module
+from memedit_cli.methods.base import Footprint, WeightMethod, add_weight_deltas, weight_module
 from memedit_cli.methods.memit.compute_ks import key_rows, keys_and_current
 from memedit_cli.methods.memit.compute_z import compute_z
 from memedit_cli.methods.memit.hparams import MEMITHparams
@@ -55,7 +55,7 @@ def _dense(module, U, V):
     return V @ U.T if is_transposed(module) else U @ V.T
 
 
-class MEMIT(Method):
+class MEMIT(WeightMethod):
     name = "memit"
     hparams_class = MEMITHparams
     needs_subject = True
