@@ -48,6 +48,37 @@ def load(name: str, n: int) -> list[Fact]:
     return parse_facts(json.dumps(raw[:n]).encode(), f"{FILES[name]}[:{n}]")
 
 
+def load_probed(name: str, n: int, probes: int = 2) -> list[Fact]:
+    """`load(name, n)` with `probes` same-subject probes per fact (`with_subject_probes`, from the first 1,000)."""
+    return with_subject_probes(load(name, n), load(name, 1000), probes)
+
+
+def with_subject_probes(facts: list[Fact], pool: list[Fact], n: int = 2) -> list[Fact]:
+    """`facts` with `n` same-subject probes each (`subject_locality`, scored as `spec`), for data that has none:
+    the prompts of the next facts in `pool` whose template (prompt with its subject cut out) differs from
+    the fact's own, with the fact's subject put in, answered by those facts' ground truth (spec compares the
+    edited model's predictions on those answer tokens with the unedited model's). The same subject through
+    other relations of the same dataset: a router keyed on the subject alone sends them to the edit's memory."""
+    import dataclasses
+
+    from memedit_cli.facts import Probe
+
+    def template(f):
+        return f.prompt.replace(f.subject, "{}", 1) if f.subject in f.prompt else None
+
+    templates = [(template(f), f.ground_truth or f.target_new) for f in pool]
+    out = []
+    for i, f in enumerate(facts):
+        own, probes, j = template(f), [], 0
+        while len(probes) < n and j < len(templates):
+            t, answer = templates[(i + 1 + j) % len(templates)]
+            j += 1
+            if t is not None and t != own and all(p.prompt != t.format(f.subject) for p in probes):
+                probes.append(Probe(t.replace("{}", f.subject), answer))
+        out.append(dataclasses.replace(f, subject_locality=tuple(probes)))
+    return out
+
+
 def write_facts(facts: list[Fact], path: Path) -> Path:
     """`facts` as a JSONL file for the CLI (ids kept)."""
     path.write_text("".join(json.dumps(f.to_json()) + "\n" for f in facts))

@@ -38,9 +38,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FILES, ROOT, load, new_repo, set_threads  # noqa: E402
+from common import FILES, ROOT, load, new_repo, set_threads, with_subject_probes  # noqa: E402
 
 from memedit_cli.facts import load_facts  # noqa: E402
+from memedit_cli.hparams import parse_set  # noqa: E402
 
 POINTS = (10, 100, 300, 1000)
 UNIT = {"memit": 100}  # facts per edit; every other method edits one fact at a time
@@ -48,8 +49,9 @@ METHODS = ("wise", "memit", "larimar", "ft")
 ASK_TOKENS = 16
 
 
-def run_dir(work: Path, data: str, method: str) -> Path:
-    return work / f"{data}-{method}"
+def run_dir(work: Path, data: str, method: str, label: str | None = None) -> Path:
+    """<data>-<method>, or <data>-<method>.<label> for a run with other hparams (`--set`, `--label`)."""
+    return work / f"{data}-{method}{f'.{label}' if label else ''}"
 
 
 def read_points(d: Path) -> list[dict]:
@@ -144,9 +146,13 @@ def run(args) -> None:
         data, facts = args.facts.stem, load_facts(args.facts)[:max(args.T)]
     else:
         data, facts = args.data, load(args.data, max(args.T))
+        if args.spec_probes:  # neither dataset has same-subject probes: other relations' prompts, this subject
+            facts = with_subject_probes(facts, load(args.data, 1000), args.spec_probes)
     # a dataset shorter than the last point ends there (ZsRE's file has 998 usable facts)
     points = sorted({min(T, len(facts)) for T in args.T})
-    d = run_dir(args.work, data, args.method)
+    if args.set and not args.label:
+        sys.exit("a run with --set needs a --label: its folder and its rows in the report are named after it")
+    d = run_dir(args.work, data, args.method, args.label)
     d.mkdir(parents=True, exist_ok=True)
     repo = open_repo(d, args.model)
     for T in points:
@@ -173,7 +179,7 @@ def advance(repo, facts, T: int, args) -> dict:
     """Apply facts up to T (resuming from HEAD), then time the point; the point without scores."""
     from memedit_cli.commands.apply import apply
 
-    unit = UNIT.get(args.method, 1)
+    unit = args.unit or UNIT.get(args.method, 1)
     n = len(repo.facts_at(repo.head()))
     ids = [f.id for f in facts[:n]]
     if list(repo.facts_at(repo.head())) != ids:
@@ -181,7 +187,7 @@ def advance(repo, facts, T: int, args) -> dict:
     while n < T:
         chunk = facts[n:min(T, n + max(args.chunk, unit))]
         t0 = time.perf_counter()
-        apply(repo, chunk, args.method, {}, unit, 0, f"{args.facts or FILES[args.data]}[{n}:{n + len(chunk)}]")
+        apply(repo, chunk, args.method, parse_set(args.set), unit, 0, f"{args.facts or FILES[args.data]}[{n}:{n + len(chunk)}]")
         n += len(chunk)
         print(f"  {args.method}: {n} facts ({(time.perf_counter() - t0) / len(chunk):.2f} s/fact wall)", flush=True)
     head = repo.head()
@@ -211,6 +217,14 @@ def main(argv=None) -> None:
     r.add_argument("--score-sample", type=int, default=None, metavar="N",
                    help="score N of the facts seen, evenly spaced over the stream (default: all of them)")
     r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--spec-probes", type=int, default=2, metavar="N",
+                   help="--data: N same-subject probes per fact, made from the dataset's other prompts (scored as "
+                        "spec; common.with_subject_probes); 0: none")
+    r.add_argument("--set", action="append", default=[], metavar="K=V",
+                   help="an hparam of the method (repeatable), as `memedit apply --set`; needs --label")
+    r.add_argument("--label", help="names a run with other hparams: its folder <data>-<method>.<label>")
+    r.add_argument("--unit", type=int, default=None,
+                   help="facts per edit (one segment; WISE: one shard) instead of the method's natural unit")
     for q in (r, sub.add_parser("report", help="write docs/lifelong.md, .json and one PNG per dataset")):
         q.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "runs")
     rep = sub.choices["report"]

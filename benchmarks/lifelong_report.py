@@ -21,12 +21,19 @@ LABEL = {"rel": "Rel", "gen": "Gen", "loc": "Loc", "rel_gen": "Rel gen", "gen_ge
          "loc_gen": "Loc gen", "spec": "Spec", "port": "Port"}
 
 
-def collect(work: Path) -> list[dict]:
+def collect(work: Path, earlier: Path | None = None) -> list[dict]:
+    """The points of the runs under `work`; a run that is not there (an earlier session's) keeps its points
+    from `earlier` (the last report's JSON): each (data, method) comes whole from one place."""
     rows = []
     for d in sorted(work.glob("*-*/points.json")):
         data, method = d.parent.name.split("-", 1)
         rows += [dict(p, data=data, method=method) for p in json.loads(d.read_text())]
-    return sorted(rows, key=lambda r: (r["data"], ORDER.index(r["method"]) if r["method"] in ORDER else 99, r["T"]))
+    if earlier is not None and earlier.exists():
+        here = {(r["data"], r["method"]) for r in rows}
+        rows += [r for r in json.loads(earlier.read_text())["points"] if (r["data"], r["method"]) not in here]
+    key = lambda r: (r["data"], ORDER.index(r["method"].split(".")[0]) if r["method"].split(".")[0] in ORDER  # noqa: E731
+                     else 99, r["method"], r["T"])
+    return sorted(rows, key=key)
 
 
 def _f(v, digits=2):
@@ -127,7 +134,7 @@ def ranking(rows: list[dict], T: int = 100) -> list[tuple[str, float]]:
 
 
 def report(work: Path, out: Path, pages: tuple = ()) -> None:
-    rows = collect(work)
+    rows = collect(work, out.with_suffix(".json"))
     if not rows:
         sys.exit(f"no points under {work}; run `python benchmarks/lifelong.py run ...` first")
     out.parent.mkdir(parents=True, exist_ok=True)

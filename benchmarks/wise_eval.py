@@ -3,9 +3,10 @@
     python benchmarks/wise_eval.py quality --data counterfact --facts 10 [--set k=v ...] [--shard 500]
         the WISE protocol: apply the facts one after another (shards of --shard edits),
         then score all of them, for the merge and the retrieve variant of the same shards
-    python benchmarks/wise_eval.py routing --facts 10,100,500 [--pool 100] [--set key_threshold=0.7 ...]
+    python benchmarks/wise_eval.py routing --facts 10,100,1000 [--pool 100] [--margins -0.05,0] [--set ...]
         router=keys only: keys and thresholds for the first N facts (no training: routing does
-        not depend on the side memory), then where their edit, rephrase and locality prompts go
+        not depend on the side memory), then where their edit, rephrase, same-subject and locality
+        prompts go, without and with the relation gate (key_relation) at each margin
     python benchmarks/wise_eval.py speed --facts 5
         seconds per edit with the fast loop and the full-model loop, same hparams
     python benchmarks/wise_eval.py latency --facts 4 --set n_iter=5
@@ -55,13 +56,15 @@ def route(model, tok, texts, layer, method):
 
 
 def routing(model, tok, facts, layer, method):
-    """(routing accuracy, edit prompts to a side memory, locality prompts to the main memory)."""
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    """(routing accuracy, edit prompts to a side memory, locality prompts to the main memory,
+    same-subject probes to the main memory)."""
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     r_edit = route(model, tok, [f"{f.prompt} {f.target_new}" for f in facts], layer, method)
     r_reph = route(model, tok, [f"{f.rephrase_prompt} {f.target_new}" for f in facts], layer, method)
     r_loc = route(model, tok, [f"{f.locality_prompt} {f.locality_ground_truth}" for f in facts], layer, method)
+    r_spec = route(model, tok, [f"{p.prompt} {p.answer}" for f in facts for p in f.subject_locality], layer, method)
     return (mean([r >= 0 for r in r_edit + r_reph] + [r == -1 for r in r_loc]), mean([r >= 0 for r in r_edit]),
-            mean([r == -1 for r in r_loc]))
+            mean([r == -1 for r in r_loc]), mean([r == -1 for r in r_spec]))
 
 
 def setup(args):
@@ -91,12 +94,13 @@ def attach_all(model, tok, method, hp, shards):
     """The shards attached to `model` as `apply` attaches segments; returns the side-memory layer."""
     for tensors, _ in shards:
         method.attach(model, tensors, hp, tok)
+    method.settle(model)  # the side memories are built from all shards once
     return model.get_submodule(arch_for(model.config).mlp_out_at(hp.layer))
 
 
 def quality(args):
     model, tok, env, method, hp = setup(args)
-    facts = common.load(args.data, args.facts)
+    facts = common.load_probed(args.data, args.facts)
     shards, per_edit = train(model, tok, env, method, hp, facts, args.shard)
     steps = [s for _, info in shards for s in info["steps"]]
     print(f"# layer {hp.layer}, router {hp.router}, α/β/γ {hp.alpha}/{hp.beta}/{hp.gamma}, {args.set}, "
@@ -111,11 +115,12 @@ def quality(args):
                 held["layer"] = attach_all(model, tok, method, hp_v, shards)
 
             s = score(model, tok, facts, edit, lambda: method.reset(model)).scores
+            print(json.dumps(s), flush=True)
             layer = held["layer"]
-            acc, r_edit, r_loc = routing(model, tok, facts, layer, method)
+            acc, r_edit, r_loc, r_spec = routing(model, tok, facts, layer, method)
             print(f"| {args.data} | {len(facts)} | {variant} | {len(layer.eps)} | {s['rel']:.2f} | "
-                  f"{s['gen']:.2f} | {s['loc']:.2f} | {acc:.2f} ({r_edit:.2f} edit, {r_loc:.2f} loc) | "
-                  f"{per_edit:.2f} |", flush=True)
+                  f"{s['gen']:.2f} | {s['loc']:.2f} | {s['spec']:.2f} | {acc:.2f} ({r_edit:.2f} edit, "
+                  f"{r_loc:.2f} loc, {r_spec:.2f} same-subject → main) | {per_edit:.2f} |", flush=True)
 
 
 def key_routing(args):
@@ -124,12 +129,15 @@ def key_routing(args):
     args.set = ["router=keys", *args.set]
     model, tok, env, method, hp = setup(args)
     counts = [int(x) for x in str(args.facts).split(",")]
-    facts = common.load(args.data, max(counts))
+    facts = common.load_probed(args.data, max(counts))
     name = keyrouter.key_module(model, hp)
     device = input_device(model)
     t0 = time.perf_counter()
     keys = keyrouter.edit_keys(model, tok, facts, name, device)
     tau = keyrouter.key_thresholds(model, tok, keys, hp.irrelevant, name, hp, device)
+    rel = [keyrouter.relation_keys(model, tok, f, name, device) for f in facts]
+    floor = [keyrouter.relation_floor(model, tok, f, r, hp.relation_templates, name, device)
+             for f, r in zip(facts, rel)]
     key_s = (time.perf_counter() - t0) / len(facts)
     router = keyrouter.KeyRouter(model.get_submodule(name), [])
     keyrouter.modeling.replace_module(model, name, router)
@@ -144,18 +152,27 @@ def key_routing(args):
 
     print(f"# router=keys, key_layer {hp.key_layer}, key_threshold {hp.key_threshold}, key_margin {hp.key_margin}, "
           f"pool: {'held-out locality prompts' if args.pool else 'sampled from the model'} ({len(hp.irrelevant)}); "
-          f"keys and thresholds {key_s * 1000:.0f} ms/fact")
-    print("| data | edits | edit → side | rephrase → side | rephrase → its own edit | locality → main | routing acc |")
+          f"keys, thresholds and relation floors {key_s * 1000:.0f} ms/fact")
+    print("| data | edits | relation gate | edit → its edit | rephrase → side | rephrase → its edit | "
+          "same subject → main | locality → main | routing acc |")
+    gates = [None] + [float(m) for m in args.margins.split(",") if m]
     for n in counts:
-        # one memory per edit, so a route names the edit whose key matched best
-        router.rebuild([[(keys[i:i + 1], tau[i:i + 1])] for i in range(n)])
+        shards = [{"keys": keys[i:i + 1], "key_tau": tau[i:i + 1], "rel_keys": rel[i].half().float(),
+                   "rel_counts": torch.tensor([len(rel[i])]), "rel_floor": torch.tensor([floor[i]])}
+                  for i in range(n)]
         own = torch.arange(n)
-        e = where([f"{f.prompt} {f.target_new}" for f in facts[:n]])
-        r = where([f"{f.rephrase_prompt} {f.target_new}" for f in facts[:n]])
-        loc = where([f"{f.locality_prompt} {f.locality_ground_truth}" for f in facts[:n]])
-        acc = torch.cat([e >= 0, r >= 0, loc == -1]).float().mean()
-        print(f"| {args.data} | {n} | {(e >= 0).float().mean():.2f} | {(r >= 0).float().mean():.2f} | "
-              f"{(r == own).float().mean():.2f} | {(loc == -1).float().mean():.2f} | {acc:.3f} |", flush=True)
+        for margin in gates:  # one memory per edit, so a route names the edit whose key matched best
+            gate = dataclasses.replace(hp, key_relation=margin is not None, relation_margin=margin or 0.0)
+            router.rebuild([[s] for s in shards], gate)
+            e = where([f"{f.prompt} {f.target_new}" for f in facts[:n]])
+            r = where([f"{f.rephrase_prompt} {f.target_new}" for f in facts[:n]])
+            spec = where([f"{p.prompt} {p.answer}" for f in facts[:n] for p in f.subject_locality])
+            loc = where([f"{f.locality_prompt} {f.locality_ground_truth}" for f in facts[:n]])
+            acc = torch.cat([e == own, r >= 0, spec == -1, loc == -1]).float().mean()
+            label = "off" if margin is None else f"margin {margin:+.2f}"
+            print(f"| {args.data} | {n} | {label} | {(e == own).float().mean():.3f} | {(r >= 0).float().mean():.3f} | "
+                  f"{(r == own).float().mean():.3f} | {(spec == -1).float().mean():.3f} | "
+                  f"{(loc == -1).float().mean():.3f} | {acc:.3f} |", flush=True)
 
 
 def speed(args):
@@ -238,6 +255,8 @@ def main():
     ap.add_argument("--paper", action="store_true",
                     help="start from WISE's own settings (activation router, block 25, shards of 500, merge) "
                          "instead of memedit's defaults for this model")
+    ap.add_argument("--margins", default="-0.05,0,0.05",
+                    help="routing: the relation gate's margins to try besides no gate (comma-separated)")
     ap.add_argument("--pool", type=int, default=0,
                     help="use the locality prompts of facts 500..500+N of the same file as the unrelated pool "
                          "(0: the model-generated default)")

@@ -128,6 +128,9 @@ def test_ties_merge():
     c = torch.tensor([1.0, 0.0, 0.0, -5.0])  # disagrees on the last entry and outweighs a there
     assert torch.equal(ties([a, c], 1.0)[3], torch.tensor(-5.0))
     assert ties([a], 0.5) is a  # one shard is not trimmed
+    # the density counts a shard's own nonzeros, not all entries: half of 4 nonzeros among 8 keeps 2
+    sparse = torch.tensor([0.0, 3.0, 0.0, -1.0, 0.0, 0.5, 0.0, 2.0])
+    assert torch.equal(trim(sparse, 0.5), torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]))
 
 
 @pytest.mark.parametrize("router", ["activation", "keys"])

@@ -6,6 +6,8 @@ import pytest
 import torch
 from conftest import FACTS, PROMPTS, UNRELATED, Memedit, base_logits, logits, write_facts
 
+from memedit_cli.methods.wise.hparams import WISEHparams
+
 KEYS = ["--method", "wise", "--set", "n_iter=10", "--set", "router=keys", "--set", "layer=1", "--set", "key_layer=0"]
 
 
@@ -23,13 +25,47 @@ def _layers(model):
     return layer, router
 
 
+def _shard(keys, tau, **rel):
+    return {"keys": keys, "key_tau": torch.tensor(tau), **rel}
+
+
+_HP = WISEHparams(router="keys")
+
+
+def test_the_relation_gate_keeps_a_prompt_about_the_subject_through_another_relation_in_the_main_memory():
+    import dataclasses
+
+    from memedit_cli.methods.wise.router import KeyRouter
+
+    e = torch.eye(6)
+    # one key (the subject, e0); the edit's relation words are e1 and e2; its floor 0.4 (what other
+    # relations' prompts about the subject reached) + margin 0.1 is the relation threshold
+    shard = _shard(e[:1], [0.5], rel_keys=e[1:3], rel_counts=torch.tensor([2]), rel_floor=torch.tensor([0.4]))
+    x = torch.zeros(3, 3, 6)
+    x[0, 0], x[0, 1], x[0, 2] = e[0], e[1], e[2]  # the subject and both relation words: relation score 1
+    x[1, 0], x[1, 1] = e[0], e[1]  # the subject and half the relation: 0.5 − 0.5 is not above 0
+    x[2, 0], x[2, 1] = e[0], e[3]  # the subject about something else: 0
+    router = KeyRouter(torch.nn.Linear(6, 2), [])
+    router.rebuild([[shard]], _HP)  # no gate: the subject alone decides
+    router(x)
+    assert router.route.tolist() == [0, 0, 0] and not router.relation
+    router.rebuild([[shard]], dataclasses.replace(_HP, key_relation=True, relation_margin=0.1))
+    router(x)
+    assert router.route.tolist() == [0, -1, -1]
+    assert torch.allclose(router.rel_tau, torch.tensor([0.5]))
+    # a shard made before the gate has no relation words: its key passes the gate
+    router.rebuild([[_shard(e[:1], [0.5])], [shard]], dataclasses.replace(_HP, key_relation=True))
+    router(x)
+    assert router.route.tolist() == [0, 0, 0]
+
+
 def test_a_row_uses_the_memory_whose_key_it_matches_best_and_keeps_it_while_generating():
     from memedit_cli.methods.wise.router import KeyRouter
 
     router = KeyRouter(torch.nn.Linear(4, 3), [])
     e = torch.eye(4)
     # memory 0 holds keys e0 and e1, memory 1 holds e2; each key's threshold is its own
-    router.rebuild([[(e[:2], torch.tensor([0.9, 0.5]))], [(e[2:3], torch.tensor([0.8]))]])
+    router.rebuild([[_shard(e[:2], [0.9, 0.5])], [_shard(e[2:3], [0.8])]], _HP)
     assert router.counts == [2, 1]
     x = torch.zeros(4, 3, 4)  # (B, T, d_in)
     x[0, 1] = e[0]  # one position is key e0: margin 1 − 0.9 on memory 0

@@ -41,7 +41,9 @@ def describe(model) -> dict:
                "shape": list(layer.base.weight.shape),
                "nnz": list(layer.nnz),  # -1: memory_i dense; n: memory_i_index/_values
                # router=keys: the KeyRouter's module and its keys per memory (its buffers hold them)
-               **({"router": {"module": names[r], "keys": list(r.counts)}}
+               **({"router": {"module": names[r], "keys": list(r.counts),
+                              # key_relation: the relation gate's word rows (rel_keys), None without one
+                              "relation": len(r.rel_keys) if r.relation else None}}
                   if (r := layer._router[0]) is not None else {})}
         for name, layer in layers.items()
     }

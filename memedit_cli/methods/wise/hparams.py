@@ -8,6 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VARIANTS = ("merge", "retrieve")
+MASKS = ("random", "topk")
+# Same-subject prompts about other relations, "{}" the subject: what an edit's relation floor is measured on
+RELATION_TEMPLATES = (
+    "{} is a", "{} was born in", "{} is located in", "What is {} known for?", "Who founded {}?",
+    "When was {} founded?", "{} is made by", "The language of {} is", "Where is {}?", "What is {}?",
+    "{} works as a", "{} belongs to", "Who is the owner of {}?", "In which country is {}?", "{} was created by",
+    "What kind of thing is {}?",
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,10 @@ class WISEHparams:
     stop_loss: float = 0.02  # an edit stops once its whole loss is below this
     norm_constraint: float = 1.0  # |D| <= this, element-wise, after each step (WISE: 1.0)
     mask_ratio: float = 0.2  # ρ: the fraction of W' one shard may change (WISE: 0.2)
+    # which entries a shard may change: random (WISE: each entry with probability mask_ratio), or topk
+    # (MEMOIR's TopHash without the hash: the columns of the `mask_k` input features the edit activates most)
+    mask: str = "random"
+    mask_k: int = 32  # topk: input features (columns of W) per edit; a shard holds the union of its edits'
     save_freq: int = 500  # edits per shard at most; an apply is cut into shards of this size (WISE: 500)
     merge_freq: int = 1000  # retrieve: shards are merged into one memory per this many edits (WISE: 1000)
     densities: float = 0.53  # TIES: the fraction of each shard's entries kept, by magnitude (WISE: 0.53)
@@ -29,6 +41,12 @@ class WISEHparams:
     key_layer: int = -1  # keys: the block whose FFN activation is the key; -1: a tenth of the depth, below `layer`
     key_threshold: float = 0.7  # keys: a key's cosine threshold is at least this...
     key_margin: float = 0.05  # ...and this above the unrelated pool's best cosine to it
+    # keys: a row must also ask about the edit's relation: its relation score (router.relation_score, the edit
+    # prompt's words outside the subject found in the row) above the edit's floor (the best score of the
+    # subject in `relation_templates`, other relations) + relation_margin, at most 0.95
+    key_relation: bool = False
+    relation_margin: float = 0.0
+    relation_templates: tuple[str, ...] = RELATION_TEMPLATES
     act_ratio: float = 0.88  # ε = act_ratio · (smallest routing score of the memory's edits) (WISE: 0.88)
     route_reduce: str = "mean"  # Δ over a row's positions: mean (WISE) or max (the most affected position)
     # edit: each edit's score when it finished (WISE); final: re-measured on the finished shard
@@ -56,11 +74,14 @@ class WISEHparams:
             return f"router must be activation or keys, got {self.router!r}"
         if not -1 <= self.key_threshold <= 1:
             return f"key_threshold is a cosine, between -1 and 1, got {self.key_threshold}"
+        if self.mask not in MASKS:
+            return f"mask must be one of {', '.join(MASKS)}, got {self.mask!r}"
         if self.route_reduce not in ("mean", "max"):
             return f"route_reduce must be mean or max, got {self.route_reduce!r}"
         if self.threshold_from not in ("edit", "final"):
             return f"threshold_from must be edit or final, got {self.threshold_from!r}"
-        for name in ("n_iter", "save_freq", "merge_freq", "prefix_length", "n_irrelevant", "irrelevant_per_edit"):
+        for name in ("n_iter", "save_freq", "merge_freq", "prefix_length", "n_irrelevant", "irrelevant_per_edit",
+                     "mask_k"):
             if getattr(self, name) < 1:
                 return f"{name} must be >= 1, got {getattr(self, name)}"
         if self.irrelevant_per_edit > self.n_irrelevant:
@@ -72,6 +93,8 @@ class WISEHparams:
         for name in ("edit_lr", "norm_constraint", "act_ratio"):
             if getattr(self, name) <= 0:
                 return f"{name} must be > 0, got {getattr(self, name)}"
+        if any("{}" not in t for t in self.relation_templates):
+            return "every relation template needs a {} where the subject goes"
         for name in ("weight_decay", "stop_loss", "alpha", "beta", "gamma", "alpha_rel", "beta_rel", "gamma_rel",
                      "n_prefixes", "key_margin"):
             if getattr(self, name) < 0:

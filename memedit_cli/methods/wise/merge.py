@@ -2,7 +2,9 @@
 
 Each shard is a task vector τ_i = W'_i − W (the delta, in the layer's weight
 layout). TIES: trim each τ_i to its top `density` fraction of entries by
-magnitude, elect each entry's sign as the sign of the sum of the trimmed
+magnitude (counted among the entries the shard may change, its nonzeros: a
+WISE shard changes only its mask, ρ = 20% of W, so a density counted over all
+of W's entries would keep every one of them and trim nothing), elect each entry's sign as the sign of the sum of the trimmed
 vectors, and average the trimmed entries that agree with it (entries that no
 shard kept stay 0). One shard is returned unchanged: there is nothing to merge,
 and trimming it would only remove half of its edits.
@@ -12,16 +14,17 @@ from __future__ import annotations
 
 
 def trim(tau, density: float):
-    """τ with all but its `density` fraction of largest-magnitude entries set to 0."""
+    """τ with all but its `density` fraction of largest-magnitude nonzero entries set to 0."""
     import torch
 
-    k = int(round(density * tau.numel()))
-    if k >= tau.numel():
+    nonzero = tau.abs().flatten()
+    nonzero = nonzero[nonzero > 0].float()  # (nnz,)
+    k = int(round(density * len(nonzero)))
+    if k >= len(nonzero):
         return tau
     if k <= 0:
         return torch.zeros_like(tau)
-    flat = tau.abs().flatten()
-    cut = torch.kthvalue(flat.float(), tau.numel() - k).values  # the (n−k)-th smallest: keep what is above it
+    cut = torch.kthvalue(nonzero, len(nonzero) - k).values  # the (nnz−k)-th smallest: keep what is above it
     return torch.where(tau.abs() > cut, tau, torch.zeros_like(tau))
 
 

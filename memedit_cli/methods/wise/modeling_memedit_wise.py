@@ -13,7 +13,7 @@ transformers. It mirrors memedit_cli/methods/wise/side.py's `WISELayer.forward`
     {"model.layers.27.mlp.down_proj": {"eps": [ε_0, ...], "variant": "merge",
                                        "memories": k, "shape": [d_out, d_in], "nnz": [-1, n_1, ...],
                                        "router": {"module": "model.layers.3.mlp.down_proj",
-                                                  "keys": [n_0, ...]}}}
+                                                  "keys": [n_0, ...], "relation": M}}}
 
 Each class below builds the stock model, then replaces every listed module by
 a `WISELayer` holding the original module as `base` and k zero buffers
@@ -52,14 +52,23 @@ class KeyRouter(nn.Module):
 
         max over positions t and the memory's keys j of  cos(a_t, k_j) − τ_j
 
-    and the row uses the memory with the largest margin above 0, else the main memory
+    With a relation gate ("relation": M in the config, memedit's `key_relation`), key j
+    also holds the edit prompt's words outside its subject (rows of `rel_keys`, (M, d_in),
+    `rel_owner` naming each row's key) and a threshold ρ_j (`rel_tau`); its margin is then
+    the smaller of the one above and
+
+        mean over key j's word rows r of (max over positions t of cos(a_t, r)) − ρ_j
+
+    (how much of the edit's relation the row asks about), so a prompt naming the edited
+    subject about another relation stays in the main memory. The row uses the memory
+    with the largest margin above 0, else the main memory
     (`route`, (B,), −1 for the main memory). A call of one position that continues the
     previous call's rows (cached generation) keeps the running max of the margins, so
     an answer's later tokens use the memory its prompt chose; a call of several
     positions, or `reset()`, starts new sequences.
     """
 
-    def __init__(self, base: nn.Module, counts):
+    def __init__(self, base: nn.Module, counts, relation: int | None = None):
         super().__init__()
         self.base = base
         w = base.weight
@@ -69,6 +78,7 @@ class KeyRouter(nn.Module):
         # zeros until loaded or rebuilt, on w's device/dtype (meta while loading)
         self.register_buffer("keys", torch.zeros(n, d_in, dtype=w.dtype, device=w.device))  # (N, d_in)
         self.register_buffer("tau", torch.zeros(n, dtype=w.dtype, device=w.device))  # (N,)
+        self.set_relation(relation, n, d_in, w)
         self.set_counts(counts)
         self.route = None  # (B,) long: the memory each row uses, -1 for the main memory
         self._margin = None  # (n_memories, B): the running max for cached generation
@@ -80,14 +90,38 @@ class KeyRouter(nn.Module):
         self.owner = torch.repeat_interleave(torch.arange(len(self.counts), device="cpu"),
                                              torch.tensor(self.counts, dtype=torch.long, device="cpu"))
 
+    def set_relation(self, m: int | None, n: int, d_in: int, w) -> None:
+        """The relation gate's buffers for m word rows of n keys (None: no gate)."""
+        for name in ("rel_keys", "rel_owner", "rel_tau"):
+            if hasattr(self, name):
+                delattr(self, name)
+        self.relation = m is not None
+        if self.relation:
+            self.register_buffer("rel_keys", torch.zeros(m, d_in, dtype=w.dtype, device=w.device))  # (M, d_in)
+            self.register_buffer("rel_owner", torch.zeros(m, dtype=torch.int32, device=w.device))  # (M,)
+            self.register_buffer("rel_tau", torch.zeros(n, dtype=w.dtype, device=w.device))  # (N,)
+
     def reset(self) -> None:
         self._margin = None
+
+    def _relation_margin(self, a) -> torch.Tensor:
+        """(B, N): per key, the mean over its word rows of their best cosine to a (B, T, d_in, unit rows) − ρ;
+        +inf for a key without word rows (no gate)."""
+        rows = (a @ nn.functional.normalize(self.rel_keys.float(), dim=-1).T).amax(1)  # (B, M)
+        owner = self.rel_owner.long().to(rows.device)
+        n = self.keys.shape[0]
+        total = rows.new_zeros(rows.shape[0], n).index_add_(1, owner, rows)  # (B, N)
+        count = rows.new_zeros(n).index_add_(0, owner, torch.ones_like(owner, dtype=rows.dtype))
+        score = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("inf")))
+        return score - self.rel_tau.float()
 
     def margins(self, x) -> torch.Tensor:
         """(n_memories, B) margins for the projection input x (B, T, d_in)."""
         a = nn.functional.normalize(x.float(), dim=-1)
         keys = nn.functional.normalize(self.keys.float(), dim=-1)  # (N, d_in)
         per_key = (a @ keys.T - self.tau.float()).amax(1)  # (B, N): the best position per key
+        if self.relation:
+            per_key = torch.minimum(per_key, self._relation_margin(a))
         if self.owner.device != per_key.device:
             self.owner = self.owner.to(per_key.device)
         B, owner = per_key.shape[0], self.owner
@@ -202,7 +236,7 @@ def attach_side_memories(model: nn.Module, config) -> None:
             keys = spec["router"]["keys"]
             if len(keys) != spec["memories"]:
                 raise ValueError(f"memedit_wise[{name!r}]: {spec['memories']} memories but {len(keys)} key sets")
-            router = KeyRouter(model.get_submodule(spec["router"]["module"]), keys)
+            router = KeyRouter(model.get_submodule(spec["router"]["module"]), keys, spec["router"].get("relation"))
             replace_module(model, spec["router"]["module"], router)
         layer = WISELayer(model.get_submodule(name), spec["eps"], spec["variant"], spec["shape"],
                           spec.get("reduce", "mean"), router, spec.get("nnz"))

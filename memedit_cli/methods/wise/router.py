@@ -33,14 +33,35 @@ from memedit_cli.methods.wise.train import activation
 class KeyRouter(modeling.KeyRouter):
     """The exported KeyRouter, rebuilt from the shards' keys like WISELayer's memories."""
 
-    def rebuild(self, groups) -> None:
-        """groups: per side memory, the [(keys (n, d_in), key_tau (n,))] of its shards."""
+    def rebuild(self, groups, hp) -> None:
+        """groups: per side memory, its shards (dicts with "keys" (n, d_in) and "key_tau" (n,), and for the
+        relation gate "rel_keys" (Σ m, d_in), "rel_counts" (n,), "rel_floor" (n,))."""
         w = self.base.weight
-        pairs = [pair for group in groups for pair in group]
+        shards = [s for group in groups for s in group]
         d_in = self.keys.shape[1]
-        self.keys = torch.cat([k for k, _ in pairs]).to(w) if pairs else w.new_zeros(0, d_in)
-        self.tau = torch.cat([t for _, t in pairs]).to(w) if pairs else w.new_zeros(0)
-        self.set_counts([sum(len(k) for k, _ in group) for group in groups])
+        self.keys = torch.cat([s["keys"] for s in shards]).to(w) if shards else w.new_zeros(0, d_in)
+        self.tau = torch.cat([s["key_tau"] for s in shards]).to(w) if shards else w.new_zeros(0)
+        n = len(self.keys)
+        if hp.key_relation:
+            rel, owner, tau, first = [], [], [], 0
+            for s in shards:
+                k = len(s["keys"])
+                if "rel_keys" in s:  # shards made before the gate have none: their keys pass it
+                    rel.append(s["rel_keys"])
+                    owner.append(torch.repeat_interleave(torch.arange(first, first + k), s["rel_counts"]))
+                    # the edit's own prompt scores 1: the cap keeps it routed whatever the floor
+                    tau.append(torch.clamp(s["rel_floor"] + hp.relation_margin, max=0.95))
+                else:
+                    tau.append(torch.zeros(k))
+                first += k
+            self.set_relation(sum(len(r) for r in rel), n, d_in, w)
+            if rel:
+                self.rel_keys = torch.cat(rel).to(w)
+                self.rel_owner = torch.cat(owner).to(device=w.device, dtype=torch.int32)
+            self.rel_tau = (torch.cat(tau) if tau else torch.zeros(0)).to(w)
+        else:
+            self.set_relation(None, n, d_in, w)
+        self.set_counts([sum(len(s["keys"]) for s in group) for group in groups])
         self.reset()
 
 
@@ -59,15 +80,80 @@ def edit_keys(model, tok, facts, name: str, device) -> torch.Tensor:
     return torch.stack(keys)
 
 
+# (module name, texts, fingerprint of the weights below) -> [(T, d_in) normalized activations]: the
+# unrelated pool is the same for every edit of an apply, so it runs once, not once per edit
+_POOL: dict = {}
+
+
+def _below(model, name: str) -> tuple:
+    """A fingerprint of the weights that module `name`'s input depends on (the embeddings and the blocks up
+    to its own): a cached activation is reused only while they are unchanged (another method's edit below
+    changes them)."""
+    layers = arch_for(model.config).layers
+    block = int(name[len(layers) + 1:].split(".")[0])
+    out = []
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.startswith(layers + "."):
+                if int(pname[len(layers) + 1:].split(".")[0]) > block:
+                    continue
+            elif "emb" not in pname and "wte" not in pname and "wpe" not in pname:
+                continue
+            out.append(float(p.double().sum()))
+    return tuple(out)
+
+
+def pool_activations(model, tok, texts, name: str, device) -> list[torch.Tensor]:
+    """[(T_i, d_in)] float32 on the CPU, unit rows: module `name`'s input for each text, one at a time
+    (no padding positions); cached while the weights below are unchanged."""
+    key = (name, tuple(texts), _below(model, name))
+    if key not in _POOL:
+        _POOL.clear()  # one pool per process: an old key's weights are gone
+        acts = []
+        for text in texts:
+            enc = tok([text], return_tensors="pt").to(device)
+            a = activation(model, name, enc["input_ids"], enc["attention_mask"])[0].float().cpu()  # (T, d_in)
+            acts.append(torch.nn.functional.normalize(a, dim=-1))
+        _POOL[key] = acts
+    return _POOL[key]
+
+
 def key_thresholds(model, tok, keys, texts, name: str, hp, device) -> torch.Tensor:
     """(n,) τ_j = max(key_threshold, the pool's best cosine to k_j + key_margin)."""
     k = torch.nn.functional.normalize(keys, dim=-1)  # (n, d_in)
     best = torch.full((len(keys),), -1.0)
-    for text in texts:  # one at a time: no padding positions
-        enc = tok([text], return_tensors="pt").to(device)
-        a = activation(model, name, enc["input_ids"], enc["attention_mask"])[0].float().cpu()  # (T, d_in)
-        best = torch.maximum(best, (torch.nn.functional.normalize(a, dim=-1) @ k.T).amax(0))
+    for a in pool_activations(model, tok, texts, name, device):
+        best = torch.maximum(best, (a @ k.T).amax(0))
     return torch.clamp(best + hp.key_margin, min=hp.key_threshold)
+
+
+def relation_keys(model, tok, fact, name: str, device) -> torch.Tensor:
+    """(m, d_in) float32, unit rows: a at module `name` at each token of the fact's bare prompt outside its
+    subject (the relation's words: "What is the product made by", "?")."""
+    enc = tok([fact.prompt], return_tensors="pt").to(device)
+    a = activation(model, name, enc["input_ids"], enc["attention_mask"])[0].float().cpu()  # (T, d_in)
+    start = fact.prompt.index(fact.subject)
+    first = len(tok(fact.prompt[:start])["input_ids"]) if start else 0
+    last = subject_last(tok, fact.prompt, start + len(fact.subject))
+    keep = [t for t in range(a.shape[0]) if t < first or t > last]
+    return torch.nn.functional.normalize(a[keep] if keep else a[-1:], dim=-1)
+
+
+def relation_score(a, rel) -> torch.Tensor:
+    """How much of a relation key's words a text has: the mean over the key's rows of their best cosine to
+    any of the text's positions (BERTScore's recall), for a (T, d_in) and rel (m, d_in) unit rows."""
+    return (a @ rel.T).amax(0).mean()
+
+
+def relation_floor(model, tok, fact, rel, templates, name: str, device) -> float:
+    """The highest relation score of the fact's subject put in other relations' `templates`: what a
+    same-subject prompt about something else reaches (the router's relation threshold starts there)."""
+    best = -1.0
+    for t in templates:
+        enc = tok([t.replace("{}", fact.subject)], return_tensors="pt").to(device)
+        a = activation(model, name, enc["input_ids"], enc["attention_mask"])[0].float().cpu()
+        best = max(best, float(relation_score(torch.nn.functional.normalize(a, dim=-1), rel)))
+    return best
 
 
 def link(model, layer, hp) -> None:

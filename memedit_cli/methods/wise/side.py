@@ -94,7 +94,7 @@ class WISELayer(modeling.WISELayer):
             self.edits.append(sum(len(s["scores"]) for s in group))
         router = self._router[0]
         if router is not None:
-            router.rebuild([[(s["keys"], s["key_tau"]) for s in g] for g in groups])
+            router.rebuild(groups, hp)
 
     def scores(self, x) -> torch.Tensor:
         """(n_memories, B) routing scores Δ_i for an activation x (B, T, d_in)."""

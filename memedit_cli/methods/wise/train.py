@@ -30,7 +30,7 @@ import hashlib
 
 import torch
 
-from memedit_cli.lm.arch import extra_output
+from memedit_cli.lm.arch import extra_output, is_transposed
 from memedit_cli.lm.nethook import add_to_output, capture, module_input
 from memedit_cli.lm.progress import bar
 from memedit_cli.lm.tokens import prompt_target_batch
@@ -46,6 +46,34 @@ def shard_mask(shape, ratio: float, seed: int) -> torch.Tensor:
     """The shard's Bernoulli(ratio) mask (bool, `shape`), drawn on the CPU so any device gives the same one."""
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=gen) < ratio
+
+
+def column_mask(shape, columns, transposed: bool) -> torch.Tensor:
+    """The bool mask (`shape`, the base layout) of every weight entry that reads input features `columns`:
+    columns of an nn.Linear weight (d_out, d_in), rows of a Conv1D weight (d_in, d_out)."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    if transposed:
+        mask[columns] = True
+    else:
+        mask[:, columns] = True
+    return mask
+
+
+def top_features(model, tok, facts, hp, name: str, device) -> torch.Tensor:
+    """mask=topk: (k',) sorted input features, the union over `facts` of the `mask_k` features each edit
+    activates most: the mean over its rows' real positions (bare prompt and prefixes) of |a_t| / ‖a_t‖
+    (normalized per position, so a position with a huge activation, an attention sink, does not decide)."""
+    chosen = set()
+    for fact in facts:
+        prompts = [p.replace("{}", fact.prompt) for p in hp.prefixes]
+        ids, attn, _ = prompt_target_batch(tok, prompts, [fact.target_new] * len(prompts), device)
+        with torch.no_grad():
+            a = activation(model, name, ids, attn).float()  # (B, T, d_in)
+            share = a.abs() / a.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            m = attn[..., None].to(share.dtype)
+            score = (share * m).sum((0, 1)) / m.sum()  # (d_in,)
+        chosen.update(score.topk(min(hp.mask_k, len(score))).indices.tolist())
+    return torch.tensor(sorted(chosen), dtype=torch.int64)
 
 
 def activation(model, name: str, input_ids, attention_mask):
@@ -132,10 +160,16 @@ def prompt_score(model, name, base, ids, attn, D, reduce: str, a=None) -> float:
 
 
 def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
-    """Train one shard on `facts` in order. Returns (D (base layout, float32), mask (bool), scores (n,), info)."""
+    """Train one shard on `facts` in order. Returns (D (base layout, float32), mask (bool), columns (mask=topk:
+    the input features of the mask, else None), scores (n,), info)."""
     w = base.weight
     mask_seed = derived_seed(seed, "mask", facts[0].id)
-    mask = shard_mask(tuple(w.shape), hp.mask_ratio, mask_seed).to(w.device)
+    columns = None
+    if hp.mask == "topk":
+        columns = top_features(model, tok, facts, hp, name, device)
+        mask = column_mask(tuple(w.shape), columns, is_transposed(base)).to(w.device)
+    else:
+        mask = shard_mask(tuple(w.shape), hp.mask_ratio, mask_seed).to(w.device)
     maskf = mask.to(torch.float32)
     D = torch.zeros(w.shape, dtype=torch.float32, device=w.device, requires_grad=True)
     scores, steps, losses = [], [], []
@@ -161,5 +195,9 @@ def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
             prompts = [p.replace("{}", fact.prompt) for p in hp.prefixes]
             ids, attn, _ = prompt_target_batch(tok, prompts, [fact.target_new] * len(prompts), device)
             scores.append(prompt_score(model, name, base, ids, attn, D.detach(), hp.route_reduce))
-    info = {"edits": len(facts), "steps": steps, "loss_last": losses, "mask_seed": str(mask_seed)}
-    return D.detach(), mask, torch.tensor(scores, dtype=torch.float32), info
+    info = {"edits": len(facts), "steps": steps, "loss_last": losses}
+    if columns is None:
+        info["mask_seed"] = str(mask_seed)
+    else:
+        info["columns"] = len(columns)
+    return D.detach(), mask, columns, torch.tensor(scores, dtype=torch.float32), info

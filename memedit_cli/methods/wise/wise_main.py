@@ -38,8 +38,10 @@ MEASURED: dict = {
     # SmolLM2-135M: WISE's activation router does not separate edits from unrelated prompts here, so
     # edits route by their subject keys, and each edit is its own shard and memory (no interference
     # between edits, forget without replay); block 20 and lr 3 by T=10 runs on CounterFact and ZsRE
+    # (the same T=10 runs); the side memory of an edit is the columns of its 28 most active input
+    # features (mask=topk: 65 KB of values instead of 0.71 MB), 5 prefixes and stop_loss 0.05 halve the steps
     ("llama", 576, 30): dict(layer=20, router="keys", key_layer=3, edit_lr=3.0, variant="retrieve",
-                             save_freq=1, merge_freq=1),
+                             save_freq=1, merge_freq=1, mask="topk", mask_k=28, n_prefixes=5, stop_loss=0.05),
 }
 
 
@@ -76,13 +78,16 @@ class WISE(Method):
                                    f"between 0 and {hp.layer - 1} (layer is {hp.layer}), got {key_layer}; "
                                    "set --set key_layer=N or a higher --set layer=N")
             changes["key_layer"] = key_layer
-        mine = _routing({"router": hp.router, "key_layer": changes.get("key_layer")})
+        mine = _routing({"router": hp.router, "key_layer": changes.get("key_layer"), "key_relation": hp.key_relation,
+                         "relation_margin": hp.relation_margin})
         for seg in env.attached:  # one router for all side memories: refuse a mix before computing anything
             theirs = _routing(seg["hparams"])
             if seg["method"] == self.name and theirs != mine:
-                raise HparamsError(f"the WISE edits already applied route with router={theirs[0]}"
-                                   f"{f', key_layer={theirs[1]}' if theirs[1] is not None else ''}; apply with the "
-                                   "same --set router=... (and key_layer), or forget those edits first")
+                said = (f"router={theirs[0]}" + (f", key_layer={theirs[1]}" if theirs[1] is not None else "")
+                        + (f", key_relation=true, relation_margin={theirs[2]}" if theirs[2] is not None else ""))
+                raise HparamsError(f"the WISE edits already applied route with {said}; apply with the same "
+                                   "--set router=... (key_layer, key_relation, relation_margin), or forget those "
+                                   "edits first")
         margins = hp.router == "activation" and 0 in (hp.alpha, hp.beta, hp.gamma)  # keys: no routing loss
         if not hp.prefixes or not hp.irrelevant or margins:
             base, base_tok = env.load_base()
@@ -110,10 +115,13 @@ class WISE(Method):
         layer = model.get_submodule(name)
         base = getattr(layer, "base", layer)
         with main_memory_only(layer):
-            D, mask, scores, info = edit_shard(model, tok, facts, hp, seed, base, name, input_device(model))
-        bits = torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1)))
-        tensors = {"values": D[mask].float().cpu(), "mask_bits": bits, "scores": scores,
+            D, mask, columns, scores, info = edit_shard(model, tok, facts, hp, seed, base, name, input_device(model))
+        tensors = {"values": D[mask].float().cpu(), "scores": scores,
                    "shape": torch.tensor(list(D.shape), dtype=torch.int64)}
+        if columns is None:  # a random mask: its bits, packed
+            tensors["mask_bits"] = torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1)))
+        else:  # mask=topk: the input features say it all (k' indices instead of d_out·d_in bits)
+            tensors["columns"] = columns
         if hp.router == "keys":  # read from the model as it stands: the route is decided there, below the memory
             from memedit_cli.methods.wise import router
 
@@ -122,6 +130,13 @@ class WISE(Method):
             tensors["keys"] = keys
             tensors["key_tau"] = router.key_thresholds(model, tok, keys, hp.irrelevant, key_name, hp,
                                                        input_device(model))
+            # the relation's words of each edit and the floor a same-subject prompt reaches (key_relation)
+            rel = [router.relation_keys(model, tok, f, key_name, input_device(model)) for f in facts]
+            tensors["rel_keys"] = torch.cat(rel).half()  # (Σ m_i, d_in): float16, a cosine needs no more
+            tensors["rel_counts"] = torch.tensor([len(r) for r in rel], dtype=torch.int64)
+            tensors["rel_floor"] = torch.tensor(
+                [router.relation_floor(model, tok, f, r, hp.relation_templates, key_name, input_device(model))
+                 for f, r in zip(facts, rel)], dtype=torch.float32)
         return tensors, info
 
     def attach(self, model, tensors, hp: WISEHparams, tok=None) -> None:
@@ -141,11 +156,20 @@ class WISE(Method):
         numel = int(np.prod(shape))
         if tuple(layer.base.weight.shape) != shape:
             raise ValueError(f"a WISE shard of shape {shape} does not fit {name} {tuple(layer.base.weight.shape)}")
-        mask = np.unpackbits(tensors["mask_bits"].numpy())[:numel].astype(bool)
-        shard = {"index": torch.from_numpy(np.flatnonzero(mask)), "values": tensors["values"].float(),
+        if "columns" in tensors:  # mask=topk
+            from memedit_cli.lm.arch import is_transposed
+            from memedit_cli.methods.wise.train import column_mask
+
+            index = column_mask(shape, tensors["columns"].long(), is_transposed(layer.base)).flatten().nonzero()[:, 0]
+        else:
+            index = torch.from_numpy(np.flatnonzero(np.unpackbits(tensors["mask_bits"].numpy())[:numel]))
+        shard = {"index": index, "values": tensors["values"].float(),
                  "scores": tensors["scores"].float()}
         if "keys" in tensors:  # router=keys (resolve saw to it that all shards agree on the key block)
             shard.update(keys=tensors["keys"].float(), key_tau=tensors["key_tau"].float())
+            if "rel_keys" in tensors:
+                shard.update(rel_keys=tensors["rel_keys"].float(), rel_counts=tensors["rel_counts"].long(),
+                             rel_floor=tensors["rel_floor"].float())
         layer.shards.append(shard)
         router.link(model, layer, hp)
         layer.unsettled = hp  # the memories are rebuilt from all shards once, in settle
@@ -234,9 +258,12 @@ def _outside_wrappers(model, name: str) -> str:
 
 
 def _routing(h: dict) -> tuple:
-    """What all WISE segments of a state must agree on: the router, and the block its keys come from."""
+    """What all WISE segments of a state must agree on: the router, the block its keys come from, and
+    the relation gate."""
     router = h.get("router", "activation")
-    return router, h.get("key_layer") if router == "keys" else None
+    if router != "keys":
+        return router, None, None
+    return router, h.get("key_layer"), (h.get("relation_margin", 0.0) if h.get("key_relation") else None)
 
 
 def output_norm(model, tok, texts, layer: int) -> float:
