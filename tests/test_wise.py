@@ -117,6 +117,43 @@ def test_retrieve_keeps_one_memory_per_merge_group(repo, tmp_path):
     assert route >= 0 and float(layer.scores(_act(model, tok, layer, PROMPTS[0]))[route]) > layer.eps[route]
 
 
+def test_a_topk_shard_changes_only_the_input_features_its_edits_activate_most(repo, tiny, tmp_path):
+    from memedit_cli.lm.tokens import prompt_target_batch
+    from memedit_cli.methods.wise.side import WISELayer, _dense
+    from memedit_cli.replay import get_tensors
+    from memedit_cli.store.repo import Repo
+
+    rec = repo.json("show", repo.json("apply", write_facts(tmp_path / "f.jsonl", FACTS[:2]), *WISE,
+                                      "--set", "mask=topk", "--set", "mask_k=4")["revision"])
+    stored = get_tensors(Repo.open(repo.dir), rec["segments"][0]["objects"]["tensors"])
+    assert "mask_bits" not in stored
+    columns = stored["columns"].tolist()
+    assert columns == sorted(columns) and 4 <= len(columns) <= 8  # the union of two edits' 4 features
+    model, tok = repo.state()
+    layer = next(m for m in model.modules() if isinstance(m, WISELayer))
+    transposed = type(layer.base).__name__ == "Conv1D"
+    d_out = layer.base.weight.shape[1 if transposed else 0]
+    assert len(stored["values"]) == d_out * len(columns)  # every weight of those features, nothing else
+    D = _dense(layer.shards[0], layer.base.weight.shape)
+    per_feature = (D.abs().sum(1) if transposed else D.abs().sum(0)).nonzero().squeeze(1).tolist()
+    assert per_feature and set(per_feature) <= set(columns)
+    expected = set()  # each edit's 4 features with the largest mean share of |a| over its rows' positions
+    for f in FACTS[:2]:
+        prompts = [p.replace("{}", f["prompt"]) for p in rec["hparams"]["prefixes"]]
+        ids, attn, _ = prompt_target_batch(tok, prompts, [f["target_new"]] * len(prompts), "cpu")
+        a = _act_batch(model, layer, ids, attn)
+        share = (a.abs() / a.norm(dim=-1, keepdim=True)) * attn[..., None]
+        expected |= set((share.sum((0, 1)) / attn.sum()).topk(4).indices.tolist())
+    assert set(columns) == expected
+
+
+def _act_batch(model, layer, ids, attn):
+    from memedit_cli.methods.wise.train import activation
+
+    name = next(n for n, m in model.named_modules() if m is layer)
+    return activation(model, name, ids, attn).float()
+
+
 def test_ties_merge():
     from memedit_cli.methods.wise.merge import ties, trim
 
@@ -164,7 +201,9 @@ def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch
     assert g1.abs().max() > 0 and torch.allclose(g1, g2, rtol=1e-4, atol=1e-6)
 
 
-def test_forget_rebuilds_only_the_shard_that_held_the_fact(repo, tiny, tmp_path):
+@pytest.mark.parametrize("mask", ["random", "topk"])
+def test_forget_rebuilds_only_the_shard_that_held_the_fact(repo, tiny, tmp_path, mask):
+    WISE = globals()["WISE"] + ["--set", f"mask={mask}", "--set", "mask_k=4"]
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *WISE)
     repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *WISE)
     rec = repo.json("forget", "eiffel")

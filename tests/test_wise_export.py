@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import FACTS, logits, write_facts
 
@@ -88,12 +89,14 @@ def test_export_keeps_side_memories_and_routing(repo, tiny, tmp_path):
     assert torch.equal(exported.generate(**enc, **kw), ours.generate(**enc, **kw))
 
 
-def test_export_with_the_key_router_reproduces_routes_logits_and_generation(repo, tiny, tmp_path):
+@pytest.mark.parametrize("sets", [[], ["--set", "mask=topk", "--set", "mask_k=3", "--set", "key_relation=true"]],
+                         ids=["random-mask", "topk-relation-gate"])
+def test_export_with_the_key_router_reproduces_routes_logits_and_generation(repo, tiny, tmp_path, sets):
     from transformers import AutoModelForCausalLM
 
     repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "wise", "--set", "n_iter=5", "--set", "router=keys",
          "--set", "layer=1", "--set", "key_layer=0", "--set", "variant=retrieve", "--set", "merge_freq=1",
-         "--batch-size", "2", "--set", f"irrelevant={json.dumps([UNRELATED])}")  # the pool τ is fitted on
+         "--batch-size", "2", "--set", f"irrelevant={json.dumps([UNRELATED])}", *sets)  # the pool τ is fitted on
     out = tmp_path / "out"
     repo("export", "--merged", out)
     ours, tok = repo.state()
@@ -108,6 +111,11 @@ def test_export_with_the_key_router_reproduces_routes_logits_and_generation(repo
     assert type(theirs).__name__ == "KeyRouter"
     assert torch.equal(theirs.keys, router.keys) and torch.equal(theirs.tau, router.tau)
     assert theirs.owner.tolist() == router.owner.tolist() == [0, 0, 1]
+    assert theirs.relation == router.relation == bool(sets)
+    if sets:  # the relation gate: the edits' relation words and thresholds travel with the keys
+        assert spec["router"]["relation"] == len(router.rel_keys) > 0
+        assert torch.equal(theirs.rel_keys, router.rel_keys) and torch.equal(theirs.rel_tau, router.rel_tau)
+        assert torch.equal(theirs.rel_owner, router.rel_owner)
     texts = [f["prompt"] for f in FACTS] + [UNRELATED]
     assert torch.allclose(logits(exported, tok, texts), logits(ours, tok, texts), atol=1e-5)
     assert torch.equal(exported.get_submodule(name).last_route, layer.last_route)
