@@ -187,7 +187,8 @@ def advance(repo, facts, T: int, args) -> dict:
     while n < T:
         chunk = facts[n:min(T, n + max(args.chunk, unit))]
         t0 = time.perf_counter()
-        apply(repo, chunk, args.method, parse_set(args.set), unit, 0, f"{args.facts or FILES[args.data]}[{n}:{n + len(chunk)}]")
+        source = f"{args.facts or FILES[args.data]}[{n}:{n + len(chunk)}]"
+        apply(repo, chunk, args.method, parse_set(args.set), unit, 0, source)
         n += len(chunk)
         print(f"  {args.method}: {n} facts ({(time.perf_counter() - t0) / len(chunk):.2f} s/fact wall)", flush=True)
     head = repo.head()
