@@ -6,8 +6,9 @@ magnitude (counted among the entries the shard may change, its nonzeros: a
 WISE shard changes only its mask, ρ = 20% of W, so a density counted over all
 of W's entries would keep every one of them and trim nothing), elect each
 entry's sign as the sign of the sum of the trimmed vectors, and average the
-trimmed entries that agree with it (entries that no shard kept stay 0). One shard is returned unchanged: there is nothing to merge,
-and trimming it would only remove half of its edits.
+trimmed entries that agree with it (entries that no shard kept stay 0). One
+shard is returned unchanged: there is nothing to merge, and trimming it would
+only remove half of its edits.
 """
 
 from __future__ import annotations
