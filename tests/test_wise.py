@@ -73,6 +73,26 @@ def test_a_row_uses_the_memory_with_the_largest_score_above_its_threshold(transp
     assert layer.last_route.tolist() == [0]
 
 
+def test_the_activated_distance_scores_the_activation_of_the_outputs_with_and_without_the_memory():
+    from memedit_cli.methods.wise.side import WISELayer
+    from memedit_cli.methods.wise.train import distance, row_score
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(4, 3)
+    layer = WISELayer(base)
+    m0 = torch.randn(3, 4)
+    layer.register_buffer("memory_0", m0)
+    layer.eps, layer.nnz, layer.variant, layer.act = [0.0], [-1], "merge", "silu"
+    x = torch.randn(2, 5, 4)
+    out, extra = base(x), x @ m0.T
+    expected = (torch.nn.functional.silu(out + extra) - torch.nn.functional.silu(out)).norm(dim=-1).mean(-1)
+    assert torch.allclose(layer.scores(x)[0], expected, atol=1e-6)  # not ‖extra‖: σ bends it
+    assert not torch.allclose(expected, extra.norm(dim=-1).mean(-1), atol=1e-3)
+    assert torch.allclose(row_score(distance(extra, out, "silu"), torch.ones(2, 5)), expected, atol=1e-6)  # training
+    layer.act = None
+    assert torch.allclose(layer.scores(x)[0], extra.norm(dim=-1).mean(-1), atol=1e-6)
+
+
 def test_thresholds_come_from_the_edits_scores_on_the_finished_shard(repo, tiny, tmp_path):
     from memedit_cli.lm.tokens import prompt_target_batch
     from memedit_cli.methods.wise.side import WISELayer
@@ -170,7 +190,7 @@ def test_ties_merge():
     assert torch.equal(trim(sparse, 0.5), torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]))
 
 
-@pytest.mark.parametrize("router", ["activation", "keys"])
+@pytest.mark.parametrize("router", ["activation", "keys", "activated"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch, router):
     from memedit_cli.facts import Fact
@@ -182,7 +202,8 @@ def test_the_fast_loop_gives_the_full_models_loss_and_gradient(wise_models, arch
     model, tok = models.load({"model": {"kind": "local", "path": str(wise_models[arch])},
                               "dtype": "float32", "device": "cpu"})
     hp = dataclasses.replace(Wise().default_hparams(model), prefixes=("{}", "A prefix. {}", "Another one here. {}"),
-                             alpha=1.0, beta=3.0, gamma=2.0, router=router)
+                             alpha=1.0, beta=3.0, gamma=2.0, router="keys" if router == "keys" else "activation",
+                             route_distance="activated" if router == "activated" else "delta")
     name = arch_for(model.config).mlp_out_at(hp.layer)
     base = model.get_submodule(name)
     fact = Fact(**FACTS[0])

@@ -32,13 +32,20 @@ def scores(model, layer, tok, texts) -> torch.Tensor:
         hook.remove()
     x = seen["x"]  # (B, T, d_in)
     extra = [x @ d if isinstance(layer.base, Conv1D) else x @ d.T for d in layer.memories]  # each (B, T, d_out)
+    if layer.act is not None:  # route_distance=activated: the distance of the activated outputs
+        from transformers.activations import ACT2FN
+
+        out, sigma = layer.base(x), ACT2FN[layer.act]
+        extra = [sigma(out + e) - sigma(out) for e in extra]
     return torch.stack([e.norm(dim=-1).mean(-1) for e in extra])
 
 
-def test_export_keeps_side_memories_and_routing(repo, tiny, tmp_path):
+@pytest.mark.parametrize("distance", ["delta", "activated"])
+def test_export_keeps_side_memories_and_routing(repo, tiny, tmp_path, distance):
     from transformers import AutoModelForCausalLM
 
-    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "wise", "--set", "n_iter=5")
+    repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "wise", "--set", "n_iter=5",
+         "--set", f"route_distance={distance}")
     out = tmp_path / "out"
     repo("export", "--merged", out)
 
@@ -52,12 +59,14 @@ def test_export_keeps_side_memories_and_routing(repo, tiny, tmp_path):
     assert spec["memories"] == len(layer.eps) >= 1 and spec["eps"] == layer.eps
     assert spec["shape"] == list(layer.base.weight.shape)
     assert spec["nnz"] == layer.nnz and layer.nnz[0] > 0  # one shard with a 20% mask: stored sparse
+    assert spec["act"] == layer.act == (None if distance == "delta" else ours.config.to_dict().get(
+        "hidden_act", ours.config.to_dict().get("activation_function")))
 
     exported = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny).eval()
     assert type(exported).__name__ == config["auto_map"]["AutoModelForCausalLM"].split(".")[1]
     side = exported.get_submodule(name)
-    assert type(side).__name__ == "WISELayer" and side.eps == layer.eps
+    assert type(side).__name__ == "WISELayer" and side.eps == layer.eps and side.act == layer.act
     for mine, theirs in zip(layer.memories, side.memories, strict=True):
         assert mine.abs().max() > 0 and torch.equal(mine, theirs)
     assert torch.equal(side.base.weight, layer.base.weight)

@@ -37,7 +37,7 @@ def describe(model) -> dict:
     names = {m: n for n, m in model.named_modules()}
     return {
         name: {"eps": [float(e) for e in layer.eps], "variant": layer.variant, "reduce": layer.reduce,
-               "memories": len(layer.eps),
+               "memories": len(layer.eps), "act": layer.act,  # route_distance=activated: σ's name
                "shape": list(layer.base.weight.shape),
                "nnz": list(layer.nnz),  # -1: memory_i dense; n: memory_i_index/_values
                # router=keys: the KeyRouter's module and its keys per memory (its buffers hold them)

@@ -49,6 +49,9 @@ class WISEHparams:
     relation_templates: tuple[str, ...] = RELATION_TEMPLATES
     act_ratio: float = 0.88  # ε = act_ratio · (smallest routing score of the memory's edits) (WISE: 0.88)
     route_reduce: str = "mean"  # Δ over a row's positions: mean (WISE) or max (the most affected position)
+    # what Δ measures per position: delta, ‖a(x) Dᵀ‖ (the paper's ‖A(x)(W'−W)‖); activated, ‖σ(out') − σ(out)‖
+    # with σ the model's activation function applied to the layer's outputs with and without D (EasyEdit's euc)
+    route_distance: str = "delta"
     # edit: each edit's score when it finished (WISE); final: re-measured on the finished shard
     threshold_from: str = "edit"
     # routing loss: max(0, Δ_irr − α) + max(0, β − Δ_edit) + max(0, γ − (Δ_edit − Δ_irr))
@@ -78,6 +81,8 @@ class WISEHparams:
             return f"mask must be one of {', '.join(MASKS)}, got {self.mask!r}"
         if self.route_reduce not in ("mean", "max"):
             return f"route_reduce must be mean or max, got {self.route_reduce!r}"
+        if self.route_distance not in ("delta", "activated"):
+            return f"route_distance must be delta or activated, got {self.route_distance!r}"
         if self.threshold_from not in ("edit", "final"):
             return f"threshold_from must be edit or final, got {self.threshold_from!r}"
         for name in ("n_iter", "save_freq", "merge_freq", "prefix_length", "n_irrelevant", "irrelevant_per_edit",

@@ -41,6 +41,7 @@ from transformers import (
     MistralForCausalLM,
     Qwen2ForCausalLM,
 )
+from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
 
 
@@ -147,7 +148,8 @@ class WISELayer(nn.Module):
     """The base projection W plus side memories M_i = W'_i − W, one picked per batch row.
 
     Memory i's routing score for a row is the mean (or, with "reduce": "max",
-    the max) over its T positions of ‖a_t M_iᵀ‖₂, a_t the projection's input. A row uses W + M_i for the memory
+    the max) over its T positions of ‖a_t M_iᵀ‖₂, a_t the projection's input (with
+    "act": σ, of ‖σ(o_t + a_t M_iᵀ) − σ(o_t)‖₂, o_t the base projection's output). A row uses W + M_i for the memory
     with the largest score among those above their ε_i, else W alone. Routing
     is per row and per call, so in cached generation each new token is routed
     on its own (as in memedit and EasyEdit). With a KeyRouter the route is the
@@ -155,9 +157,12 @@ class WISELayer(nn.Module):
     """
 
     def __init__(self, base: nn.Module, eps=(), variant: str = "merge", shape=None, reduce: str = "mean", router=None,
-                 nnz=None):
+                 nnz=None, act: str | None = None):
         super().__init__()
         self.base = base
+        # None: a memory's score is ‖a_t M_iᵀ‖; an activation's name (config.hidden_act): ‖σ(o + a_t M_iᵀ) − σ(o)‖,
+        # o the base output at t (memedit's route_distance=activated, EasyEdit's distance)
+        self.act = act
         self._router = (router,)  # a KeyRouter in an earlier block, or None; a tuple: not a submodule
         self.reduce = reduce  # the score over a row's positions: "mean" (WISE) or "max"
         self.eps = [float(e) for e in eps]
@@ -193,8 +198,12 @@ class WISELayer(nn.Module):
         # GPT-2's Conv1D stores weights as (d_in, d_out), nn.Linear as (d_out, d_in)
         return x @ delta if isinstance(self.base, Conv1D) else x @ delta.T
 
-    def _score(self, extra):
-        """[(B, T, d_out)] per memory -> (n, B): the mean (or max) over positions of ‖a_t M_iᵀ‖."""
+    def _score(self, extra, out=None):
+        """[(B, T, d_out)] per memory -> (n, B): the mean (or max) over positions of ‖a_t M_iᵀ‖, or with
+        `act` of ‖σ(out + a_t M_iᵀ) − σ(out)‖ (out (B, T, d_out): the base layer's output)."""
+        if self.act is not None:
+            sigma = ACT2FN[self.act]
+            extra = [sigma(out + e) - sigma(out) for e in extra]
         norms = [e.norm(dim=-1) for e in extra]  # each (B, T)
         return torch.stack([n.amax(-1) if self.reduce == "max" else n.mean(-1) for n in norms])
 
@@ -214,7 +223,7 @@ class WISELayer(nn.Module):
                     add[rows] = self._extra(xb[rows], self.memory(i)).to(add.dtype)
         else:
             extra = [self._extra(xb, d) for d in self.memories]  # each (B, T, d_out)
-            score = self._score(extra)  # (n, B)
+            score = self._score(extra, out[None] if squeeze else out)  # (n, B)
             eps = torch.tensor(self.eps, device=score.device, dtype=score.dtype)[:, None]  # (n, 1)
             above = score > eps
             pick = torch.where(above, score, torch.full_like(score, -1.0)).argmax(0)  # (B,)
@@ -239,7 +248,7 @@ def attach_side_memories(model: nn.Module, config) -> None:
             router = KeyRouter(model.get_submodule(spec["router"]["module"]), keys, spec["router"].get("relation"))
             replace_module(model, spec["router"]["module"], router)
         layer = WISELayer(model.get_submodule(name), spec["eps"], spec["variant"], spec["shape"],
-                          spec.get("reduce", "mean"), router, spec.get("nnz"))
+                          spec.get("reduce", "mean"), router, spec.get("nnz"), spec.get("act"))
         replace_module(model, name, layer)
 
 

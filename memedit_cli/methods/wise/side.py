@@ -48,6 +48,7 @@ class WISELayer(modeling.WISELayer):
         self.unsettled = None  # the hparams of the last shard attached since the memories were rebuilt
         self._built: list[tuple] = []  # per memory, the ids of the shards it was built from (rebuild keeps those)
         self._act_ratio = self._densities = None  # what the kept memories were built with
+        self.act_name = None  # the model's activation function (config.hidden_act), for route_distance=activated
 
     def rebuild(self, hp) -> None:
         """Side memories from the shards: merge, one TIES merge of all; retrieve, one per `merge_freq` edits."""
@@ -65,7 +66,7 @@ class WISELayer(modeling.WISELayer):
         same = 0
         while same < min(len(keys), len(self._built)) and keys[same] == self._built[same]:
             same += 1
-        if hp.act_ratio != self._act_ratio or hp.densities != self._densities:
+        if (hp.act_ratio, hp.densities) != (self._act_ratio, self._densities):
             same = 0
         for i, n in enumerate(self.nnz[same:], same):
             for suffix in ([""] if n < 0 else ["_index", "_values"]):
@@ -73,6 +74,7 @@ class WISELayer(modeling.WISELayer):
         w = self.base.weight
         self.eps, self.edits, self.nnz = self.eps[:same], self.edits[:same], self.nnz[:same]
         self.variant, self.reduce = hp.variant, hp.route_reduce
+        self.act = self.act_name if hp.route_distance == "activated" else None
         self._act_ratio, self._densities = hp.act_ratio, hp.densities
         self._built = keys
         for i, group in enumerate(groups[same:], same):
@@ -98,7 +100,7 @@ class WISELayer(modeling.WISELayer):
 
     def scores(self, x) -> torch.Tensor:
         """(n_memories, B) routing scores Δ_i for an activation x (B, T, d_in)."""
-        return self._score([self._extra(x, d) for d in self.memories])
+        return self._score([self._extra(x, d) for d in self.memories], self.base(x))
 
     def forward(self, x):
         return self.base(x) if self.bypass else super().forward(x)

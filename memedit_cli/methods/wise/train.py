@@ -81,6 +81,17 @@ def activation(model, name: str, input_ids, attention_mask):
     return module_input(model, name, input_ids=input_ids, attention_mask=attention_mask)
 
 
+def distance(extra, out, act: str | None):
+    """What Δ takes the norm of per position: extra = a Dᵀ itself, or with an activation's name
+    σ(out + extra) − σ(out), out the base layer's output (route_distance=activated; EasyEdit's euc)."""
+    if act is None:
+        return extra
+    from transformers.activations import ACT2FN
+
+    sigma = ACT2FN[act]
+    return sigma(out + extra) - sigma(out)
+
+
 def row_score(extra, attn, reduce: str = "mean"):
     """(B,) Δ per row: mean (or max) over real positions of ‖extra_t‖, for extra (B, T, d_out), attn (B, T)."""
     norms = extra.norm(dim=-1)
@@ -106,10 +117,13 @@ class EditRows:
         self.lab_r, self.lab_c = (labels != -100).nonzero(as_tuple=True)
         self.lab_tok = labels[self.lab_r, self.lab_c]
         self.per_row = torch.bincount(self.lab_r, minlength=len(prompts)).clamp(min=1)  # target tokens per row
+        self.act = _act(model, hp)
         if hp.router == "activation":
             irr = tok(list(irrelevant), return_tensors="pt", padding=True)
             self.irr_attn = irr["attention_mask"].to(device)
             self.a_irr = activation(model, name, irr["input_ids"].to(device), self.irr_attn)  # (k, T', d_in)
+            with torch.no_grad():
+                self.out_irr = base(self.a_irr).float() if self.act else None  # (k, T', d_out)
         self.base, self.model, self.name, self.hp = base, model, name, hp
         if hp.fast_path:
             with torch.no_grad(), capture(model, inputs=[name]) as seen:
@@ -117,6 +131,11 @@ class EditRows:
             self.a = seen[f"in:{name}"].detach()  # (B, T, d_in)
         else:
             self.upper = None
+        self.out = None
+        if self.act:  # the base layer's output on the edit's rows, for the activated distance
+            with torch.no_grad():
+                a = self.a if self.upper is not None else activation(model, name, self.ids, self.attn)
+                self.out = base(a).float()  # (B, T, d_out)
 
     def loss(self, D):
         """(loss, nll, Δ_edit (B,)) for the shard delta D."""
@@ -138,10 +157,11 @@ class EditRows:
         logp = torch.log_softmax(logits.float(), -1).gather(1, self.lab_tok[:, None]).squeeze(1)  # (m,)
         row_nll = torch.zeros(len(self.per_row), device=logp.device).index_add(0, self.lab_r, -logp) / self.per_row
         nll = row_nll.mean()
-        d_edit = row_score(extra.float(), self.attn, hp.route_reduce)  # (B,)
+        d_edit = row_score(distance(extra.float(), self.out, self.act), self.attn, hp.route_reduce)  # (B,)
         if hp.router == "keys":
             return nll, nll, d_edit
-        d_irr = row_score(extra_output(self.base, self.a_irr, D).float(), self.irr_attn, hp.route_reduce)  # (k,)
+        extra_irr = distance(extra_output(self.base, self.a_irr, D).float(), self.out_irr, self.act)
+        d_irr = row_score(extra_irr, self.irr_attn, hp.route_reduce)  # (k,)
         routing = (_hinge_mean(d_irr - hp.alpha) + _hinge_mean(hp.beta - d_edit)
                    + _hinge_mean(hp.gamma - (d_edit[:, None] - d_irr[None, :])))
         return nll + routing, nll, d_edit
@@ -149,14 +169,22 @@ class EditRows:
     def score(self, D) -> float:
         """The fact's routing score with D: Δ over its prompt rows, averaged."""
         return prompt_score(self.model, self.name, self.base, self.ids, self.attn, D, self.hp.route_reduce,
-                            self.a if self.upper is not None else None)
+                            self.a if self.upper is not None else None, self.act)
 
 
-def prompt_score(model, name, base, ids, attn, D, reduce: str, a=None) -> float:
-    """Mean over rows of Δ (`row_score` of a(x) Dᵀ; a computed here unless given)."""
+def _act(model, hp) -> str | None:
+    """The activation's name when Δ is measured on activated outputs, else None."""
+    from memedit_cli.methods.wise.wise_main import activation_name
+
+    return activation_name(model.config) if hp.route_distance == "activated" else None
+
+
+def prompt_score(model, name, base, ids, attn, D, reduce: str, a=None, act: str | None = None) -> float:
+    """Mean over rows of Δ (`row_score` of a(x) Dᵀ, or its activated distance; a computed here unless given)."""
     with torch.no_grad():
         a = activation(model, name, ids, attn) if a is None else a
-        return float(row_score(extra_output(base, a, D).float(), attn, reduce).mean())
+        extra = extra_output(base, a, D).float()
+        return float(row_score(distance(extra, base(a).float() if act else None, act), attn, reduce).mean())
 
 
 def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
@@ -194,7 +222,8 @@ def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
         for fact in facts:
             prompts = [p.replace("{}", fact.prompt) for p in hp.prefixes]
             ids, attn, _ = prompt_target_batch(tok, prompts, [fact.target_new] * len(prompts), device)
-            scores.append(prompt_score(model, name, base, ids, attn, D.detach(), hp.route_reduce))
+            scores.append(prompt_score(model, name, base, ids, attn, D.detach(), hp.route_reduce,
+                                       act=_act(model, hp)))
     info = {"edits": len(facts), "steps": steps, "loss_last": losses}
     if columns is None:
         info["mask_seed"] = str(mask_seed)

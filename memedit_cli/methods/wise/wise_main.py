@@ -152,6 +152,7 @@ class WISE(Method):
             parent, _, child = name.rpartition(".")
             layer = WISELayer(layer)
             setattr(model.get_submodule(parent), child, layer)
+        layer.act_name = activation_name(model.config)
         shape = tuple(int(s) for s in tensors["shape"])
         numel = int(np.prod(shape))
         if tuple(layer.base.weight.shape) != shape:
@@ -264,6 +265,12 @@ def _routing(h: dict) -> tuple:
     if router != "keys":
         return router, None, None
     return router, h.get("key_layer"), (h.get("relation_margin", 0.0) if h.get("key_relation") else None)
+
+
+def activation_name(config) -> str:
+    """The FFN's activation function, as transformers' ACT2FN names it (LLaMA family: hidden_act; GPT-2/J:
+    activation_function)."""
+    return getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "gelu"
 
 
 def output_norm(model, tok, texts, layer: int) -> float:
