@@ -411,12 +411,14 @@ def larimar_train(ctx, corpus, sets, as_json):
 
 
 @cli.command()
-def methods():
-    """List the edit methods."""
-    from memedit_cli.methods import names
+@click.option("--names", "names_only", is_flag=True, help="Print the names alone, one per line.")
+def methods(names_only):
+    """List the edit methods: each name, what it is, and where memedit's
+    defaults differ from its paper."""
+    from memedit_cli.methods import SUMMARY, names
 
     for name in names():
-        click.echo(name)
+        click.echo(name if names_only else f"{name}\n  {SUMMARY[name]}")
 
 
 def main():

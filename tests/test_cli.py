@@ -36,6 +36,19 @@ def test_help_lists_every_command(memedit):
     assert listed == set(cli.commands) and len(listed) == 15, sorted(listed ^ set(cli.commands))
 
 
+def test_methods_says_what_each_is_and_where_its_defaults_differ_from_the_paper(memedit):
+    from memedit_cli import methods
+
+    out = memedit("methods").stdout.splitlines()
+    names = [line for line in out if not line.startswith(" ")]
+    assert names == methods.names()
+    text = dict(zip(names, [line.strip() for line in out if line.startswith(" ")], strict=True))
+    assert "arXiv 2405.14768" in text["wise"] and "differ from the paper" in text["wise"]
+    assert "--set router=activation" in text["wise"]  # how to get the paper's settings back
+    assert all(f"docs/methods/{n}.md" in text[n] for n in names)
+    assert memedit("methods", "--names").stdout.split() == methods.names()
+
+
 def test_show_record_and_fact(repo, tmp_path):
     rev = repo.json("apply", write_facts(tmp_path / "f.jsonl", FACTS[:2]), *FAST)["revision"]
     rec = repo.json("show", "HEAD")

@@ -18,6 +18,23 @@ REGISTRY = {
 }
 
 
+# What `memedit methods` says of each: the paper, and where memedit's defaults differ from it (the
+# per-model defaults are measured; docs/methods/<name>.md has the runs that chose them).
+SUMMARY = {
+    "ft": "fine-tuning one FFN projection under an L-inf bound (FT-L, the ROME paper's baseline); "
+          "docs/methods/ft.md",
+    "memit": "MEMIT (arXiv 2210.07229): a least-squares update of several FFN projections per batch; "
+             "docs/methods/memit.md",
+    "wise": "WISE (arXiv 2405.14768): side memories beside one FFN projection, routed per input. "
+            "On SmolLM2-135M the defaults differ from the paper: routing by subject keys (router=keys) "
+            "instead of the activation score, one memory per edit holding the columns of its most active "
+            "input features (mask=topk) instead of random masks merged by TIES; the paper's settings: "
+            "--set router=activation --set mask=random --set variant=merge --set save_freq=500; "
+            "docs/methods/wise.md",
+    "larimar": "Larimar (arXiv 2403.11901): an episodic memory written in closed form, read into the decoder; "
+               "docs/methods/larimar.md",
+}
+
 # `memedit apply`'s default --method: the best mean of Rel, Gen, Loc and their generation-based
 # scores at T = 100 over CounterFact and ZsRE in the lifelong benchmark (docs/lifelong.md, "The
 # default method"; tests/test_cli.py checks this against docs/lifelong.json).
