@@ -158,8 +158,12 @@ def report(work: Path, out: Path, pages: tuple = ()) -> None:
              "- **forget 1st s**: `forget` of the first fact (in process, model loading included), on a copy of the "
              "repository. Methods whose later edits depend on earlier ones (MEMIT, ft) recompute everything after "
              "the forgotten fact; it is timed only up to the `--forget-upto` of the run.", "",
-             "Spec and Port have no column: neither dataset carries same-subject or portability probes "
-             "(docs/facts.md says which layouts do).", ""]
+             "- **Spec**: neither dataset carries same-subject probes, so `lifelong.py run` makes two per fact "
+             "(`--spec-probes 2`): the prompts of the next facts of the same file whose template differs, with "
+             "this fact's subject put in (\"When was UniFirst established?\" for an edit of \"What is the product "
+             "made by UniFirst?\"), scored like locality against the unedited model (`benchmarks/common.py`, "
+             "`with_subject_probes`). Runs made before the probes existed show —. Port has no column: neither "
+             "dataset carries portability probes (docs/facts.md says which layouts do).", ""]
     plots = []
     for data in sorted({r["data"] for r in rows}):
         lines += [f"## {data} (`{FILES.get(data, data)}`)", ""] + table([r for r in rows if r["data"] == data]) + [""]

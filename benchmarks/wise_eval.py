@@ -1,8 +1,9 @@
 """WISE on the default model (SmolLM2-135M-Instruct), CPU: quality, routing, speed, latency.
 
-    python benchmarks/wise_eval.py quality --data counterfact --facts 10 [--set k=v ...] [--shard 500]
+    python benchmarks/wise_eval.py quality --data counterfact --facts 10 [--set k=v ...] [--shard 500] [--gates 0]
         the WISE protocol: apply the facts one after another (shards of --shard edits),
         then score all of them, for the merge and the retrieve variant of the same shards
+        (and with router=keys, with the relation gate at each of --gates' margins)
     python benchmarks/wise_eval.py routing --facts 10,100,1000 [--pool 100] [--margins -0.05,0] [--set ...]
         router=keys only: keys and thresholds for the first N facts (no training: routing does
         not depend on the side memory), then where their edit, rephrase, same-subject and locality
@@ -106,8 +107,12 @@ def quality(args):
     print(f"# layer {hp.layer}, router {hp.router}, α/β/γ {hp.alpha}/{hp.beta}/{hp.gamma}, {args.set}, "
           f"shards of {args.shard or hp.save_freq}; "
           f"{per_edit:.2f} s/edit, mean steps {sum(steps) / len(steps):.1f}", flush=True)
-    for variant in args.variants.split(","):
+    gates = [(None, None)] + [(True, float(m)) for m in args.gates.split(",") if m] if hp.router == "keys" else \
+        [(None, None)]
+    for variant, (gate, margin) in [(v, g) for v in args.variants.split(",") for g in gates]:
         hp_v = dataclasses.replace(hp, variant=variant)
+        if gate:  # the same shards, routed with the relation gate (routing by keys does not change training)
+            hp_v = dataclasses.replace(hp_v, key_relation=True, relation_margin=margin)
         with common.restored(model):  # each variant on the base model
             held = {}
 
@@ -118,7 +123,8 @@ def quality(args):
             print(json.dumps(s), flush=True)
             layer = held["layer"]
             acc, r_edit, r_loc, r_spec = routing(model, tok, facts, layer, method)
-            print(f"| {args.data} | {len(facts)} | {variant} | {len(layer.eps)} | {s['rel']:.2f} | "
+            variant_label = variant if not gate else f"{variant}, relation gate {margin:+.2f}"
+            print(f"| {args.data} | {len(facts)} | {variant_label} | {len(layer.eps)} | {s['rel']:.2f} | "
                   f"{s['gen']:.2f} | {s['loc']:.2f} | {s['spec']:.2f} | {acc:.2f} ({r_edit:.2f} edit, "
                   f"{r_loc:.2f} loc, {r_spec:.2f} same-subject → main) | {per_edit:.2f} |", flush=True)
 
@@ -142,17 +148,20 @@ def key_routing(args):
     router = keyrouter.KeyRouter(model.get_submodule(name), [])
     keyrouter.modeling.replace_module(model, name, router)
 
+    from memedit_cli.lm.nethook import module_input
+
+    after = arch_for(model.config).layer(hp.key_layer + 1)  # the route is made by then: run no further
+
     def where(texts):
         out = []
         for t in texts:
-            with torch.no_grad():
-                model(**tok([t], return_tensors="pt").to(device))
+            module_input(model, after, **tok([t], return_tensors="pt").to(device))
             out.append(int(router.route[0]))
         return torch.tensor(out)
 
     print(f"# router=keys, key_layer {hp.key_layer}, key_threshold {hp.key_threshold}, key_margin {hp.key_margin}, "
           f"pool: {'held-out locality prompts' if args.pool else 'sampled from the model'} ({len(hp.irrelevant)}); "
-          f"keys, thresholds and relation floors {key_s * 1000:.0f} ms/fact")
+          f"keys, thresholds and relation floors {key_s * 1000:.0f} ms/fact", flush=True)
     print("| data | edits | relation gate | edit → its edit | rephrase → side | rephrase → its edit | "
           "same subject → main | locality → main | routing acc |")
     gates = [None] + [float(m) for m in args.margins.split(",") if m]
@@ -255,6 +264,8 @@ def main():
     ap.add_argument("--paper", action="store_true",
                     help="start from WISE's own settings (activation router, block 25, shards of 500, merge) "
                          "instead of memedit's defaults for this model")
+    ap.add_argument("--gates", default="",
+                    help="quality, router=keys: also score the same shards with the relation gate at these margins")
     ap.add_argument("--margins", default="-0.05,0,0.05",
                     help="routing: the relation gate's margins to try besides no gate (comma-separated)")
     ap.add_argument("--pool", type=int, default=0,
