@@ -73,6 +73,27 @@ def test_a_row_uses_the_memory_with_the_largest_score_above_its_threshold(transp
     assert layer.last_route.tolist() == [0]
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_sparse_memory_adds_what_its_dense_matrix_adds(transposed):
+    from transformers.pytorch_utils import Conv1D
+
+    from memedit_cli.methods.wise.side import WISELayer
+
+    torch.manual_seed(0)
+    base = Conv1D(3, 5) if transposed else torch.nn.Linear(5, 3)  # d_in 5, d_out 3
+    dense = torch.zeros(base.weight.shape)
+    dense.view(-1)[torch.tensor([1, 4, 7, 11, 13])] = torch.tensor([0.5, -1.0, 2.0, 0.25, -0.75])
+    layer = WISELayer(base)
+    index = dense.flatten().nonzero().squeeze(1)
+    layer.register_buffer("memory_0_index", index.to(torch.int32))
+    layer.register_buffer("memory_0_values", dense.flatten()[index])
+    layer.eps, layer.nnz, layer.shape = [0.0], [len(index)], list(base.weight.shape)
+    x = torch.randn(2, 4, 5)
+    want = x @ dense if transposed else x @ dense.T
+    assert torch.allclose(layer._apply(x, 0), want, atol=1e-6)
+    assert torch.equal(layer.memory(0), dense)
+
+
 def test_the_activated_distance_scores_the_activation_of_the_outputs_with_and_without_the_memory():
     from memedit_cli.methods.wise.side import WISELayer
     from memedit_cli.methods.wise.train import distance, row_score

@@ -198,6 +198,23 @@ class WISELayer(nn.Module):
         # GPT-2's Conv1D stores weights as (d_in, d_out), nn.Linear as (d_out, d_in)
         return x @ delta if isinstance(self.base, Conv1D) else x @ delta.T
 
+    def _apply(self, x, i: int):
+        """x (B, T, d_in) through memory i alone, (B, T, d_out): a dense memory by one matmul, a sparse one
+        from its nonzeros without building the dense matrix (an edit's memory is a few of its columns)."""
+        if getattr(self, f"memory_{i}", None) is not None:
+            return self._extra(x, self.memory(i))
+        index = getattr(self, f"memory_{i}_index").long()
+        values = getattr(self, f"memory_{i}_values")
+        d0, d1 = self.shape  # the base layout: (d_out, d_in) for nn.Linear, (d_in, d_out) for Conv1D
+        if isinstance(self.base, Conv1D):
+            col, row = index // d1, index % d1
+            d_out = d1
+        else:
+            row, col = index // d1, index % d1
+            d_out = d0
+        out = x.new_zeros(*x.shape[:-1], d_out)
+        return out.index_add_(-1, row, x[..., col] * values.to(x.dtype))
+
     def _score(self, extra, out=None):
         """[(B, T, d_out)] per memory -> (n, B): the mean (or max) over positions of ‖a_t M_iᵀ‖, or with
         `act` of ‖σ(out + a_t M_iᵀ) − σ(out)‖ (out (B, T, d_out): the base layer's output)."""
@@ -220,7 +237,7 @@ class WISELayer(nn.Module):
             for i in route.unique().tolist():
                 if i >= 0:
                     rows = route == i
-                    add[rows] = self._extra(xb[rows], self.memory(i)).to(add.dtype)
+                    add[rows] = self._apply(xb[rows], i).to(add.dtype)
         else:
             extra = [self._extra(xb, d) for d in self.memories]  # each (B, T, d_out)
             score = self._score(extra, out[None] if squeeze else out)  # (n, B)

@@ -147,13 +147,17 @@ def relation_score(a, rel) -> torch.Tensor:
 
 def relation_floor(model, tok, fact, rel, templates, name: str, device) -> float:
     """The highest relation score of the fact's subject put in other relations' `templates`: what a
-    same-subject prompt about something else reaches (the router's relation threshold starts there)."""
-    best = -1.0
-    for t in templates:
-        enc = tok([t.replace("{}", fact.subject)], return_tensors="pt").to(device)
-        a = activation(model, name, enc["input_ids"], enc["attention_mask"])[0].float().cpu()
-        best = max(best, float(relation_score(torch.nn.functional.normalize(a, dim=-1), rel)))
-    return best
+    same-subject prompt about something else reaches (the router's relation threshold starts there).
+    One right-padded batch (real tokens keep their positions); padding positions are left out of the max."""
+    side, tok.padding_side = tok.padding_side, "right"
+    try:
+        enc = tok([t.replace("{}", fact.subject) for t in templates], return_tensors="pt", padding=True).to(device)
+    finally:
+        tok.padding_side = side
+    a = torch.nn.functional.normalize(activation(model, name, enc["input_ids"], enc["attention_mask"]).float(),
+                                      dim=-1).cpu()  # (n, T, d_in)
+    sims = (a @ rel.T).masked_fill(enc["attention_mask"].cpu()[..., None] == 0, -2.0)  # (n, T, m)
+    return float(sims.amax(1).mean(1).max())
 
 
 def link(model, layer, hp) -> None:

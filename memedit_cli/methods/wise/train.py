@@ -59,21 +59,16 @@ def column_mask(shape, columns, transposed: bool) -> torch.Tensor:
     return mask
 
 
-def top_features(model, tok, facts, hp, name: str, device) -> torch.Tensor:
-    """mask=topk: (k',) sorted input features, the union over `facts` of the `mask_k` features each edit
-    activates most: the mean over its rows' real positions (bare prompt and prefixes) of |a_t| / ‖a_t‖
+def top_features(a, attn, k: int) -> set[int]:
+    """mask=topk: the `k` input features one edit activates most, for its rows' activations a (B, T, d_in)
+    and attention mask (B, T): the mean over real positions (bare prompt and prefixes) of |a_t| / ‖a_t‖
     (normalized per position, so a position with a huge activation, an attention sink, does not decide)."""
-    chosen = set()
-    for fact in facts:
-        prompts = [p.replace("{}", fact.prompt) for p in hp.prefixes]
-        ids, attn, _ = prompt_target_batch(tok, prompts, [fact.target_new] * len(prompts), device)
-        with torch.no_grad():
-            a = activation(model, name, ids, attn).float()  # (B, T, d_in)
-            share = a.abs() / a.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-            m = attn[..., None].to(share.dtype)
-            score = (share * m).sum((0, 1)) / m.sum()  # (d_in,)
-        chosen.update(score.topk(min(hp.mask_k, len(score))).indices.tolist())
-    return torch.tensor(sorted(chosen), dtype=torch.int64)
+    with torch.no_grad():
+        a = a.float()
+        share = a.abs() / a.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        m = attn[..., None].to(share.dtype)
+        score = (share * m).sum((0, 1)) / m.sum()  # (d_in,)
+    return set(score.topk(min(k, len(score))).indices.tolist())
 
 
 def activation(model, name: str, input_ids, attention_mask):
@@ -192,9 +187,21 @@ def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
     the input features of the mask, else None), scores (n,), info)."""
     w = base.weight
     mask_seed = derived_seed(seed, "mask", facts[0].id)
-    columns = None
-    if hp.mask == "topk":
-        columns = top_features(model, tok, facts, hp, name, device)
+
+    def rows_of(fact) -> EditRows:
+        gen = torch.Generator().manual_seed(derived_seed(seed, "irrelevant", fact.id))
+        picks = torch.randperm(len(hp.irrelevant), generator=gen)[: hp.irrelevant_per_edit].tolist()
+        return EditRows(model, tok, fact, hp, [hp.irrelevant[i] for i in picks], base, name, hp.layer, device)
+
+    columns, first = None, None
+    if hp.mask == "topk":  # the union of every edit's features, before the first step
+        chosen = set()
+        for fact in facts:
+            rows = rows_of(fact)
+            a = rows.a if rows.upper is not None else activation(model, name, rows.ids, rows.attn)
+            chosen |= top_features(a, rows.attn, hp.mask_k)
+            first = rows if len(facts) == 1 else None  # one edit: train on the rows just built
+        columns = torch.tensor(sorted(chosen), dtype=torch.int64)
         mask = column_mask(tuple(w.shape), columns, is_transposed(base)).to(w.device)
     else:
         mask = shard_mask(tuple(w.shape), hp.mask_ratio, mask_seed).to(w.device)
@@ -202,9 +209,7 @@ def edit_shard(model, tok, facts, hp, seed: int, base, name: str, device):
     D = torch.zeros(w.shape, dtype=torch.float32, device=w.device, requires_grad=True)
     scores, steps, losses = [], [], []
     for fact in bar(facts, desc=f"wise: {len(facts)} edit(s)", unit="edit"):
-        gen = torch.Generator().manual_seed(derived_seed(seed, "irrelevant", fact.id))
-        picks = torch.randperm(len(hp.irrelevant), generator=gen)[: hp.irrelevant_per_edit].tolist()
-        rows = EditRows(model, tok, fact, hp, [hp.irrelevant[i] for i in picks], base, name, hp.layer, device)
+        rows = first or rows_of(fact)
         for step in range(hp.n_iter):
             loss, nll, _ = rows.loss(D)
             if loss.item() < hp.stop_loss:
