@@ -165,7 +165,7 @@ def key_routing(args):
     print("| data | edits | relation gate | edit → its edit | rephrase → side | rephrase → its edit | "
           "same subject → main | locality → main | routing acc |")
     gates = [None] + [float(m) for m in args.margins.split(",") if m]
-    for n in counts:
+    for n in dict.fromkeys(min(c, len(facts)) for c in counts):  # ZsRE's file has 998 usable facts
         shards = [{"keys": keys[i:i + 1], "key_tau": tau[i:i + 1], "rel_keys": rel[i].half().float(),
                    "rel_counts": torch.tensor([len(rel[i])]), "rel_floor": torch.tensor([floor[i]])}
                   for i in range(n)]
