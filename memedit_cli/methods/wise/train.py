@@ -167,10 +167,14 @@ class EditRows:
                             self.a if self.upper is not None else None, self.act)
 
 
+def activation_name(config) -> str:
+    """The FFN's activation function, as transformers' ACT2FN names it (LLaMA family: hidden_act; GPT-2/J:
+    activation_function)."""
+    return getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "gelu"
+
+
 def _act(model, hp) -> str | None:
     """The activation's name when Δ is measured on activated outputs, else None."""
-    from memedit_cli.methods.wise.wise_main import activation_name
-
     return activation_name(model.config) if hp.route_distance == "activated" else None
 
 

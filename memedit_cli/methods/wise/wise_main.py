@@ -155,6 +155,8 @@ class WISE(Method):
             parent, _, child = name.rpartition(".")
             layer = WISELayer(layer)
             setattr(model.get_submodule(parent), child, layer)
+        from memedit_cli.methods.wise.train import activation_name
+
         layer.act_name = activation_name(model.config)
         shape = tuple(int(s) for s in tensors["shape"])
         numel = int(np.prod(shape))
@@ -268,12 +270,6 @@ def _routing(h: dict) -> tuple:
     if router != "keys":
         return router, None, None
     return router, h.get("key_layer"), (h.get("relation_margin", 0.0) if h.get("key_relation") else None)
-
-
-def activation_name(config) -> str:
-    """The FFN's activation function, as transformers' ACT2FN names it (LLaMA family: hidden_act; GPT-2/J:
-    activation_function)."""
-    return getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "gelu"
 
 
 def output_norm(model, tok, texts, layer: int) -> float:
