@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memedit_cli.errors import UserError
 from memedit_cli.lm.arch import arch_for
-from memedit_cli.stats import SAMPLES_ID, CorpusSpec, compute, second_moments, stats_dir
+from memedit_cli.stats import SAMPLES_ID, CorpusSpec, compute, samples, second_moments, stats_dir
 
 # 40 documents, some over several lines; joined by blank lines (.txt) or one per line (.jsonl)
 DOCS = [" ".join(SENTENCES[(i * k + k) % len(SENTENCES)] for k in range(1 + i % 3)) + f" Item {i}."
@@ -198,38 +198,76 @@ def test_resume_after_interruption(loaded, corpus, tmp_path):
         assert torch.equal(resumed[n], whole[n])  # the same additions in the same order
 
 
+def sampled_sequences(model):
+    """A context recording the token ids fed to `model` (prompt forward, then one column per step)."""
+    fed = []
+
+    def hook(mod, args, kwargs):
+        fed.append(kwargs["input_ids"].detach().clone())
+
+    return fed, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def test_default_corpus_samples(loaded, tmp_path):
+    """The default corpus: keys summed while the model samples equal, per the definition, kkᵀ over the first
+    N keys (column then row) of the sampled sequences run again in one plain forward."""
     model, tok, _ = loaded["llama"]
-    names = mlp_outs(model, [0])
-
-    def samples(d):
-        return load_file(d / "stats" / "m" / SAMPLES_ID / "samples.safetensors")
-
-    spec = CorpusSpec(None, 200, 16)
-    a = second_moments(model, tok, names, spec, "m", [tmp_path / "a"], batch_size=4)
-    b = second_moments(model, tok, names, spec, "m", [tmp_path / "b"], batch_size=4)
-    sa, sb = samples(tmp_path / "a"), samples(tmp_path / "b")
-    assert int(sa["count"]) == sa["ids"].numel() >= 200
-    assert torch.equal(sa["ids"], sb["ids"]) and torch.equal(a[names[0]], b[names[0]])
-    # samples, not greedy text: each starts with BOS and the seed prompts differ
-    ids = sa["ids"].tolist()
-    assert ids[0] == tok.bos_token_id and tok.eos_token_id in ids
-    assert len(set(ids)) > 50
-
-    # cached: a smaller request samples nothing (its 10 rows take 3 forward passes, all for the statistics)
-    calls, handle = count_calls(model)
+    names = mlp_outs(model, [0, 1])
+    spec = CorpusSpec(None, 1500, 48)
+    fed, handle = sampled_sequences(model)
     try:
-        second_moments(model, tok, names, CorpusSpec(None, 150, 16), "m", [tmp_path / "a"], batch_size=4)
+        a = second_moments(model, tok, names, spec, "m", [tmp_path / "a"], batch_size=4)
     finally:
         handle.remove()
-    assert calls[0] == 3
-    # a larger request extends the cached samples, with the ids a fresh run gets
-    n = sa["ids"].numel() + 300
-    second_moments(model, tok, names, CorpusSpec(None, n, 16), "m", [tmp_path / "a"], batch_size=4)
-    second_moments(model, tok, names, CorpusSpec(None, n, 16), "m", [tmp_path / "fresh"], batch_size=4)
-    longer, fresh = samples(tmp_path / "a"), samples(tmp_path / "fresh")
-    assert longer["ids"].numel() >= n and torch.equal(longer["ids"][:sa["ids"].numel()], sa["ids"])
-    assert torch.equal(longer["ids"], fresh["ids"])
+    b = second_moments(model, tok, names, spec, "m", [tmp_path / "b"], batch_size=1)
+    for n in names:
+        assert torch.equal(a[n], b[n])  # seeded per batch: the same samples, whatever the caller's batch size
+
+    (sb, take), = samples.batches_for(tok, 1500, 48, None)  # 1500 keys: the first columns of one batch
+    ids = torch.cat(fed, dim=1)  # (64, columns fed)
+    assert ids.shape[0] == samples.GEN_BATCH and take == 1500
+    attn = sb.valid[:, :ids.shape[1]].long()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    assert bool((ids[~attn.bool()] == pad).all())  # left padding only where a prompt is shorter
+    sampled = ids[:, sb.width:]
+    assert len(set(sampled.flatten().tolist())) > 30  # sampled at temperature 1, not greedy repetition
+    keys = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda mod, args, n=n: keys.__setitem__(n, args[0]))
+             for n in names]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0))
+    finally:
+        for h in hooks:
+            h.remove()
+    keep = sb.keep(take)[:, :ids.shape[1]]
+    assert int(keep.sum()) == 1500  # every counted column was fed, and sampling stopped after the last
+    for n in names:
+        k = keys[n][keep].double()
+        torch.testing.assert_close(a[n], k.T @ k / 1500, rtol=1e-4, atol=1e-6)  # a KV cache rounds differently
+
+
+def test_default_corpus_resumes(loaded, tmp_path):
+    """Sampling batches are the checkpoint unit: an interrupted run resumes after the last whole batch
+    and ends with the same sums as an uninterrupted one."""
+    model, tok, _ = loaded["llama"]
+    names = mlp_outs(model, [0])
+    plan = samples.batches_for(tok, 6000, 48, None)
+    assert len(plan) == 3 and plan[-1][1] < int(plan[-1][0].valid.sum())  # 3 batches, the last one partly counted
+    spec = CorpusSpec(None, 6000, 48)
+    whole = second_moments(model, tok, names, spec, "m", [tmp_path / "whole"])
+    per_batch = 1 + plan[0][0].valid.shape[1] - plan[0][0].width  # the prompt's forward, then a column each
+    with interrupted_at(model, per_batch + 3), pytest.raises(KeyboardInterrupt):
+        second_moments(model, tok, names, spec, "m", [tmp_path / "c"], checkpoint_every=1)
+    saved = load_file(stats_dir(tmp_path / "c", "m", spec) / "partial.safetensors")
+    assert int(saved["rows"]) == 1 and int(saved[f"count.{names[0]}"]) == plan[0][1]
+    calls, handle = count_calls(model)
+    try:
+        resumed = second_moments(model, tok, names, spec, "m", [tmp_path / "c"], checkpoint_every=1)
+    finally:
+        handle.remove()
+    assert per_batch < calls[0] < 2 * per_batch  # batch 2 whole, batch 3 only to its last counted column
+    assert torch.equal(resumed[names[0]], whole[names[0]])
 
 
 def test_stops_after_deepest_module(loaded, corpus, tmp_path):

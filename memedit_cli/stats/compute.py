@@ -16,22 +16,26 @@ How it runs:
 - Forward. Forward pre-hooks add kᵀk (float64, padding masked out) per batch;
   once every named module has seen its input the last hook raises StopForward, so
   the blocks above the deepest module (and the LM head) never run.
+- Samples (no corpus: the default). The keys are summed inside the sampling
+  loop, one batch of sequences per unit (samples.py: every batch's key count
+  is known before it runs, so exactly `spec.tokens` are counted); the whole
+  model runs, since sampling needs its logits, and no text is kept.
 - Cache. One safetensors file per module, `mom2` (the mean) and `count`, at
   `DIR/stats/MODEL_KEY/SPEC_KEY/MODULE.safetensors`, looked up in every dir of
   `cache_dirs` in order and written to all of them, so repositories of one
   model share what any of them computed.
-- Resume. Every `checkpoint_every` rows (default: by time, at least 20 s apart
+- Resume. Every `checkpoint_every` units (rows or sampling batches; default: by time, at least 20 s apart
   and at most ~10% of the time spent writing) the running sums go to
   `partial.safetensors` in the spec's folder of the first cache dir. A rerun of
   the same spec continues from it and gets the same sums, bit for bit, as an
   uninterrupted run with the same batch size.
 - Distributed. Under an initialized torch.distributed group of W ranks, rank r
-  takes rows r, r + W, ...; sums are all-reduced; rank 0 alone reads and writes
+  takes units r, r + W, ...; sums are all-reduced; rank 0 alone reads and writes
   files and every rank returns the same result (see __main__.py for torchrun).
 
-Where the parts live: corpus.py (CorpusSpec; a corpus file or the samples,
-tokenized to an exact length), samples.py (the default corpus: text sampled
-from the model itself, and why), store.py (the on-disk layout, files and
+Where the parts live: corpus.py (CorpusSpec; a corpus file tokenized to an
+exact length), samples.py (the default corpus: text sampled from the model
+itself, its layout, and why), store.py (the on-disk layout, files and
 checkpoints), dist.py (torch.distributed helpers), __main__.py (the
 standalone and torchrun entry), and the hooks are lm/nethook.py's.
 """
@@ -47,7 +51,8 @@ from pathlib import Path
 import torch
 
 from memedit_cli.errors import UserError
-from memedit_cli.lm.nethook import StopForward, inputs_until_all
+from memedit_cli.lm.nethook import StopForward, capture, inputs_until_all
+from memedit_cli.stats import samples
 from memedit_cli.stats.corpus import CorpusSpec, token_stream
 from memedit_cli.stats.dist import agree, all_reduce, broadcast_object, dist_info
 from memedit_cli.stats.store import (
@@ -152,7 +157,7 @@ def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpo
     from memedit_cli.lm.tokens import context_length
 
     ctx = context_length(model)
-    if ctx is not None and spec.seq_len > ctx:
+    if ctx is not None and spec.seq_len > ctx and spec.path is not None:
         raise UserError(f"seq_len {spec.seq_len} is longer than the model's context of {ctx}")
     modules = {}
     for name in names:
@@ -160,10 +165,15 @@ def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpo
             modules[name] = model.get_submodule(name)
         except AttributeError:
             raise UserError(f"the model has no module {name!r}") from None
-    stream = token_stream(model, tok, spec, model_key, cache_dirs, rank, world)
-    seq, n_rows = spec.seq_len, math.ceil(spec.tokens / spec.seq_len)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     dev = input_device(model)
+    if spec.path is None:  # the model's samples: one unit is one sampling batch, its keys taken as it samples
+        plan = samples.batches_for(tok, spec.tokens, spec.seq_len, ctx)
+        n_units, step = len(plan), world
+    else:  # a corpus: one unit is one row of the token stream, batch_size rows per forward
+        stream = token_stream(tok, spec, rank, world)
+        seq = spec.seq_len
+        n_units, step = math.ceil(spec.tokens / seq), batch_size * world
 
     sums, counts = {}, {}
     for name, mod in modules.items():
@@ -182,48 +192,45 @@ def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpo
                 sums[name].copy_(saved[f"sum.{name}"])
                 counts[name] = int(saved[f"count.{name}"])
 
-    mask_now = {}
-
-    def on_input(name, x):
-        d = x.shape[-1]
-        flat = x.reshape(-1, d)
-        m = mask_now["flat"]
+    def add(name, x, mask):
+        """Adds kᵀk over the positions of x (B, T, d) where mask (B, T) is set."""
+        flat = x.reshape(-1, x.shape[-1])
+        m = mask.reshape(-1)
         if flat.shape[0] != m.shape[0]:
             raise UserError(f"the input of {name} has {flat.shape[0]} positions, not batch × length = {m.shape[0]}")
-        if not mask_now["full"]:
+        if not bool(m.all()):
             flat = flat[m.to(flat.device)]
         k = flat.to(sums[name].device, torch.float64)
         sums[name].addmm_(k.T, k)
         counts[name] += k.shape[0]
 
+    def units_done(g0: int) -> int:
+        return min(g0 + step, n_units)
+
+    def tokens_before(units: int) -> int:
+        return sum(take for _, take in plan[:units]) if spec.path is None else min(units * seq, spec.tokens)
+
     partial_path = partial_file(stats_dir(cache_dirs[0], model_key, spec)) if cache_dirs else None
-    step = batch_size * world
     last_ckpt_rows, last_ckpt_t, interval = start, time.monotonic(), CHECKPOINT_MIN_S
     was_training = model.training
     model.eval()
-    progress = bar(total=spec.tokens, desc="second moments", unit="tok") if rank == 0 else contextlib.nullcontext()
+    desc = "second moments (sampling the default corpus)" if spec.path is None else "second moments"
+    progress = bar(total=spec.tokens, desc=desc, unit="tok") if rank == 0 else contextlib.nullcontext()
     try:
-        with progress, torch.no_grad(), inputs_until_all(model, names, on_input) as seen:
+        with progress, torch.no_grad():
             if rank == 0:
-                progress.update(min(start * seq, spec.tokens))
-            for g0 in range(start, n_rows, step):
-                mine = list(range(g0 + rank, min(g0 + step, n_rows), world))
-                if mine:
-                    ids, attn = _batch(stream, mine, seq, pad)
-                    mask_now["flat"], mask_now["full"] = attn.reshape(-1).bool(), bool(attn.all())
-                    seen.clear()
-                    try:
-                        model(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False)
-                    except StopForward:
-                        pass
-                    else:
-                        never = sorted(set(names) - seen)
-                        raise UserError(f"the forward pass never called {', '.join(never)}; "
-                                        "cannot take its input statistics")
-                done = min(g0 + step, n_rows)
+                progress.update(tokens_before(start))
+            for g0 in range(start, n_units, step):
+                mine = list(range(g0 + rank, units_done(g0), world))
+                if spec.path is None:
+                    for u in mine:
+                        _sample_unit(model, names, plan[u], pad, add)
+                elif mine:
+                    _row_unit(model, names, stream, mine, seq, pad, dev, add)
+                done = units_done(g0)
                 if rank == 0:
-                    progress.update(min(done * seq, spec.tokens) - g0 * seq)
-                if done >= n_rows or partial_path is None:
+                    progress.update(tokens_before(done) - tokens_before(g0))
+                if done >= n_units or partial_path is None:
                     continue
                 if checkpoint_every is not None:
                     due = done - last_ckpt_rows >= checkpoint_every
@@ -249,6 +256,33 @@ def _compute(model, tok, names, spec, model_key, cache_dirs, batch_size, checkpo
             raise RuntimeError(f"{name}: counted {counts[name]} tokens, expected {spec.tokens}")
         out[name] = (sums[name] / counts[name]).cpu()
     return out
+
+
+def _row_unit(model, names, stream, rows, seq, pad, dev, add):
+    """One forward over corpus rows, stopped once the deepest named module has its input."""
+    ids, attn = _batch(stream, rows, seq, pad)
+    mask = attn.bool()
+    with inputs_until_all(model, names, lambda name, x: add(name, x, mask)) as seen:
+        seen.clear()
+        try:
+            model(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False)
+        except StopForward:
+            return
+    never = sorted(set(names) - seen)
+    raise UserError(f"the forward pass never called {', '.join(never)}; cannot take its input statistics")
+
+
+def _sample_unit(model, names, planned, pad, add):
+    """One sampling batch, every named module's input summed after each forward (the whole model runs:
+    sampling needs the logits)."""
+    sb, take = planned
+    with capture(model, inputs=names) as seen:
+        def after(mask):
+            for name in names:
+                if f"in:{name}" not in seen:
+                    raise UserError(f"the forward pass never called {name}; cannot take its input statistics")
+                add(name, seen.pop(f"in:{name}"), mask)
+        samples.run(model, sb, sb.keep(take), pad, after)
 
 
 def _batch(stream: torch.Tensor, rows: list[int], seq: int, pad: int):

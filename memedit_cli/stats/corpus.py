@@ -1,6 +1,7 @@
 """The token stream behind the statistics: a text corpus (.txt documents split on
-blank lines, or JSONL with a "text" field) tokenized and cut to an exact length,
-or the model's own samples (samples.py) when no corpus is given."""
+blank lines, or JSONL with a "text" field) tokenized and cut to an exact length.
+Without a corpus the keys come from the model's own samples, taken while it
+samples (samples.py); no stream is made."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import torch
 
 from memedit_cli.errors import UserError
 from memedit_cli.stats.dist import broadcast_object, coll_device
-from memedit_cli.stats.samples import model_samples
 from memedit_cli.stats.store import SAMPLES_ID
 
 
@@ -114,15 +114,13 @@ def corpus_tokens(tok, path: str, n: int) -> torch.Tensor:
     return torch.cat(out)[:n]
 
 
-def token_stream(model, tok, spec, model_key, cache_dirs, rank, world) -> torch.Tensor:
-    """spec.tokens token ids (CPU, int64), the same on every rank (built on rank 0, then broadcast)."""
+def token_stream(tok, spec, rank, world) -> torch.Tensor:
+    """spec.tokens token ids of the corpus file (CPU, int64), the same on every rank (built on rank 0, then
+    broadcast)."""
     stream, error = None, None
     if rank == 0:
         try:
-            if spec.path is None:
-                stream = model_samples(model, tok, spec.tokens, spec.seq_len, model_key, cache_dirs)[:spec.tokens]
-            else:
-                stream = corpus_tokens(tok, spec.path, spec.tokens)
+            stream = corpus_tokens(tok, spec.path, spec.tokens)
         except UserError as e:
             if world == 1:
                 raise

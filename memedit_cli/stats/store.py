@@ -2,7 +2,6 @@
 
     CACHE/stats/MODEL_KEY/SPEC_KEY/MODULE.safetensors    the mean k kᵀ ("mom2") and the token count
     CACHE/stats/MODEL_KEY/SPEC_KEY/partial.safetensors   resumable running sums (see compute.py)
-    CACHE/stats/MODEL_KEY/model-samples-v1/samples.safetensors   the default corpus (samples.py)
 
 CACHE is a repository's `.memedit/cache` or the per-user cache; every file is
 written to each cache dir so repositories of one model share them. A spec is
@@ -21,7 +20,8 @@ from memedit_cli.stats.dist import all_reduce
 from memedit_cli.store.fileio import write_atomic
 
 CHECKPOINT_MIN_S = 20.0
-SAMPLES_ID = "model-samples-v1"  # the sampling scheme of samples.py: part of spec keys and a folder name
+# the sampling scheme of samples.py, part of spec keys (v1: samples cached, then a second pass over rows of them)
+SAMPLES_ID = "model-samples-v2"
 
 
 def stats_dir(cache_dir: Path, model_key: str, spec) -> Path:
@@ -35,10 +35,6 @@ def module_file(spec_dir: Path, name: str) -> Path:
 
 def partial_file(spec_dir: Path) -> Path:
     return Path(spec_dir) / "partial.safetensors"
-
-
-def samples_file(cache_dir: Path, model_key: str) -> Path:
-    return Path(cache_dir) / "stats" / model_key / SAMPLES_ID / "samples.safetensors"
 
 
 def mom2_bytes(mom2: torch.Tensor, spec, name: str) -> bytes:
@@ -75,7 +71,8 @@ def save_everywhere(paths: list[Path], data: bytes) -> None:
 
 
 def checkpoint(path: Path, sums, counts, rows: int, spec, rank: int, world: int) -> None:
-    """partial.safetensors: the sums and counts over global rows [0, rows), written by rank 0."""
+    """partial.safetensors: the sums and counts over global units [0, rows) (rows of the corpus, or
+    batches of samples), written by rank 0."""
     from safetensors.torch import save
 
     tensors = {}

@@ -25,7 +25,7 @@ class MEMITHparams:
     # the closed-form update ΔW = R Kᵀ (λ C₀ + K Kᵀ)⁻¹, per layer of R
     mom2_update_weight: float = 0.0  # λ; 0: the architecture default, scaled to the key dimension
     mom2_corpus: str = ""  # text corpus for C₀ (plain text or JSONL); "": text sampled from the model itself
-    mom2_n_tokens: int = 50_000  # tokens of corpus behind C₀ (docs/methods/memit.md: the measurement)
+    mom2_n_tokens: int = 0  # tokens of corpus behind C₀; 0: 10 × d_in (FastMEMIT; docs/methods/memit.md: the sweep)
     null_space: bool = False  # AlphaEdit: project updates onto the null space of C₀ (sequential robustness)
     null_space_threshold: float = 1.0  # eigenvalues of C₀ below this fraction of the mean count as null (docs: sweep)
     null_space_l2: float = 1.0  # AlphaEdit's α: ridge term of the projected solve (docs: sweep)
@@ -46,6 +46,6 @@ class MEMITHparams:
                 return f"{name} must be >= 0, got {getattr(self, name)}"
         if self.v_num_grad_steps < 1:
             return f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}"
-        if self.mom2_n_tokens < 1000:
-            return f"mom2_n_tokens must be >= 1000, got {self.mom2_n_tokens}"
+        if self.mom2_n_tokens != 0 and self.mom2_n_tokens < 1000:
+            return f"mom2_n_tokens must be >= 1000 (or 0: 10 × the key width), got {self.mom2_n_tokens}"
         return None

@@ -39,6 +39,10 @@ _FAMILY = {
     "llama": dict(ref_depth=32, first=4, count=5, lam_per_dim=15000 / 11008),  # LLaMA-2-7B: 4-8 (EasyEdit)
     "gpt2": dict(ref_depth=48, first=13, count=5, lam_per_dim=20000 / 6400),  # GPT-2 XL: 13-17, λ 20000
 }
+# C₀'s default corpus size, in keys per key dimension: FastMEMIT (arXiv 2506.04226) keeps >= 95% of
+# full-statistics editing from 2× d_in keys and recommends 10×; docs/methods/memit.md measures 1×-30× here.
+KEYS_PER_DIM = 10
+
 # Measured for particular shapes (model_type, hidden size, blocks): docs/methods/memit.md.
 MEASURED = {
     ("llama", 576, 30): dict(layers=(2, 3, 4, 5, 6), lam_per_dim=700 / 1536),  # SmolLM2-135M
@@ -48,6 +52,11 @@ MEASURED = {
 def _d_in(model, layer: int) -> int:
     module = weight_module(model, arch_for(model.config).mlp_out_at(layer))
     return module.weight.shape[0] if is_transposed(module) else module.weight.shape[1]
+
+
+def _tokens(model, layers) -> int:
+    """C₀'s default token count: KEYS_PER_DIM keys per dimension of the widest key in the band."""
+    return KEYS_PER_DIM * max(_d_in(model, layer) for layer in layers)
 
 
 def _dense(module, U, V):
@@ -73,7 +82,7 @@ class MEMIT(WeightMethod):
             first = min(max(n - 2, 0), round(fam["first"] * n / fam["ref_depth"]))
             layers = tuple(range(first, max(first + 1, min(n - 1, first + fam["count"]))))
         lam = measured.get("lam_per_dim", fam["lam_per_dim"]) * _d_in(model, layers[-1])
-        return MEMITHparams(layers=layers, mom2_update_weight=round(lam, 1))
+        return MEMITHparams(layers=layers, mom2_update_weight=round(lam, 1), mom2_n_tokens=_tokens(model, layers))
 
     def resolve(self, hp: MEMITHparams, model, tok, env) -> MEMITHparams:
         n = num_layers(model.config)
@@ -87,13 +96,15 @@ class MEMIT(WeightMethod):
                                                            hp.context_template_length, env.cache_dirs, env.model_key)
         if hp.mom2_update_weight == 0 and not hp.null_space:
             changes["mom2_update_weight"] = self.default_hparams(model).mom2_update_weight
+        if hp.mom2_n_tokens == 0:  # the log records the number
+            changes["mom2_n_tokens"] = _tokens(model, hp.layers)
         return dataclasses.replace(hp, **changes)
 
     def _spec(self, hp: MEMITHparams, model):
         from memedit_cli.stats import CorpusSpec
 
         # rows of 256 tokens, or the whole context of a model with less
-        return CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens,
+        return CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens or _tokens(model, hp.layers),
                           seq_len=min(256, context_length(model) or 256))
 
     def stats(self, hp: MEMITHparams, env, model) -> tuple[dict, str]:
