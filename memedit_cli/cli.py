@@ -124,19 +124,25 @@ def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
 @click.option("--allow-drift", is_flag=True,
               help="Replay segments even where they were made on another device type, dtype, torch or "
                    "transformers version than this machine's (the forget record notes each one).")
+@click.option("--resolve", is_flag=True,
+              help="Faster, not exact: later MEMIT segments keep their stored target vectors z and are only "
+                   "solved again in closed form (no gradient steps); the record notes it. "
+                   "docs/methods/memit.md measures the difference.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def forget(ctx, ids, allow_drift, as_json):
+def forget(ctx, ids, allow_drift, resolve, as_json):
     """Remove facts from the current state: fact ids or apply-record ids (unique prefixes work).
 
     The segments after the first forgotten fact are replayed from the log, with
     their recorded hparams and seeds and the statistics they read (stored in
-    the repository); a segment made on another device type, dtype, torch or
-    transformers version is refused unless --allow-drift.
+    the repository), so the state equals a fresh repository without the facts;
+    a segment made on another device type, dtype, torch or transformers
+    version is refused unless --allow-drift. --resolve skips the gradient
+    steps of later MEMIT segments (not exact).
     """
     from memedit_cli.commands import forget as forget_mod
 
-    rec = forget_mod.forget(_repo(ctx), list(ids), allow_drift)
+    rec = forget_mod.forget(_repo(ctx), list(ids), allow_drift, resolve)
     if as_json:
         _json({"revision": rec["id"], "forgot": rec["forgot"], "timings": rec["timings"],
                **({"drift": rec["drift"]} if rec.get("drift") else {})})

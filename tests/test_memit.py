@@ -109,9 +109,13 @@ def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models, arch):
     assert torch.allclose(together, slow, rtol=1e-4, atol=1e-5), "the fast path must give the full model's z"
 
 
+@pytest.mark.parametrize("rule", [[], ["update=sequential", "norm_anchor=true"], ["update=alphaedit",
+                                                                                 "alphaedit_threshold=1e9"]],
+                         ids=["memit", "sequential+nas", "alphaedit"])
 @pytest.mark.parametrize("gone", ["darrieux", "yasuda"])
-def test_forget_after_a_sequence_of_batches_equals_a_fresh_repository(repo, tiny, tmp_path, corpus, gone):
-    args = memit_args(corpus)
+def test_forget_after_a_sequence_of_batches_equals_a_fresh_repository(repo, tiny, tmp_path, corpus, gone, rule):
+    """Exact for every update rule: the earlier keys (Kp) and NAS's anchor come from the rebuilt segments."""
+    args = memit_args(corpus) + [a for r in rule for a in ("--set", r)]
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *args)
     repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *args)
     rec = repo.json("forget", gone)
@@ -131,6 +135,28 @@ def test_forget_after_a_sequence_of_batches_equals_a_fresh_repository(repo, tiny
     assert torch.allclose(after, logits(*fresh.state()), rtol=1e-5, atol=1e-5)
 
 
+def test_forget_resolve_keeps_later_z_and_solves_again(repo, tmp_path, corpus):
+    """--resolve: the later batch keeps its stored z (no gradient steps), is solved again on the new state,
+    and the record says so; the exact replay (the default) recomputes z instead."""
+    from memedit_cli.replay import load_segment_tensors
+    from memedit_cli.store.repo import Repo
+
+    args = memit_args(corpus)
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *args)
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *args)
+    r = Repo.open(repo.dir)
+    before = load_segment_tensors(r, r.segments_at(r.head())[1])
+    rec = repo.json("forget", "darrieux", "--resolve")
+    full = repo.json("show", rec["revision"])
+    assert full.get("resolve") is True
+    later = full["rebuilt"][1]
+    assert later["info"].get("z_reused") and "z_steps" not in later["info"]
+    after = load_segment_tensors(r, later)
+    assert torch.equal(after["z"], before["z"])  # the stored targets, bit for bit
+    name = next(k for k in after if k.endswith(".U"))
+    assert not torch.equal(after[name], before[name])  # re-solved: the state below it changed
+
+
 def test_export_is_plain_weights(repo, tmp_path, corpus):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,52 +168,62 @@ def test_export_is_plain_weights(repo, tmp_path, corpus):
     assert torch.equal(logits(model, AutoTokenizer.from_pretrained(out)), logits(*repo.state()))
 
 
-def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tmp_path, corpus):
-    from memedit_cli.facts import Fact
+def _tiny_memit(tiny_models, tmp_path):
     from memedit_cli.lm import models
     from memedit_cli.methods.base import Env
     from memedit_cli.methods.memit import MEMIT
-    from memedit_cli.stats import CorpusSpec, second_moments
 
     model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
                               "dtype": "float32", "device": "cpu"})
     env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok))
-    method = MEMIT()
-    hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, null_space=True,
-                             null_space_threshold=0.5, mom2_corpus=str(corpus), mom2_n_tokens=2000)
-    hp = method.resolve(hp, model, tok, env)
-    tensors, _ = method.compute(model, tok, [Fact(**f) for f in FACTS], hp, 0, env)
+    return model, tok, MEMIT(), env
+
+
+@pytest.mark.parametrize("form", ["alphaedit", "null_space"])
+def test_null_space_update_leaves_the_preserved_directions_alone(tiny_models, tmp_path, corpus, form):
+    """alphaedit: P from an absolute threshold on C₀'s eigenvalues; the old null_space: relative to their mean."""
+    from memedit_cli.facts import Fact
+    from memedit_cli.stats import CorpusSpec, second_moments
+
+    model, tok, method, env = _tiny_memit(tiny_models, tmp_path)
     name = "model.layers.1.mlp.down_proj"
     C = second_moments(model, tok, [name], CorpusSpec(str(corpus), 2000, seq_len=64), "tiny",
                        [tmp_path / "cache"])[name]
     evals, evecs = torch.linalg.eigh(C)
-    kept = evecs[:, evals >= 0.5 * evals.mean()]  # directions the statistics say are in use
+    limit = float(evals.median())
+    rule = dict(update="alphaedit", alphaedit_threshold=limit) if form == "alphaedit" else \
+        dict(null_space=True, null_space_threshold=limit / float(evals.mean()))
+    hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, mom2_corpus=str(corpus),
+                             mom2_n_tokens=2000, **rule)
+    hp = method.resolve(hp, model, tok, env)
+    tensors, info = method.compute(model, tok, [Fact(**f) for f in FACTS], hp, 0, env)
+    kept = evecs[:, evals >= limit]  # directions the statistics say are in use
     delta = tensors[f"{name}.U"].double() @ tensors[f"{name}.V"].double().T
     assert delta.abs().max() > 0
     assert (delta @ kept).norm() < 1e-4 * delta.norm()
+    assert info["null_dims"] == [int((evals < limit).sum())]
 
 
-def test_null_space_keeps_earlier_batches_keys(tiny_models, tmp_path, corpus):
-    """AlphaEdit's Kp term: a later null-space batch changes the earlier batches' keys
-    far less when their stored keys are in the solve than when they are not."""
+@pytest.mark.parametrize("rule", [dict(update="sequential", mom2_update_weight=1e-3),
+                                  dict(update="alphaedit", alphaedit_threshold=1e9, null_space_l2=1e-4),
+                                  dict(null_space=True, null_space_threshold=0.9, null_space_l2=1e-4)],
+                         ids=["sequential", "alphaedit", "null_space"])
+def test_later_batches_keep_earlier_batches_keys(tiny_models, tmp_path, corpus, rule):
+    """The Kp term: a later batch changes the earlier batches' keys far less when their stored keys
+    are in the solve than when they are not."""
     from memedit_cli.facts import Fact
-    from memedit_cli.lm import models
     from memedit_cli.methods.base import Env
-    from memedit_cli.methods.memit import MEMIT
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
-                              "dtype": "float32", "device": "cpu"})
-    method = MEMIT()
-    hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, null_space=True,
-                             null_space_threshold=0.9, null_space_l2=1e-4, mom2_corpus=str(corpus), mom2_n_tokens=2000)
-    env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok))
+    model, tok, method, env = _tiny_memit(tiny_models, tmp_path)
+    hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, mom2_corpus=str(corpus),
+                             mom2_n_tokens=2000, **rule)
     hp = method.resolve(hp, model, tok, env)
     facts = [Fact(**f) for f in FACTS]
     first, _ = method.compute(model, tok, facts[:2], hp, 0, env)
     name = "model.layers.1.mlp.down_proj"
     assert first[f"{name}.K"].shape == (64, 2)  # (d_in, n): stored for later batches
     method.attach(model, first, hp)
-    seg = {"method": "memit", "hparams": {"null_space": True}}
+    seg = {"method": "memit", "hparams": dataclasses.asdict(hp)}
     moved = {}
     for label, attached in (("with", [seg]), ("without", [])):
         env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok), attached, lambda s: first)
@@ -195,6 +231,45 @@ def test_null_space_keeps_earlier_batches_keys(tiny_models, tmp_path, corpus):
         delta = second[f"{name}.U"].double() @ second[f"{name}.V"].double().T  # (d_out, d_in)
         moved[label] = (delta @ first[f"{name}.K"].double()).norm() / delta.norm()
     assert moved["with"] < 0.5 * moved["without"]
+
+
+def test_plain_memit_stores_no_keys(tiny_models, tmp_path, corpus):
+    from memedit_cli.facts import Fact
+
+    model, tok, method, env = _tiny_memit(tiny_models, tmp_path)
+    hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=2, mom2_corpus=str(corpus),
+                             mom2_n_tokens=2000)
+    tensors, _ = method.compute(model, tok, [Fact(**FACTS[0])], method.resolve(hp, model, tok, env), 0, env)
+    assert sorted(tensors) == ["model.layers.1.mlp.down_proj.U", "model.layers.1.mlp.down_proj.V", "z"]
+
+
+def test_norm_anchor_rescales_value_vectors_to_the_first_batch(tiny_models, tmp_path, corpus):
+    """NAS: v* = v₀ + δ has the anchor's norm (or is v₀ when over twice it); a later batch uses the first's anchor."""
+    from memedit_cli.facts import Fact
+    from memedit_cli.methods.base import Env
+    from memedit_cli.methods.memit.compute_ks import key_rows, values_and_current
+    from memedit_cli.methods.memit.memit_main import _anchor
+
+    model, tok, method, env = _tiny_memit(tiny_models, tmp_path)
+    hp = dataclasses.replace(method.default_hparams(model), layers=(1,), v_num_grad_steps=3, mom2_corpus=str(corpus),
+                             mom2_n_tokens=2000, norm_anchor=True)
+    hp = method.resolve(hp, model, tok, env)
+    facts = [Fact(**f) for f in FACTS]
+    first, info = method.compute(model, tok, facts[:2], hp, 0, env)
+    anchor = float(first["nas_anchor"])
+    assert info["norm_anchor"]["anchor"] == round(anchor, 4)
+    rows = key_rows(tok, facts[:2], hp.context_templates, "cpu")
+    z, _, _ = _anchor(model, tok, facts[:2], hp, first["z"], rows, [], "cpu")  # the targets the solve used
+    v0, h = values_and_current(model, tok, facts[:2], hp.context_templates, 1, "cpu")
+    vstar = (z.double() - h + v0).norm(dim=1)
+    assert not torch.allclose(z, first["z"])  # the stored z is as optimized; the anchored one differs
+    for norm, plain in zip(vstar.tolist(), v0.norm(dim=1).tolist()):
+        assert norm == pytest.approx(anchor, rel=1e-4) or norm == pytest.approx(plain, rel=1e-4)
+    method.attach(model, first, hp)
+    seg = {"method": "memit", "hparams": dataclasses.asdict(hp)}
+    env = Env([tmp_path / "cache"], "tiny", lambda: (model, tok), lambda: (model, tok), [seg], lambda s: first)
+    second, _ = method.compute(model, tok, facts[2:], hp, 0, env)
+    assert float(second["nas_anchor"]) == anchor
 
 
 @pytest.mark.parametrize("fact,says", [
@@ -247,3 +322,18 @@ def test_memit_records_follow_the_schema(repo, tmp_path, corpus):
     repo("forget", "eiffel")
     for rec in repo.json("log"):
         jsonschema.validate(rec, schema)
+
+
+def test_kl_term_follows_the_reference():
+    """kl_direction="reference" is what kmeng01/memit computes with torch's kl_div; "reverse" is the other way."""
+    from memedit_cli.methods.memit.compute_z import kl_term
+
+    g = torch.Generator().manual_seed(0)
+    init = torch.log_softmax(torch.randn(3, 11, generator=g), -1)
+    cur = torch.log_softmax(torch.randn(3, 11, generator=g), -1)
+    for i in range(3):
+        ref = torch.nn.functional.kl_div(init[i:i + 1], cur[i:i + 1], log_target=True, reduction="batchmean")
+        torch.testing.assert_close(kl_term(init, cur, "reference")[i], ref)
+        back = torch.nn.functional.kl_div(cur[i:i + 1], init[i:i + 1], log_target=True, reduction="batchmean")
+        torch.testing.assert_close(kl_term(init, cur, "reverse")[i], back)
+    assert not torch.allclose(kl_term(init, cur, "reference"), kl_term(init, cur, "reverse"))

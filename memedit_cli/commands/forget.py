@@ -6,6 +6,12 @@ segments before it. The result equals a fresh repository in which the same
 facts, minus the forgotten ones, were applied in the same order with the same
 seeds. The log keeps everything: the forget record names the untouched prefix
 (`keep`) and the rebuilt segments.
+
+`resolve=True` (`memit forget --resolve`) trades that exactness for time:
+later segments of a method that can (MEMIT) keep what they stored (MEMIT's z)
+and are only solved again in closed form on the new state, no gradient
+steps; the record says `"resolve": true`. docs/methods/memit.md measures how
+far that lands from the exact replay.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ def resolve_ids(repo, ids: list[str], head) -> list[str]:
     return [fid for fid in active if fid in chosen]
 
 
-def forget(repo, ids: list[str], allow_drift: bool = False) -> dict:
+def forget(repo, ids: list[str], allow_drift: bool = False, resolve: bool = False) -> dict:
     from memedit_cli.replay import Build, load_segment_tensors
 
     t0 = time.perf_counter()
@@ -75,8 +81,10 @@ def forget(repo, ids: list[str], allow_drift: bool = False) -> dict:
                 continue
             changed.add(seg["method"])
             hp = hparams_mod.from_json(method.hparams_class, seg["hparams"])
-            # only the first affected segment starts from the same state as before
-            reuse = {"facts": seg["facts"], "tensors": load_segment_tensors(repo, seg)} if n == 0 else None
+            # only the first affected segment starts from the same state as before; with `resolve`, later
+            # segments that can keep their stored results too (then the state is no longer the exact replay)
+            reused = n == 0 or resolve and method.resolvable
+            reuse = {"facts": seg["facts"], "tensors": load_segment_tensors(repo, seg)} if reused else None
             rebuilt.append(build.compute(method, hp, keep, seg["seed"], reuse, replaying=seg))
         names = sorted({seg["method"] for seg in segments if gone_set & set(seg["facts"])})
         return repo.append({
@@ -89,6 +97,7 @@ def forget(repo, ids: list[str], allow_drift: bool = False) -> dict:
             "rebuilt": rebuilt,
             "versions": logmod.versions(),
             **({"drift": build.drift} if build.drift else {}),  # replays made under --allow-drift
+            **({"resolve": True} if resolve else {}),  # later segments re-solved from stored results, not replayed
             "timings": {"total_s": round(time.perf_counter() - t0, 3),
                         "replayed_segments": sum(1 for s in rebuilt if id(s) not in kept_as_is)},
             "time": logmod.now(),

@@ -130,6 +130,7 @@ class Method:
     needs_subject: bool = False
     independent: bool = False  # segments do not depend on earlier segments of this method
     visible_to_others: bool = True  # False: its wrappers are off while other methods compute (`hidden`)
+    resolvable: bool = False  # `forget --resolve`: a later segment may be recomputed from its stored `reuse`
     measured: dict = {}  # shape_key(config) -> hparams measured for that shape (docs/methods/<name>.md)
 
     def batch_limit(self, hp) -> int | None:

@@ -127,7 +127,7 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
                / templates_per_fact)
         if init_kl is None:
             init_kl = kl_logp.detach()
-        kl = (init_kl.exp() * (init_kl - kl_logp)).sum(1)  # KL(initial ‖ current) per fact
+        kl = kl_term(init_kl, kl_logp, hp.kl_direction)
         wd = hp.v_weight_decay * delta.norm(dim=1) / h_init.norm(dim=1) ** 2
         loss = nll + hp.kl_factor * kl + wd  # (n,)
         last, steps = loss.detach(), step + 1
@@ -146,3 +146,15 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
     info = {"z_steps": steps, "z_loss_max": round(float(last.max()), 6), "z_loss_mean": round(float(last.mean()), 6),
             "z_reached": int(done.sum()), "z_tokens_per_step": sum(bk.h0.shape[0] * bk.h0.shape[1] for bk in buckets)}
     return z, info
+
+
+def kl_term(init_logp, logp, direction: str):
+    """Per-fact KL on the "{subject} is a" prompt from log-probabilities (n, V).
+
+    "reference": KL(current ‖ initial), what kmeng01/memit's
+    `kl_div(kl_distr_init, kl_log_probs, log_target=True)` computes (torch's
+    kl_div(input, target) is KL(target ‖ input)); "reverse": KL(initial ‖ current).
+    """
+    if direction == "reference":
+        return (logp.exp() * (logp - init_logp)).sum(1)
+    return (init_logp.exp() * (init_logp - logp)).sum(1)

@@ -3,16 +3,20 @@
 For a batch of n facts: target vectors z (compute_z.py) at block L = max(R);
 then for each layer l of R in order, keys K (d_in, n) at its FFN output
 projection and the residual R_l = (z − h_L) / (|R| − i) still missing at L,
-and the closed-form update
+and the closed-form update (float64; C₀ = E[k kᵀ] over a corpus)
 
-    ΔW_l = R_l Kᵀ (λ C₀ + K Kᵀ)⁻¹          (float64; C₀ = E[k kᵀ] over a corpus)
+    memit       ΔW_l = R_l Kᵀ (λ C₀ + K Kᵀ)⁻¹
+    sequential  ΔW_l = R_l Kᵀ (λ C₀ + Kp Kpᵀ + K Kᵀ)⁻¹
+    alphaedit   ΔW_l = R_l Kᵀ P (Kp Kpᵀ P + K Kᵀ P + α I)⁻¹     (arXiv 2410.02355)
 
-which is rank ≤ n and stored factored: U = R_l (d_out, n), V = (λC₀ + KKᵀ)⁻¹K
-(d_in, n), ΔW = U Vᵀ. With `null_space` (AlphaEdit, arXiv 2410.02355) the
-update is projected onto the null space P of C₀ and kept small on the keys
-Kp of earlier null-space batches: V = (P (K Kᵀ + Kp Kpᵀ) + α I)⁻¹ P K, so the
-keys the statistics preserve are untouched and earlier edits are kept. Those
-batches store their keys K (d_in, n) per layer for this.
+where Kp are the keys of the earlier MEMIT batches in the state (stored by
+each non-"memit" batch, read from the segments attached before it, so a
+forget's replay sees the rebuilt ones) and P projects onto the eigenvectors
+of C₀ with eigenvalue below `alphaedit_threshold`. The update is rank ≤ n and
+stored factored: U = R_l (d_out, n), V (d_in, n), ΔW = U Vᵀ. With
+`norm_anchor` (NAS, arXiv 2602.02543) each fact's value vector — block L's
+FFN output plus δ — is rescaled to the mean norm the first batch's value
+vectors had, before the solve.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ def _dense(module, U, V):
 
 class MEMIT(WeightMethod):
     name = "memit"
+    resolvable = True  # `forget --resolve`: later segments may keep their stored z (closed form only)
     hparams_class = MEMITHparams
     needs_subject = True
     measured = MEASURED
@@ -82,7 +87,8 @@ class MEMIT(WeightMethod):
             first = min(max(n - 2, 0), round(fam["first"] * n / fam["ref_depth"]))
             layers = tuple(range(first, max(first + 1, min(n - 1, first + fam["count"]))))
         lam = measured.get("lam_per_dim", fam["lam_per_dim"]) * _d_in(model, layers[-1])
-        return MEMITHparams(layers=layers, mom2_update_weight=round(lam, 1), mom2_n_tokens=_tokens(model, layers))
+        return MEMITHparams(layers=layers, mom2_update_weight=round(lam, 1), mom2_n_tokens=_tokens(model, layers),
+                            kl_direction="reference")
 
     def resolve(self, hp: MEMITHparams, model, tok, env) -> MEMITHparams:
         n = num_layers(model.config)
@@ -96,6 +102,8 @@ class MEMIT(WeightMethod):
                                                            hp.context_template_length, env.cache_dirs, env.model_key)
         if hp.mom2_update_weight == 0 and not hp.null_space:
             changes["mom2_update_weight"] = self.default_hparams(model).mom2_update_weight
+        if hp.update == "alphaedit" and hp.alphaedit_threshold == 0:
+            changes["alphaedit_threshold"] = self.measured_defaults(model).get("alphaedit_threshold", 2e-2)
         if hp.mom2_n_tokens == 0:  # the log records the number
             changes["mom2_n_tokens"] = _tokens(model, hp.layers)
         return dataclasses.replace(hp, **changes)
@@ -132,7 +140,8 @@ class MEMIT(WeightMethod):
         device = input_device(model)
         z_layer = hp.layers[-1]
         info: dict = {}
-        if reuse is not None:  # forget: the same starting state, so each remaining fact's z is what it was
+        if reuse is not None:  # forget: each remaining fact's z is what it was (exactly so on the same starting
+            # state; on a later segment with `forget --resolve`, the stored target re-solved on the new state)
             z = reuse["tensors"]["z"][[reuse["facts"].index(f.id) for f in facts]].to(device)
             info["z_reused"] = True
         else:
@@ -146,23 +155,28 @@ class MEMIT(WeightMethod):
         names = [arch.mlp_out_at(layer) for layer in hp.layers]
         originals = {n: weight_module(model, n).weight.detach().clone() for n in names}
         tensors = {"z": z.float().cpu()}
-        # AlphaEdit's earlier keys: each earlier null-space segment read once, not once per layer
-        earlier = _earlier_null_space(env, self.name) if hp.null_space else []
+        rule = "alphaedit" if hp.null_space else hp.update
+        # the earlier batches' keys: each earlier segment read once, not once per layer
+        earlier = _earlier_keys(env, self.name, hp) if rule != "memit" or hp.norm_anchor else []
         rows = key_rows(tok, facts, hp.context_templates, device)
+        if hp.norm_anchor:  # z is stored as optimized; a replay anchors it again on its own state
+            z, info["norm_anchor"], tensors["nas_anchor"] = _anchor(model, tok, facts, hp, z, rows, earlier, device)
         try:
             for i, (layer, name) in enumerate(zip(hp.layers, names)):
                 keys, current = keys_and_current(model, tok, facts, hp.context_templates, layer, z_layer, device, rows)
                 K = keys.T  # (d_in, n)
                 R = (z.double().to(current.device) - current).T / (len(hp.layers) - i)  # (d_out, n)
                 C = cov[name].to(K.device)
-                if hp.null_space:
-                    P = _null_space_projector(C, hp.null_space_threshold)
-                    Cp = _gram([t[f"{name}.K"] for t in earlier if f"{name}.K" in t], C)  # (d_in, d_in): Σ Kp Kpᵀ
+                Cp = _gram([t[f"{name}.K"] for t in earlier if f"{name}.K" in t], C)  # (d_in, d_in): Σ Kp Kpᵀ
+                if rule == "alphaedit":
+                    P = _null_space_projector(C, hp)
                     A = P @ (K @ K.T + Cp) + hp.null_space_l2 * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
                     V = torch.linalg.solve(A, P @ K)
-                    tensors[f"{name}.K"] = K.float().cpu()  # what later batches' Cp is made of
-                else:
-                    V = torch.linalg.solve(hp.mom2_update_weight * C + K @ K.T, K)  # (d_in, n)
+                    info.setdefault("null_dims", []).append(int(round(float(P.trace()))))
+                else:  # "sequential" adds the earlier keys to the prior; "memit" has none
+                    V = torch.linalg.solve(hp.mom2_update_weight * C + Cp + K @ K.T, K)  # (d_in, n)
+                if rule != "memit":
+                    tensors[f"{name}.K"] = K.float().cpu()  # what later batches' Kp are made of
                 U, V = R.float().cpu(), V.float().cpu()
                 tensors[f"{name}.U"], tensors[f"{name}.V"] = U, V
                 module = weight_module(model, name)
@@ -183,11 +197,12 @@ class MEMIT(WeightMethod):
         return Footprint(writes=tuple(hp.layers), blocks_hparam="layers")
 
 
-def _earlier_null_space(env, method: str) -> list[dict]:
-    """Tensors of the earlier null-space batches of `method`, as the log has them
-    attached (a forget's replay sees the rebuilt ones): their keys make AlphaEdit's Kp."""
-    return [env.segment_tensors(seg) for seg in env.attached
-            if seg["method"] == method and seg["hparams"].get("null_space")]
+def _earlier_keys(env, method: str, hp: MEMITHparams) -> list[dict]:
+    """Tensors of the earlier batches of `method` in the state, as the log has them attached (a forget's
+    replay sees the rebuilt ones): their stored keys make Kp. The old null_space option read only the
+    batches made with it, as it did."""
+    return [env.segment_tensors(seg) for seg in env.attached if seg["method"] == method
+            and (seg["hparams"].get("null_space") if hp.null_space else True)]
 
 
 def _gram(keys: list, like):
@@ -201,10 +216,37 @@ def _gram(keys: list, like):
     return total
 
 
-def _null_space_projector(C, threshold: float):
-    """P = Û Ûᵀ over the eigenvectors of C₀ whose eigenvalue is below threshold · mean eigenvalue."""
+def _null_space_projector(C, hp: MEMITHparams):
+    """P = Û Ûᵀ over the eigenvectors of C₀ whose eigenvalue is below alphaedit_threshold (absolute, as AlphaEdit),
+    or below null_space_threshold × the mean eigenvalue (the old null_space option)."""
     import torch
 
     evals, evecs = torch.linalg.eigh(C)
-    null = evecs[:, evals < threshold * evals.mean()]
+    limit = hp.null_space_threshold * evals.mean() if hp.null_space else hp.alphaedit_threshold
+    null = evecs[:, evals < limit]
     return null @ null.T
+
+
+def _anchor(model, tok, facts, hp: MEMITHparams, z, rows, earlier: list[dict], device):
+    """NAS: the targets z (n, d) with each value vector v* = v₀ + δ (block L's FFN output at the subject plus the
+    optimized δ) rescaled to the anchor norm, or left at v₀ when ‖v*‖ > 2 × the anchor (NAS's skip).
+    The anchor is the mean ‖v*‖ (the top 5 % dropped) of the first anchored batch in the state, made
+    on the model as it was then (the unedited one when MEMIT came first); later batches read it
+    from there. Returns (z, a summary for the log, the anchor as a tensor to store)."""
+    import torch
+
+    from memedit_cli.methods.memit.compute_ks import values_and_current
+
+    v0, h = values_and_current(model, tok, facts, hp.context_templates, hp.layers[-1], device, rows)  # (n, d) each
+    vstar = v0 + (z.double().to(h.device) - h)  # z = h + δ
+    norms = vstar.norm(dim=1)
+    stored = [t["nas_anchor"] for t in earlier if "nas_anchor" in t]
+    if stored:
+        anchor = float(stored[0])
+    else:
+        kept = norms.sort().values[: max(1, len(norms) - int(0.05 * len(norms)))]
+        anchor = float(kept.mean())
+    skip = norms > 2 * anchor
+    scaled = torch.where(skip[:, None], v0, vstar * (anchor / norms.clamp(min=1e-12))[:, None])
+    z = (h - v0 + scaled).float()
+    return z, {"anchor": round(anchor, 4), "skipped": int(skip.sum())}, torch.tensor(anchor, dtype=torch.float64)
