@@ -14,7 +14,10 @@ Per point: the scores and their counts, seconds per edit so far (compute, as
 `apply` records it; model loading excluded), bytes on disk per edit (objects
 and log), `ask` latency (ms per token of 16 greedy tokens, the state and the
 base model in the same process), and `forget` of the first fact (on a copy of
-the repository whose objects are hard links, so the stream goes on untouched).
+the repository whose objects are hard links, so the stream goes on untouched);
+for MEMIT also `forget --resolve` of it, against the exact forget: both times,
+max and mean |Δlogit| between the two states on 50 remaining facts' prompts and
+locality prompts, and both states' scores on those facts (`forget_resolve`).
 
 A run lives in `--work` (default benchmarks/runs/, ignored by git):
 <data>-<method>/ holds a memedit repository and points.json. Each `apply`
@@ -30,6 +33,7 @@ each point recorded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -47,6 +51,7 @@ POINTS = (10, 100, 300, 1000)
 UNIT = {"memit": 100}  # facts per edit; every other method edits one fact at a time
 METHODS = ("wise", "memit", "larimar", "ft")
 ASK_TOKENS = 16
+RESOLVE_SAMPLE = 50  # facts the exact and the --resolve forget are compared on (MEMIT)
 
 
 def run_dir(work: Path, data: str, method: str, label: str | None = None) -> Path:
@@ -108,23 +113,57 @@ def ask_ms(repo, rev, prompt: str) -> tuple[float, float]:
     return round(min(r[0] for r in rounds), 2), round(min(r[1] for r in rounds), 2)
 
 
-def forget_first(d: Path, fact_id: str) -> float:
-    """Seconds of `forget` of the first fact, on a copy whose objects are hard links (immutable files)."""
-    from memedit_cli.commands.forget import forget
+@contextlib.contextmanager
+def repo_copy(d: Path, name: str):
+    """A copy of d's repository whose objects are hard links (immutable files), removed on exit."""
     from memedit_cli.store.repo import Repo
 
-    copy = d / "forget-copy"
+    copy = d / name
     shutil.rmtree(copy, ignore_errors=True)
     src = d / ".memedit"
     shutil.copytree(src, copy / ".memedit", ignore=shutil.ignore_patterns("objects", "cache", "lock"))
     for sub in ("objects", "cache"):
         shutil.copytree(src / sub, copy / ".memedit" / sub, copy_function=os.link)
     try:
-        t0 = time.perf_counter()
-        forget(Repo.open(copy), [fact_id])
-        return round(time.perf_counter() - t0, 2)
+        yield Repo.open(copy)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
+
+
+def forget_first(d: Path, fact_id: str) -> float:
+    """Seconds of `forget` of the first fact, on a copy of the repository."""
+    from memedit_cli.commands.forget import forget
+
+    with repo_copy(d, "forget-copy") as copy:
+        t0 = time.perf_counter()
+        forget(copy, [fact_id])
+        return round(time.perf_counter() - t0, 2)
+
+
+def forget_resolved(d: Path, fact_id: str, facts: list) -> dict:
+    """`forget --resolve` of the first fact against the exact forget, each on a copy: both times, the
+    largest and mean |Δlogit| of the two states' next-token logits on `facts`' prompts and locality
+    prompts, and each state's scores on `facts` (the remaining ones)."""
+    import torch
+
+    from memedit_cli.commands.evaluate import evaluate
+    from memedit_cli.commands.forget import forget
+    from memedit_cli.replay import materialize
+
+    out, logits = {}, {}
+    prompts = [f.prompt for f in facts] + [f.locality_prompt for f in facts if f.locality_prompt]
+    for label, resolve in (("exact", False), ("resolve", True)):
+        with repo_copy(d, f"forget-{label}") as copy:
+            t0 = time.perf_counter()
+            rec = forget(copy, [fact_id], resolve=resolve)
+            out[f"{label}_s"] = round(time.perf_counter() - t0, 2)
+            model, tok = materialize(copy, copy.segments_at(rec["id"]))
+            with torch.no_grad():
+                logits[label] = torch.stack([model(**tok(p, return_tensors="pt")).logits[0, -1] for p in prompts])
+            out[f"{label}_scores"] = evaluate(copy, facts, rev=rec["id"]).scores
+    diff = (logits["exact"] - logits["resolve"]).abs()
+    out.update(max_dlogit=round(float(diff.max()), 4), mean_dlogit=round(float(diff.mean()), 5), prompts=len(prompts))
+    return out
 
 
 def score_point(repo, rev, facts) -> dict:
@@ -177,6 +216,7 @@ def run(args) -> None:
 
 def advance(repo, facts, T: int, args) -> dict:
     """Apply facts up to T (resuming from HEAD), then time the point; the point without scores."""
+    from memedit_cli import methods
     from memedit_cli.commands.apply import apply
 
     unit = args.unit or UNIT.get(args.method, 1)
@@ -197,6 +237,9 @@ def advance(repo, facts, T: int, args) -> dict:
     point["ask_ms"], point["base_ask_ms"] = ask_ms(repo, head, facts[0].prompt)
     if T <= args.forget_upto:
         point["forget_first_s"] = forget_first(Path(repo.root).parent, facts[0].id)
+        if methods.get(args.method).resolvable:  # MEMIT: forget --resolve against the exact replay
+            point["forget_resolve"] = forget_resolved(Path(repo.root).parent, facts[0].id,
+                                                      sample(facts[1:T], RESOLVE_SAMPLE))
     return point
 
 
