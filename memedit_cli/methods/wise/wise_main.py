@@ -7,7 +7,7 @@
   its own facts, seeds and the base model: forgetting a fact rebuilds only its
   shard (`independent = True`), and no other shard takes a gradient step.
 - Stored per shard: D's values inside the mask (float32, the mask's nnz
-  entries), the mask as packed bits, and each edit's routing score; with
+  entries), the mask as packed bits (mask=random) or its columns (topk), and each edit's routing score; with
   `router=keys` also each edit's key and key threshold (router.py).
 - `attach` adds the shard to the layer's `WISELayer`; `settle` (once per
   materialize) rebuilds the side memories from all shards: merge, one memory, the TIES merge of every shard;
