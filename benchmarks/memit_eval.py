@@ -4,7 +4,7 @@
         seconds per fact of z with the fast path and with the full-model loop (same hparams)
     python benchmarks/memit_eval.py quality --data counterfact --facts 100 --batch 100 \
         [--layers 2,3,4,5,6] [--lam 700,2093] [--corpus FILE|samples] [--tokens 50000,200000] [--null-space]
-        [--set v_num_grad_steps=15 ...] [--sweep null_space_threshold=0.3,1 ...]
+        [--set v_num_grad_steps=15 ...] [--sweep update=memit,sequential ...] [--reuse-z]
         apply all facts (batches of --batch, one after another), then score all of them
     python benchmarks/memit_eval.py forget --facts 10,100,1000 --batch 100 [--set v_num_grad_steps=1]
         `memedit forget` of one fact of the last and of the first batch, through the CLI
@@ -76,6 +76,8 @@ def quality(args, repo, model, tok, env):
     if args.variants:  # explicit CORPUS:TOKENS:LAMBDA triples instead of the cross product
         variants = [(c, int(t), float(lam)) for c, t, lam in (v.rsplit(":", 2) for v in args.variants.split(";"))]
     sweep = [dict(zip(keys, vals)) for keys, grid in [_sweep_grid(args.sweep)] for vals in itertools.product(*grid)]
+    if args.configs:  # explicit settings, one per variant: "update=memit;update=alphaedit,alphaedit_threshold=0.01"
+        sweep = [hparams_mod.parse_set(c.split(",")) for c in args.configs.split(";")]
     for (corpus, tokens, lam), extra in itertools.product(variants, sweep):
         hp_l = dataclasses.replace(hp, mom2_update_weight=lam, mom2_n_tokens=tokens,
                                    mom2_corpus="" if corpus == "samples" else corpus)
@@ -89,8 +91,9 @@ def quality(args, repo, model, tok, env):
         def edit():  # the batches one after another, each computed on the state the earlier ones left
             t0 = time.perf_counter()
             for i, batch in enumerate(batches):
-                # one batch starts from the base whatever λ is, so its z is the same: computed once
-                same_z = i in zs and len(batches) == 1
+                # one batch starts from the base whatever λ is, so its z is the same: computed once;
+                # --reuse-z: later batches too (the first variant's z, re-solved as forget --resolve does)
+                same_z = i in zs and (len(batches) == 1 or args.reuse_z)
                 reuse = {"facts": [f.id for f in batch], "tensors": {"z": zs[i]}} if same_z else None
                 segs.append(build.compute(method, hp_l, batch, 0, reuse))
                 if i not in zs:
@@ -101,7 +104,8 @@ def quality(args, repo, model, tok, env):
         tensors = load_segment_tensors(repo, segs[-1])
         nbytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if k != "z") / len(batches[-1])
         print(f"| {args.data} | {len(facts)} | {len(batches)}x{args.batch} | {list(hp.layers)} | {lam:g} | "
-              f"{'yes' if args.null_space else 'no'} | {Path(corpus).name}:{tokens} | "
+              f"{'null_space' if hp_l.null_space else hp_l.update}{'+nas' if hp_l.norm_anchor else ''} | "
+              f"{Path(corpus).name}:{tokens} | "
               f"{s['rel']:.2f} | {s['gen']:.2f} | {s['loc']:.2f} | {timed['edit_s']:.2f} | {stats_s:.0f} | "
               f"{nbytes / 1024:.1f} KiB | "
               f"{' '.join(f'{k}={v}' for k, v in extra.items())} |", flush=True)
@@ -156,6 +160,11 @@ def main():
                     help="hyperparameter values to cross (repeatable); with one batch, z is computed once for all")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a MEMIT hyperparameter (repeatable)")
+    ap.add_argument("--configs", default="", metavar="K=V,K=V;...",
+                    help="settings of each variant, instead of the --sweep grid")
+    ap.add_argument("--reuse-z", action="store_true",
+                    help="every variant after the first reuses its z for every batch (closed-form re-solves in "
+                         "sequence, as forget --resolve): sweeps of the solve at the cost of one z computation")
     ap.add_argument("--variants", default="", help="CORPUS:TOKENS:LAMBDA;... (overrides --corpus/--tokens/--lam)")
     args = ap.parse_args()
     args.facts_list = [int(x) for x in args.facts.split(",")]
@@ -171,7 +180,7 @@ def main():
     if args.mode == "speed":
         speed(args, model, tok, env)
     else:
-        print("| data | facts | batches | layers | λ | null space | C₀ corpus:tokens | Rel | Gen | Loc | s/fact "
+        print("| data | facts | batches | layers | λ | update | C₀ corpus:tokens | Rel | Gen | Loc | s/fact "
               "| stats s | bytes/fact | swept |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         quality(args, repo, model, tok, env)

@@ -23,8 +23,12 @@ REGISTRY = {
 SUMMARY = {
     "ft": "fine-tuning one FFN projection under an L-inf bound (FT-L, the ROME paper's baseline); "
           "docs/methods/ft.md",
-    "memit": "MEMIT (arXiv 2210.07229): a least-squares update of several FFN projections per batch; "
-             "docs/methods/memit.md",
+    "memit": "MEMIT (arXiv 2210.07229): a least-squares update of several FFN projections per batch, each "
+             "batch solved against C₀ alone as in the paper. Differs from the paper: C₀ from 10 × d_in tokens "
+             "sampled from the model itself (the paper: 100,000 Wikipedia documents; --set mom2_corpus=FILE "
+             "for a corpus), λ scaled to the key width. For long sequences: --set update=sequential (the "
+             "earlier batches' keys in the solve), --set update=alphaedit (AlphaEdit, arXiv 2410.02355), "
+             "--set norm_anchor=true (NAS, arXiv 2602.02543); docs/methods/memit.md",
     "wise": "WISE (arXiv 2405.14768): side memories beside one FFN projection, routed per input. "
             "On SmolLM2-135M the defaults differ from the paper: routing by subject keys (router=keys) "
             "instead of the activation score, one memory per edit holding the columns of its most active "
