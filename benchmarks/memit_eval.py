@@ -113,7 +113,8 @@ def quality(args, repo, model, tok, env):
 
 def forget_timing(args):
     """Apply N facts through the CLI (batches of --batch), then time `memedit forget` of one
-    fact of the last batch (re-solve from stored z) and of the first (later batches replayed)."""
+    fact of the last batch (re-solve from stored z) and of the first: exact (later batches replayed,
+    up to --first-max facts) and with --resolve (later batches re-solved from their stored z)."""
     sets = [x for kv in args.set for x in ("--set", kv)]
     for n in args.facts_list:
         facts = common.load(args.data, n)
@@ -123,12 +124,12 @@ def forget_timing(args):
             apply_s, _ = common.memedit(work, "apply", path, "--method", "memit", "--batch-size", args.batch, *sets)
             size = min(args.batch, n)
             last = facts[(n - 1) // size * size]  # a fact of the last batch
-            for label, fact in (("last", last), ("first", facts[0])):
-                if label == "first" and (fact is last or n > args.first_max):
+            for label, fact, how in (("last", last, []), ("first", facts[0], []), ("first", facts[0], ["--resolve"])):
+                if label == "first" and (fact is last or n > args.first_max and not how):
                     continue
-                t = json.loads(common.memedit(work, "forget", fact.id, "--json")[1])["timings"]
-                print(f"| {n} | {-(-n // size)}x{size} | {apply_s:.0f} | {label} | {t['total_s']:.1f} | "
-                      f"{t['replayed_segments']} |", flush=True)
+                t = json.loads(common.memedit(work, "forget", fact.id, *how, "--json")[1])["timings"]
+                print(f"| {n} | {-(-n // size)}x{size} | {apply_s:.0f} | {label} | {' '.join(how) or 'exact'} | "
+                      f"{t['total_s']:.1f} | {t['replayed_segments']} |", flush=True)
                 common.memedit(work, "checkout", "HEAD~1")  # back to all N facts for the next measurement
 
 
@@ -172,8 +173,8 @@ def main():
         ap.error(f"{args.mode} takes one --facts count, got {args.facts}")
     args.facts = args.facts_list[0]
     if args.mode == "forget":
-        print("| facts | batches | apply s | forgotten fact's batch | forget s | segments replayed |")
-        print("|---|---|---|---|---|---|")
+        print("| facts | batches | apply s | forgotten fact's batch | forget | forget s | segments replayed |")
+        print("|---|---|---|---|---|---|---|")
         return forget_timing(args)
     common.set_threads()
     repo, model, tok, env = common.default_model()
