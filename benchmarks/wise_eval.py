@@ -139,9 +139,8 @@ def key_routing(args):
     name = keyrouter.key_module(model, hp)
     device = input_device(model)
     t0 = time.perf_counter()
-    keys = keyrouter.edit_keys(model, tok, facts, name, device)
+    keys, rel = keyrouter.prompt_keys(model, tok, facts, name, device)
     tau = keyrouter.key_thresholds(model, tok, keys, hp.irrelevant, name, hp, device)
-    rel = [keyrouter.relation_keys(model, tok, f, name, device) for f in facts]
     floor = [keyrouter.relation_floor(model, tok, f, r, hp.relation_templates, name, device)
              for f, r in zip(facts, rel)]
     key_s = (time.perf_counter() - t0) / len(facts)

@@ -69,15 +69,21 @@ def key_module(model, hp) -> str:
     return arch_for(model.config).mlp_out_at(hp.key_layer)
 
 
-def edit_keys(model, tok, facts, name: str, device) -> torch.Tensor:
-    """(n, d_in) float32: a at module `name`'s input, at each fact's last subject token of its bare prompt."""
-    keys = []
+def prompt_keys(model, tok, facts, name: str, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """From one forward per fact's bare prompt, at module `name`'s input a: (keys (n, d_in) float32: a at
+    each fact's last subject token, [(m_i, d_in) float32, unit rows: a at each token outside the subject,
+    the relation's words ("What is the product made by", "?")])."""
+    keys, rels = [], []
     for fact in facts:
         enc = tok([fact.prompt], return_tensors="pt").to(device)
-        a = activation(model, name, enc["input_ids"], enc["attention_mask"])  # (1, T, d_in)
-        at = subject_last(tok, fact.prompt, fact.prompt.index(fact.subject) + len(fact.subject))
-        keys.append(a[0, at].float().cpu())
-    return torch.stack(keys)
+        a = activation(model, name, enc["input_ids"], enc["attention_mask"])[0].float().cpu()  # (T, d_in)
+        start = fact.prompt.index(fact.subject)
+        first = len(tok(fact.prompt[:start])["input_ids"]) if start else 0
+        last = subject_last(tok, fact.prompt, start + len(fact.subject))
+        keys.append(a[last])
+        keep = [t for t in range(a.shape[0]) if t < first or t > last]
+        rels.append(torch.nn.functional.normalize(a[keep] if keep else a[-1:], dim=-1))
+    return torch.stack(keys), rels
 
 
 # (module name, texts, fingerprint of the weights below) -> [(T, d_in) normalized activations]: the
@@ -125,18 +131,6 @@ def key_thresholds(model, tok, keys, texts, name: str, hp, device) -> torch.Tens
     for a in pool_activations(model, tok, texts, name, device):
         best = torch.maximum(best, (a @ k.T).amax(0))
     return torch.clamp(best + hp.key_margin, min=hp.key_threshold)
-
-
-def relation_keys(model, tok, fact, name: str, device) -> torch.Tensor:
-    """(m, d_in) float32, unit rows: a at module `name` at each token of the fact's bare prompt outside its
-    subject (the relation's words: "What is the product made by", "?")."""
-    enc = tok([fact.prompt], return_tensors="pt").to(device)
-    a = activation(model, name, enc["input_ids"], enc["attention_mask"])[0].float().cpu()  # (T, d_in)
-    start = fact.prompt.index(fact.subject)
-    first = len(tok(fact.prompt[:start])["input_ids"]) if start else 0
-    last = subject_last(tok, fact.prompt, start + len(fact.subject))
-    keep = [t for t in range(a.shape[0]) if t < first or t > last]
-    return torch.nn.functional.normalize(a[keep] if keep else a[-1:], dim=-1)
 
 
 def relation_score(a, rel) -> torch.Tensor:

@@ -129,12 +129,12 @@ class WISE(Method):
             from memedit_cli.methods.wise import router
 
             key_name = router.key_module(model, hp)
-            keys = router.edit_keys(model, tok, facts, key_name, input_device(model))
+            # the subject's key, and the relation's words of each edit (key_relation), from one forward each
+            keys, rel = router.prompt_keys(model, tok, facts, key_name, input_device(model))
             tensors["keys"] = keys
             tensors["key_tau"] = router.key_thresholds(model, tok, keys, hp.irrelevant, key_name, hp,
                                                        input_device(model))
-            # the relation's words of each edit and the floor a same-subject prompt reaches (key_relation)
-            rel = [router.relation_keys(model, tok, f, key_name, input_device(model)) for f in facts]
+            # and the floor a same-subject prompt reaches
             tensors["rel_keys"] = torch.cat(rel).half()  # (Σ m_i, d_in): float16, a cosine needs no more
             tensors["rel_counts"] = torch.tensor([len(r) for r in rel], dtype=torch.int64)
             tensors["rel_floor"] = torch.tensor(
