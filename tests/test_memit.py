@@ -337,3 +337,14 @@ def test_kl_term_follows_the_reference():
         back = torch.nn.functional.kl_div(cur[i:i + 1], init[i:i + 1], log_target=True, reduction="batchmean")
         torch.testing.assert_close(kl_term(init, cur, "reverse")[i], back)
     assert not torch.allclose(kl_term(init, cur, "reference"), kl_term(init, cur, "reverse"))
+
+
+def test_too_few_statistics_tokens_are_refused_before_anything_runs(repo, tmp_path, corpus):
+    """C₀ from fewer than 2 × d_in keys is near-singular (the update broke the default model at 1 ×)."""
+    from conftest import FACTS as facts
+
+    before = repo.tree()
+    out = repo("apply", write_facts(tmp_path / "f.jsonl", facts[:1]), "--method", "memit", "--set",
+               "mom2_n_tokens=100", "--set", f"mom2_corpus={corpus}", ok=False)
+    assert out.exit_code != 0 and "near-singular" in out.output and "at least" in out.output
+    assert repo.tree() == before

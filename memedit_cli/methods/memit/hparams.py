@@ -66,6 +66,6 @@ class MEMITHparams:
             return f'kl_direction must be "reference" or "reverse", got {self.kl_direction!r}'
         if self.v_num_grad_steps < 1:
             return f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}"
-        if self.mom2_n_tokens != 0 and self.mom2_n_tokens < 1000:
-            return f"mom2_n_tokens must be >= 1000 (or 0: 10 × the key width), got {self.mom2_n_tokens}"
+        if self.mom2_n_tokens < 0:  # a count below 2 × the key width is refused once the model is known
+            return f"mom2_n_tokens must be >= 0 (0: 10 × the key width), got {self.mom2_n_tokens}"
         return None

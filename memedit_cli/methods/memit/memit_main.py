@@ -46,6 +46,7 @@ _FAMILY = {
 # C₀'s default corpus size, in keys per key dimension: FastMEMIT (arXiv 2506.04226) keeps >= 95% of
 # full-statistics editing from 2× d_in keys and recommends 10×; docs/methods/memit.md measures 1×-30× here.
 KEYS_PER_DIM = 10
+MIN_KEYS_PER_DIM = 2  # at 1 × d_in the update broke SmolLM2-135M (Rel/Gen/Loc .00/.00/.00; at 2 ×: .91/.36/.86)
 
 # Measured for particular shapes (model_type, hidden size, blocks): docs/methods/memit.md.
 MEASURED = {
@@ -61,6 +62,15 @@ def _d_in(model, layer: int) -> int:
 def _tokens(model, layers) -> int:
     """C₀'s default token count: KEYS_PER_DIM keys per dimension of the widest key in the band."""
     return KEYS_PER_DIM * max(_d_in(model, layer) for layer in layers)
+
+
+def _check_tokens(hp: MEMITHparams, model) -> None:
+    width = _tokens(model, hp.layers) // KEYS_PER_DIM
+    if hp.mom2_n_tokens and hp.mom2_n_tokens < MIN_KEYS_PER_DIM * width:
+        raise HparamsError(f"mom2_n_tokens={hp.mom2_n_tokens} is below {MIN_KEYS_PER_DIM} × the key width "
+                           f"({MIN_KEYS_PER_DIM * width}): C₀ from so few keys is near-singular and the update "
+                           f"breaks the model (docs/methods/memit.md); give at least {MIN_KEYS_PER_DIM * width}, "
+                           "or 0 for the default")
 
 
 def _dense(module, U, V):
@@ -95,6 +105,7 @@ class MEMIT(WeightMethod):
         if not hp.layers or hp.layers[-1] >= n:
             raise HparamsError(f"layers must be a non-empty list of blocks between 0 and {n - 1}, "
                                f"got {list(hp.layers)}")
+        _check_tokens(hp, model)  # before anything is generated or cached
         changes = {}
         if not hp.context_templates:
             base, base_tok = env.load_base()
@@ -111,6 +122,7 @@ class MEMIT(WeightMethod):
     def _spec(self, hp: MEMITHparams, model):
         from memedit_cli.stats import CorpusSpec
 
+        _check_tokens(hp, model)
         # rows of 256 tokens, or the whole context of a model with less
         return CorpusSpec(path=hp.mom2_corpus or None, tokens=hp.mom2_n_tokens or _tokens(model, hp.layers),
                           seq_len=min(256, context_length(model) or 256))
