@@ -98,6 +98,10 @@ def scan(data: bytes) -> tuple[list[dict], list[str]]:
             problems.append(f"log.jsonl:{n}: not valid JSON ({e})")
             break
         problem = record_problem(rec, known)
+        if problem is None and canonical(rec) != raw:
+            # records are written in canonical form; a changed digit beyond a float's precision
+            # parses to the same value (and the same id), but not to the same bytes
+            problem = "its bytes are not the canonical form it was written in (the record was changed)"
         if problem:
             problems.append(f"log.jsonl:{n}: "
                             f"record {str(rec.get('id', '?'))[:12] if isinstance(rec, dict) else '?'}: {problem}")
