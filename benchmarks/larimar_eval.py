@@ -3,15 +3,22 @@
     python benchmarks/larimar_eval.py quality --facts 100 [--data zsre] [--thresholds 0.5,0.6,0.7]
                                               [--forget] [--set KEY=VALUE ...]
         apply N facts through the repository (one batch, `apply --method larimar`), then for
-        each scope threshold `memedit eval`'s Rel/Gen/Loc (commands/evaluate.py; docs/metrics.md)
-        and the share of edit, rephrase and locality prompts found in scope; --forget then
-        forgets 10 facts and scores (`memedit eval` on the repository) the forgotten and the kept ones
+        each scope threshold (`relation_threshold` under scope=subject, the default; `threshold`
+        under --set scope=similarity) `memedit eval`'s Rel/Gen/Loc and spec (same-subject probes,
+        2 per fact; commands/evaluate.py, docs/metrics.md) and the share of edit, rephrase,
+        locality and same-subject prompts found in scope; --forget then forgets 10 facts and
+        scores (`memedit eval` on the repository) the forgotten and the kept ones
     python benchmarks/larimar_eval.py quality --facts 30 --train-steps 300
         the same for the experimental mode=prefix: first `memedit larimar-train` on the
         sentences of facts 200-999 (prompt and rephrase with the new target)
     python benchmarks/larimar_eval.py scope --facts 100 [--data zsre]
         the scope detector alone: for thresholds 0.5..0.9, the fraction of rephrase prompts
         found in scope (and matched to their own episode) and of locality prompts kept out
+    python benchmarks/larimar_eval.py capacity --facts 1000
+        the memory alone: for n episodes (MiniLM encodings of the facts, C = 384) written into
+        a memory of K rows, the share whose own encoding's readout z_r = (z M⁺) M is nearest
+        to that episode (recall, as the decoder reads) and the mean cosine of z_r to z (how much
+        of the episode the readout reconstructs), for K below and above C
     python benchmarks/larimar_eval.py speed --facts 100
         milliseconds per fact to encode, write into the memory (K=512) and forget, once the
         encoder is loaded
@@ -87,6 +94,26 @@ def speed(args):
           f"write {(t2 - t1) / n * 1000:.1f} ms/fact, forget {(t3 - t2) / 10 * 1000:.1f} ms/fact")
 
 
+def capacity(args):
+    enc = encoder()
+    facts = common.load(args.data, args.facts)
+    Z = enc.encode([f"{f.prompt} {f.target_new}" for f in facts]).double()  # (N, 384)
+    print(f"# {args.data}: readout recall / mean cos(z_r, z) of n episodes in a memory of K rows "
+          f"(C = {Z.shape[1]}), ridge 1, memory_seed 0")
+    sizes = [n for n in (50, 100, 200, 400, 800, 1000) if n <= len(Z)]
+    print("| K | " + " | ".join(f"n = {n}" for n in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for K in (64, 128, 256, 512, 1024):
+        row = []
+        for n in sizes:
+            mem = EpisodicMemory.of(Z[:n], K, 1.0, 0)
+            zr = (Z[:n] @ torch.linalg.pinv(mem.M, rtol=1e-6)) @ mem.M  # (n, C) readouts of the episodes
+            unit = torch.nn.functional.normalize(zr, dim=-1)
+            read = (unit @ Z[:n].T).argmax(1)
+            row.append(f"{(read == torch.arange(n)).double().mean():.2f} / {(unit * Z[:n]).sum(-1).mean():.2f}")
+        print(f"| {K} | " + " | ".join(row) + " |", flush=True)
+
+
 def in_scope(model, tok, prompts, reset) -> float:
     """The share of `prompts` for which the scope detector reads an episode (each prompt alone, as scoring reads it)."""
     decoder = getattr(model, model.base_model_prefix)
@@ -101,7 +128,7 @@ def in_scope(model, tok, prompts, reset) -> float:
 
 def quality(args):
     """Apply N facts through the repository (one batch), score Rel/Gen/Loc, then forget 10 and score again."""
-    facts = common.load(args.data, args.facts)
+    facts = common.load_probed(args.data, args.facts)
     repo, model, tok, _ = common.default_model()
     work = repo.root
     base = score(model, tok, facts, lambda: None)  # the unedited model
@@ -127,25 +154,27 @@ def quality(args):
     print(f"# {args.data}, {n} facts, --set {' '.join(args.set) or '(none)'}; encoder {hp['encoder']}, "
           f"context {json.dumps(hp['context'])}; base model Rel {base.scores['rel']:.2f}; apply {apply_s:.1f} s "
           f"({rec['timings']['per_fact_s'] * 1000:.0f} ms/fact after loading)")
-    print("| data | facts | threshold | Rel | Gen | Loc | edit prompts in scope | rephrases in scope | "
-          "locality prompts in scope |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    knob = "relation_threshold" if hp["scope"] == "subject" else "threshold"
+    print(f"| data | facts | {knob} | Rel | Gen | Loc | spec | edit prompts in scope | rephrases in scope | "
+          "locality prompts in scope | same-subject probes in scope |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def reset():
         methods.reset(model, segments)
 
-    for threshold in args.thresholds or [hp["threshold"]]:
+    for threshold in args.thresholds or [hp[knob]]:
         with common.restored(model):  # the threshold only changes reading: the same segments, read under it
 
             def edit():
                 attach_all(repo, model, segments, tok)
-                getattr(model, model.base_model_prefix).settings["threshold"] = threshold
+                getattr(model, model.base_model_prefix).settings[knob] = threshold
 
             s = score(model, tok, facts, edit, reset).scores
             scope = [in_scope(model, tok, [getattr(f, k) for f in facts], reset)
                      for k in ("prompt", "rephrase_prompt", "locality_prompt")]
+            scope.append(in_scope(model, tok, [p.prompt for f in facts for p in f.subject_locality], reset))
         print(f"| {args.data} | {n} | {threshold} | {s['rel']:.2f} | {s['gen']:.2f} | {s['loc']:.2f} | "
-              f"{scope[0]:.2f} | {scope[1]:.2f} | {scope[2]:.2f} |", flush=True)
+              f"{s['spec']:.2f} | " + " | ".join(f"{x:.2f}" for x in scope) + " |", flush=True)
     if not args.forget:
         return
     gone = facts[:10]
@@ -161,12 +190,13 @@ def quality(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["scope", "speed", "quality"])
+    ap.add_argument("mode", choices=["scope", "speed", "quality", "capacity"])
     ap.add_argument("--data", choices=list(common.FILES), default="counterfact")
     ap.add_argument("--facts", type=int, default=100)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="quality: Larimar hparams")
     ap.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")], default=None,
-                    help="quality: score under each of these scope thresholds (default: the applied one)")
+                    help="quality: score under each of these scope thresholds (relation_threshold with "
+                         "scope=subject, threshold with scope=similarity; default: the applied one)")
     ap.add_argument("--batch-size", type=int, default=None, help="quality: facts per apply segment (default: all)")
     ap.add_argument("--train-steps", type=int, default=0,
                     help="quality: experimental mode=prefix, with an adapter trained this many steps (larimar-train) "
@@ -174,7 +204,7 @@ def main():
     ap.add_argument("--forget", action="store_true", help="quality: then forget 10 facts and score again")
     args = ap.parse_args()
     common.set_threads()
-    {"scope": scope, "speed": speed, "quality": quality}[args.mode](args)
+    {"scope": scope, "speed": speed, "quality": quality, "capacity": capacity}[args.mode](args)
 
 
 if __name__ == "__main__":

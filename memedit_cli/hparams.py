@@ -99,7 +99,9 @@ def _hints(cls) -> dict:
 
 
 def from_json(cls, data: dict):
-    """Rebuild hyperparameters recorded in the log (all fields present)."""
+    """Rebuild hyperparameters recorded in the log. A field added after a record was written takes the value
+    that behaves as the code of that time did (`cls.LEGACY`), else its default."""
+    data = {**getattr(cls, "LEGACY", {}), **data}
     hints = _hints(cls)
     kwargs = {f.name: _coerce(f.name, data[f.name], hints[f.name], "log")
               for f in dataclasses.fields(cls) if f.name in data}

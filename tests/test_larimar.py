@@ -137,7 +137,7 @@ def test_forget_equals_a_fresh_repository_without_encoding_again(repo, tiny, tmp
 
 def test_the_memory_grows_past_its_size_and_still_reads_each_episode(repo, tmp_path):
     repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", "memory_size=2",
-         "--set", "encoder=model", "--set", "threshold=-1", "--set", SHORT)
+         "--set", "encoder=model", "--set", "scope=similarity", "--set", "threshold=-1", "--set", SHORT)
     model, tok = repo.state()
     dec = decoder(model)
     assert dec._runtime["memory"].K == 4 and dec.memory.shape[0] == 4
@@ -150,6 +150,8 @@ def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model")
     before = repo.tree()
     for sets, message in ((["threshold=0.5"], "threshold=0.7"), (["threshold=2"], "between -1 and 1"),
+                          (["scope=similarity"], "scope='subject'"), (["relation_threshold=0.9"], "0.6"),
+                          (["scope=words"], "scope must be one of"), (["relation_threshold=-2"], "between -1 and 1"),
                           (["ridge=0"], "ridge must be > 0"), (["context={prompt}"], "{target}"),
                           (["encoder=bert"], "encoder must be one of"), (["mode=lora"], "mode must be one of"),
                           ([], "more than the model's 64")):  # the default context, said twice, does not fit
@@ -164,7 +166,7 @@ def test_other_methods_edit_the_wrapped_decoder(repo, tmp_path):
     from conftest import FAST
 
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model",
-         "--set", "threshold=-1")
+         "--set", "scope=similarity", "--set", "threshold=-1")
     only_larimar, tok = repo.state()
     repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), *FAST)
     model, _ = repo.state()
@@ -185,7 +187,7 @@ def test_export_loads_with_its_memory_and_answers_like_memedit(repo, tmp_path, e
     repo("export", "--merged", out)
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_memedit_larimar.Larimar")
-    assert config["memedit_larimar"]["encoder"] == encoder
+    assert config["memedit_larimar"]["encoder"] == encoder and config["memedit_larimar"]["scope"] == "subject"
     assert (out / "larimar_encoder" / "config.json").is_file() == (encoder == "minilm")
     assert json.loads((out / "memedit.json").read_text())["trust_remote_code"] is True
     ours, tok = repo.state()
@@ -214,7 +216,7 @@ def test_prefix_mode_trains_an_adapter_and_reads_the_readout_through_it(repo, ti
                        "--set", "encoder=model")
     assert info["sentences"] == 4 and len(info["id"]) == 16
     repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "larimar", "--set", "mode=prefix",
-         "--set", "encoder=model", "--set", "threshold=-1", "--set", SHORT)
+         "--set", "encoder=model", "--set", "scope=similarity", "--set", "threshold=-1", "--set", SHORT)
     model, tok = repo.state()
     base, _ = base_model(tiny)
     ours, read = one(model, tok, EDITED[0])

@@ -6,7 +6,10 @@ the model once up to block L, keeps block L's output and the arguments that
 the model passes to block L+1 (attention mask, rotary embeddings, ...), and
 then re-runs only blocks L+1..N-1, the final norm, and the LM head at the
 positions the loss needs. Capturing the arguments instead of rebuilding them
-keeps this free of architecture code beyond the module names in arch.py.
+keeps this free of architecture code beyond the module names in arch.py. They
+are captured per block: Gemma 2/3 (and any model with `layer_types`) give
+sliding-window and full-attention blocks different masks and rotary
+embeddings. Gemma 2's final logit soft-capping is applied as its LM head does.
 
 `start=c` goes one step further. When the edit only touches positions >= c,
 the upper blocks' keys and values at positions < c never change either (the
@@ -33,7 +36,8 @@ class Upper:
         blocks = model.get_submodule(arch.layers)
         self.blocks = list(blocks)[layer + 1 : num_layers(model.config)]
         self.norm = model.get_submodule(arch.final_norm)
-        self.head = model.get_submodule(arch.lm_head)
+        self.head = model.get_output_embeddings()  # lm_head, embed_out (GPT-NeoX before transformers 5)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.start, self.cache = 0, None
         with torch.no_grad():
             if start > 0 and self.blocks:
@@ -54,13 +58,18 @@ class Upper:
             if not self.blocks:
                 raise StopForward
 
+        calls: list = []
+
         def take_args(mod, args, kwargs):
-            seen["args"], seen["kwargs"] = args[1:], kwargs
-            raise StopForward  # nothing above L is needed now
+            calls.append((args[1:], kwargs))  # each block's own mask, rotary embeddings, cache...
+
+        def stop(mod, args, output):
+            raise StopForward  # the last block's arguments are in: the final norm and LM head are not needed
 
         handles = [block_l.register_forward_hook(take_output)]
+        handles += [block.register_forward_pre_hook(take_args, with_kwargs=True) for block in self.blocks]
         if self.blocks:
-            handles.append(self.blocks[0].register_forward_pre_hook(take_args, with_kwargs=True))
+            handles.append(self.blocks[-1].register_forward_hook(stop))
         extra = {"past_key_values": cache, "use_cache": True} if cache is not None else {"use_cache": False}
         if position_ids is not None:
             extra["position_ids"] = position_ids
@@ -72,16 +81,16 @@ class Upper:
             for h in handles:
                 h.remove()
         self.h = seen["h"].detach()  # (B, T - start, d): block L's output at positions start..
-        self.args, self.kwargs = seen.get("args", ()), seen.get("kwargs", {})
+        self.calls = calls  # (args, kwargs) per block above L
         if cache is not None:
-            _crop(cache, self.start)  # the blocks up to L appended positions start..; keep the prefix only
+            _crop(cache, self.start)  # every block appended positions start..; keep the prefix only
 
     def final_hidden(self, h):
         """(B, T', d) block-L output at positions start.. -> (B, T', d) after the remaining blocks
         and the final norm."""
         try:
-            for block in self.blocks:
-                out = block(h, *self.args, **self.kwargs)
+            for block, (args, kwargs) in zip(self.blocks, self.calls):
+                out = block(h, *args, **kwargs)
                 h = out[0] if isinstance(out, tuple) else out
         finally:
             if self.cache is not None:
@@ -90,7 +99,12 @@ class Upper:
 
     def logits(self, hidden_rows):
         """LM-head logits (n, V) for selected final hidden rows (n, d) only."""
-        return self.head(hidden_rows)
+        logits = self.head(hidden_rows)
+        if self.softcap:  # Gemma 2: logits = cap · tanh(logits / cap), as its ForCausalLM computes them
+            import torch
+
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
 
 def _prefix_cache(model, input_ids, attention_mask, position_ids=None):

@@ -35,8 +35,12 @@ SUMMARY = {
             "input features (mask=topk) instead of random masks merged by TIES; the paper's settings: "
             "--set router=activation --set mask=random --set variant=merge --set save_freq=500; "
             "docs/methods/wise.md",
-    "larimar": "Larimar (arXiv 2403.11901): an episodic memory written in closed form, read into the decoder; "
-               "docs/methods/larimar.md",
+    "larimar": "Larimar (arXiv 2403.11901): an episodic memory written and forgotten in closed form. Differs "
+               "from the paper: no decoder trained to read the memory exists, so the default (mode=context) "
+               "retrieves the nearest written fact and puts its text before the prompt; the memory readout "
+               "chooses what the nearest neighbour chooses. In scope only when the prompt names a written "
+               "subject and asks its relation (scope=subject; the paper's similarity detector: --set "
+               "scope=similarity); docs/methods/larimar.md",
 }
 
 # `memedit apply`'s default --method: the best mean of Rel, Gen, Loc and their generation-based

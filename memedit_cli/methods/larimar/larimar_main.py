@@ -36,14 +36,6 @@ from memedit_cli.methods.larimar.hparams import LarimarHparams
 
 TENSORS_FILE = "memedit_larimar.safetensors"
 ENCODER_DIR = "larimar_encoder"
-# config.model_type -> the class in modeling_memedit_larimar.py that loads it
-CLASSES = {
-    "llama": "LarimarLlamaForCausalLM",
-    "mistral": "LarimarMistralForCausalLM",
-    "qwen2": "LarimarQwen2ForCausalLM",
-    "gpt2": "LarimarGPT2LMHeadModel",
-    "gptj": "LarimarGPTJForCausalLM",
-}
 
 
 def episode_text(fact) -> str:
@@ -51,17 +43,19 @@ def episode_text(fact) -> str:
     return f"{fact.prompt} {fact.target_new}"
 
 
-SHARED = ("memory_size", "ridge", "memory_seed", "threshold", "encoder", "encoder_layer", "context", "mode", "adapter")
+SHARED = ("memory_size", "ridge", "memory_seed", "scope", "relation_threshold", "threshold", "encoder",
+          "encoder_layer", "context", "mode", "adapter")
 
 
 def _shared(h: dict) -> tuple:
     """What all Larimar segments of a state must agree on: they share one memory and one detector."""
-    return tuple(h.get(k) for k in SHARED)
+    return tuple(h.get(k, LarimarHparams.LEGACY.get(k)) for k in SHARED)
 
 
 def settings(hp: LarimarHparams) -> dict:
     """The run-time settings of the decoder wrapper (also written into an export's config)."""
-    return {"threshold": hp.threshold, "encoder": hp.encoder, "encoder_layer": hp.encoder_layer, "mode": hp.mode}
+    return {"scope": hp.scope, "relation_threshold": hp.relation_threshold, "threshold": hp.threshold,
+            "encoder": hp.encoder, "encoder_layer": hp.encoder_layer, "mode": hp.mode}
 
 
 class Larimar(Method):
@@ -72,6 +66,9 @@ class Larimar(Method):
 
     def default_hparams(self, model) -> LarimarHparams:
         return LarimarHparams()
+
+    def needs_subject_with(self, hp: LarimarHparams) -> bool:
+        return hp.scope == "subject"  # the subject is matched in prompts and taken out of the episode's
 
     def resolve(self, hp: LarimarHparams, model, tok, env) -> LarimarHparams:
         from memedit_cli.methods.larimar.encoder import MINILM_INSTALL, minilm_dir
@@ -108,12 +105,24 @@ class Larimar(Method):
     def compute(self, model, tok, facts, hp: LarimarHparams, seed: int, env, reuse=None):
         import torch
 
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import pack_texts, subject_pattern, without_subject
+
+        if hp.scope == "subject":
+            for f in facts:
+                if not subject_pattern(f.subject).search(f.prompt):
+                    raise UserError(f"fact {f.id}: its subject {f.subject!r} occurs in its prompt only inside a "
+                                    "word; scope=subject matches whole words (or --set scope=similarity)")
+        relations = [without_subject(f.prompt, f.subject) for f in facts]
         if reuse is not None:  # forget's replay of this segment: the kept facts' encodings are already stored
             row = {fid: i for i, fid in enumerate(reuse["facts"])}
-            Z = reuse["tensors"]["episodes"][[row[f.id] for f in facts]]
+            rows = [row[f.id] for f in facts]
+            Z = reuse["tensors"]["episodes"][rows]
+            R = reuse["tensors"]["relations"][rows] if "relations" in reuse["tensors"] else None
         else:
-            Z = encoder_for(model, tok, hp).encode([episode_text(f) for f in facts])
-        if not torch.isfinite(Z).all():
+            Z, R = encoder_for(model, tok, hp).encode([episode_text(f) for f in facts]), None
+        if R is None:  # one more encoding per fact: the prompt without its subject
+            R = encoder_for(model, tok, hp).encode(relations)
+        if not (torch.isfinite(Z).all() and torch.isfinite(R).all()):
             raise UserError("larimar: an episode's encoding is not finite; nothing was recorded")
         ids = [tok(hp.context.format(prompt=f.prompt, target=f.target_new), add_special_tokens=False)["input_ids"]
                for f in facts]
@@ -121,21 +130,26 @@ class Larimar(Method):
         offsets = torch.tensor([0] + [len(i) for i in ids]).cumsum(0)
         from memedit_cli.methods.larimar.encoder import describe
 
+        subjects, subject_offsets = pack_texts([f.subject for f in facts])
         tensors = {"episodes": Z.float().contiguous(),  # (n, C)
                    "context_ids": torch.tensor([t for i in ids for t in i], dtype=torch.int64),
-                   "context_offsets": offsets.to(torch.int64)}  # (n + 1,)
+                   "context_offsets": offsets.to(torch.int64),  # (n + 1,)
+                   "subjects": subjects, "subject_offsets": subject_offsets,  # UTF-8 bytes, (n + 1,)
+                   "relations": R.float().contiguous()}  # (n, C)
         if hp.mode == "prefix":  # the same adapter for every segment: an object of its own, stored once
             tensors["adapter"] = _adapter(hp, env, reuse)
         return tensors, {"encoder": describe(hp.encoder, hp.encoder_layer), "episodes": len(facts)}
 
     def attach(self, model, tensors, hp: LarimarHparams, tok=None) -> None:
-        from memedit_cli.methods.larimar.modeling_memedit_larimar import wrap
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import unpack_texts, wrap
 
         if tok is None:
             raise ValueError("larimar.attach needs the model's tokenizer (the wrapper reads prompts as text)")
         decoder = wrap(model, settings(hp))
-        parts = decoder._runtime.setdefault("segments", [])  # (Z, context ids, offsets) per attached segment
-        parts.append((tensors["episodes"].double(), tensors["context_ids"], tensors["context_offsets"]))
+        parts = decoder._runtime.setdefault("segments", [])  # per attached segment, in attach order
+        subjects = unpack_texts(tensors["subjects"], tensors["subject_offsets"]) if "subjects" in tensors else None
+        parts.append((tensors["episodes"].double(), tensors["context_ids"], tensors["context_offsets"],
+                      subjects, tensors.get("relations")))
         decoder._runtime["unsettled"] = (hp, tok, tensors)
 
     def settle(self, model) -> None:
@@ -155,9 +169,12 @@ class Larimar(Method):
         K = hp.memory_size if n <= hp.memory_size else 2 ** math.ceil(math.log2(n))  # past K, twice as large
         memory = decoder._runtime["memory"] = EpisodicMemory.of(Z, K, hp.ridge, hp.memory_seed)
         ends = torch.tensor([0] + [int(p[2][-1]) for p in parts]).cumsum(0)
+        legacy = any(p[3] is None for p in parts)  # a segment from before the subject scope (scope=similarity)
         decoder.set_memory(Z.float(), memory.M,
                            torch.cat([p[1] for p in parts]),
-                           torch.cat([torch.zeros(1, dtype=torch.int64)] + [p[2][1:] + e for p, e in zip(parts, ends)]))
+                           torch.cat([torch.zeros(1, dtype=torch.int64)] + [p[2][1:] + e for p, e in zip(parts, ends)]),
+                           None if legacy else [s for p in parts for s in p[3]],
+                           None if legacy else torch.cat([p[4] for p in parts]))
         if hp.mode == "prefix":  # every segment carries the same adapter (resolve sees to it)
             from memedit_cli.lm.models import input_device
             from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter
@@ -173,10 +190,12 @@ class Larimar(Method):
     def restore(self, model, meta, tensors, tok=None) -> None:
         from memedit_cli.lm.models import input_device
         from memedit_cli.methods.larimar.encoder import minilm
-        from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter, wrap
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter, unpack_texts, wrap
 
         decoder = wrap(model, meta["settings"])
-        decoder.set_memory(tensors["episodes"], tensors["memory"], tensors["context_ids"], tensors["context_offsets"])
+        subjects = unpack_texts(tensors["subjects"], tensors["subject_offsets"]) if "subjects" in tensors else None
+        decoder.set_memory(tensors["episodes"], tensors["memory"], tensors["context_ids"], tensors["context_offsets"],
+                           subjects, tensors.get("relations"))
         if "adapter.proj.weight" in tensors:
             decoder._runtime["adapter"] = PrefixAdapter.from_tensors(tensors, model.config).to(input_device(model))
         decoder.bind(tok, minilm(str(input_device(model))) if meta["settings"]["encoder"] == "minilm" else None)
@@ -239,10 +258,10 @@ class Larimar(Method):
         decoder = unwrap(model)  # the weights save under their own names; the memory goes beside them
         if decoder is None:
             return None
-        model_type = model.config.model_type
-        if model_type not in CLASSES:
-            raise UserError(f"exporting a Larimar memory for model type {model_type!r} is not supported "
-                            f"(supported: {', '.join(sorted(CLASSES))}); forget the Larimar edits before exporting")
+        from memedit_cli.lm.arch import stock_class
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import PREFIX
+
+        cls = stock_class(model, PREFIX)  # before anything is written
         out = Path(out_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in _decoder_tensors(decoder).items()}
         save_file(tensors, str(out / TENSORS_FILE))
@@ -253,7 +272,7 @@ class Larimar(Method):
         model.config.memedit_larimar = config
         modeling = Path(__file__).with_name("modeling_memedit_larimar.py")
         shutil.copyfile(modeling, out / modeling.name)
-        return {"auto_map": {"AutoModelForCausalLM": f"{modeling.stem}.{CLASSES[model_type]}"},
+        return {"auto_map": {"AutoModelForCausalLM": f"{modeling.stem}.{cls}"},
                 "modeling_file": modeling.name}
 
 
@@ -262,8 +281,13 @@ def _decoder_tensors(decoder) -> dict:
     tokens and offsets, and the mode=prefix adapter (an export's tensors file, a state cache entry)."""
     import torch
 
+    from memedit_cli.methods.larimar.modeling_memedit_larimar import pack_texts
+
     tensors = {"episodes": decoder.episodes, "memory": decoder.memory, "context_ids": decoder.context_ids,
                "context_offsets": decoder.context_offsets}
+    if decoder.subjects is not None:
+        tensors["subjects"], tensors["subject_offsets"] = pack_texts(decoder.subjects)
+        tensors["relations"] = decoder.relations
     adapter = decoder._runtime.get("adapter")
     if adapter is not None:
         tensors.update({f"adapter.proj.{k}": v for k, v in adapter.proj.state_dict().items()},

@@ -11,27 +11,40 @@ piece of code.
 
 How a frozen decoder reads the memory (training-free conditioning):
 
-1. A new sequence (empty cache) is encoded to z_q (C,): all-MiniLM-L6-v2 on
-   its text, or the decoder's own mean-pooled hidden state entering block
+1. A new sequence (empty cache) is read as text (the base tokenizer decodes
+   its real tokens) and encoded to z_q (C,): all-MiniLM-L6-v2 on the text,
+   or the decoder's own mean-pooled hidden state entering block
    `encoder_layer`.
-2. Scope: the cosine similarity of z_q to its nearest written episode z_i
-   must reach `threshold`. Out of scope, the decoder runs untouched: the
-   output is the base model's, bit for bit.
-3. In scope, the memory readout z_r = (z_q M⁺) M (M: K × C, the least-squares
-   memory of all episodes) selects the episode nearest to z_r, and that
-   episode's context text (its tokens, stored) is put before the sequence as
-   extra cache positions. The caller still sees its own length: outputs are
-   cut back to its positions, and later cached calls get the prefix's mask
-   and position offset added, so generation continues after it.
+2. Scope. `"scope": "subject"`: a row is in scope when a written episode's
+   subject occurs in its text (case-insensitive, as whole words) and the
+   text with that subject replaced by "X" encodes within
+   `relation_threshold` (cosine) of the episode's own prompt with its subject
+   replaced (`relations`); of the episodes that pass, the row reads the one
+   whose relation is nearest. `"scope": "similarity"`: the cosine of z_q to
+   its nearest written episode must reach `threshold`, and the row reads the
+   episode nearest to the memory readout z_r = (z_q M⁺) M (M: K × C, the
+   least-squares memory of all episodes); with K ≥ n episodes that is z_q's
+   own nearest episode, so this is nearest-neighbour retrieval of the
+   written facts. Out of scope, the decoder runs untouched: the output is
+   the base model's, bit for bit.
+3. `"mode": "context"`: the episode's context text (its tokens, stored) is
+   put before the sequence as extra cache positions. The caller still sees
+   its own length: outputs are cut back to its positions, and later cached
+   calls get the prefix's mask and position offset added, so generation
+   continues after it.
 
 `config.memedit_larimar` holds the settings:
 
-    {"threshold": 0.7, "encoder": "minilm" | "model", "encoder_layer": 15,
+    {"threshold": 0.7, "scope": "subject", "relation_threshold": 0.6,
+     "encoder": "minilm" | "model", "encoder_layer": 15,
      "encoder_dir": "larimar_encoder", "tensors": "memedit_larimar.safetensors"}
 
 and the tensors file holds `episodes` (n, C) float32, `memory` (K, C)
-float32, and the context tokens of episode i as
-`context_ids[context_offsets[i]:context_offsets[i + 1]]` (int64).
+float32, the context tokens of episode i as
+`context_ids[context_offsets[i]:context_offsets[i + 1]]` (int64), its
+subject as UTF-8 bytes `subjects[subject_offsets[i]:subject_offsets[i + 1]]`
+(uint8) and its relation encoding `relations` (n, C) float32. Exports
+written before the subject scope have neither and read by similarity.
 
 With `"mode": "prefix"` (experimental), an in-scope row reads no text: a
 trained `PrefixAdapter` (`adapter.proj.weight`, `adapter.proj.bias`,
@@ -40,17 +53,36 @@ positions per layer, put in the cache before the sequence.
 """
 
 import inspect
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (
-    GPT2LMHeadModel,
-    GPTJForCausalLM,
-    LlamaForCausalLM,
-    MistralForCausalLM,
-    Qwen2ForCausalLM,
-)
+
+PLACEHOLDER = "X"  # stands for the subject when a prompt's relation is encoded
+
+
+def subject_pattern(subject: str) -> re.Pattern:
+    """The subject as whole words, any case ("the eiffel tower is in" names "Eiffel Tower")."""
+    return re.compile(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", re.IGNORECASE)
+
+
+def without_subject(text: str, subject: str) -> str:
+    """The text with its subject replaced by PLACEHOLDER: what is left of a prompt is its relation."""
+    return subject_pattern(subject).sub(PLACEHOLDER, text)
+
+
+def pack_texts(texts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strings -> (UTF-8 bytes (N,) uint8, offsets (n + 1,) int64): text in a safetensors file."""
+    data = [t.encode("utf-8") for t in texts]
+    flat = b"".join(data)
+    offsets = torch.tensor([0] + [len(d) for d in data], dtype=torch.int64).cumsum(0)
+    return torch.frombuffer(bytearray(flat), dtype=torch.uint8) if flat else torch.zeros(0, dtype=torch.uint8), offsets
+
+
+def unpack_texts(data, offsets) -> list[str]:
+    raw = bytes(data.tolist())
+    return [raw[int(a):int(b)].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def mean_pool(hidden, attention_mask) -> torch.Tensor:
@@ -148,6 +180,8 @@ class LarimarDecoder(nn.Module):
         self.memory = torch.zeros(0, 1)  # (K, C) float32
         self.context_ids = torch.zeros(0, dtype=torch.long)  # all episodes' context tokens, concatenated
         self.context_offsets = torch.zeros(1, dtype=torch.long)  # (n + 1,)
+        self.subjects = None  # scope=subject: the episodes' subjects, one string each
+        self.relations = None  # scope=subject: (n, C) float32 unit rows, each prompt without its subject
         self._runtime = {}  # tokenizer, encoder, M⁺: plain attributes, so they stay out of the state dict
         self._signature = inspect.signature(base.forward)  # once: forward runs for every generated token
         self._seq = None  # the sequence being generated: {"ids", "prefix_mask", "episodes"}
@@ -161,11 +195,19 @@ class LarimarDecoder(nn.Module):
                 raise
             return getattr(self._modules["base"], name)
 
-    def set_memory(self, episodes, memory, context_ids, context_offsets) -> None:
+    def set_memory(self, episodes, memory, context_ids, context_offsets, subjects=None, relations=None) -> None:
+        """`subjects`: one string per episode and `relations` (n, C), needed by scope=subject."""
         self.episodes = nn.functional.normalize(episodes.float().cpu(), dim=-1)
         self.memory = memory.float().cpu()
         self.context_ids = context_ids.long().cpu()
         self.context_offsets = context_offsets.long().cpu()
+        if self.settings.get("scope", "similarity") == "subject":
+            if subjects is None or relations is None:
+                raise ValueError("scope=subject needs each episode's subject and relation encoding")
+            self.subjects = list(subjects)
+            self._runtime["lower"] = [sub.lower() for sub in subjects]
+            self._runtime["patterns"] = [subject_pattern(sub) for sub in subjects]
+            self.relations = nn.functional.normalize(relations.float().cpu(), dim=-1)
         self._runtime["memory_pinv"] = None  # computed on the first read: attaching many segments pays it once
         self._seq = None
 
@@ -175,30 +217,76 @@ class LarimarDecoder(nn.Module):
 
     # -- choosing episodes ---------------------------------------------------------------------
 
-    def encode(self, input_ids, attention_mask) -> torch.Tensor:
+    def texts(self, input_ids, attention_mask) -> list[str]:
+        """The rows' real tokens as text."""
+        tok = self._runtime.get("tokenizer")
+        if tok is None:
+            raise RuntimeError("this Larimar memory reads prompts as text: call bind(tokenizer, encoder) first")
+        return [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True)
+                for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
+
+    def encode(self, input_ids, attention_mask, texts=None) -> torch.Tensor:
         """(B, C) query encodings of the rows' real tokens."""
         if self.settings["encoder"] == "model":
             return decoder_encode(self.base, input_ids, attention_mask, self.settings["encoder_layer"])
-        tok, encoder = self._runtime.get("tokenizer"), self._runtime.get("encoder")
-        if tok is None or encoder is None:
+        return self.encode_texts(texts if texts is not None else self.texts(input_ids, attention_mask))
+
+    def encode_texts(self, texts) -> torch.Tensor:
+        """(n, C) encodings of texts, as the episodes' were made."""
+        if self.settings["encoder"] == "model":
+            tok, device = self._runtime["tokenizer"], next(self.base.parameters()).device
+            rows = [tok(t, return_tensors="pt").to(device) for t in texts]  # one at a time: no padding
+            return torch.cat([decoder_encode(self.base, r["input_ids"], r["attention_mask"],
+                                             self.settings["encoder_layer"]) for r in rows])
+        encoder = self._runtime.get("encoder")
+        if encoder is None:
             raise RuntimeError("this Larimar memory encodes queries with MiniLM: call bind(tokenizer, encoder) first")
-        texts = [tok.decode(row[m.bool()].tolist(), skip_special_tokens=True)
-                 for row, m in zip(input_ids.cpu(), attention_mask.cpu())]
         return encoder.encode(texts)
 
+    def by_subject(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
+        """scope=subject: (B,) the episode each text reads (-1: none) and (B,) its relation similarity.
+        Candidates are the episodes whose subject the text names; each distinct subject is taken out of
+        the text once and the rest encoded, then compared with the candidates' relations."""
+        chosen = torch.full((len(texts),), -1, dtype=torch.long)
+        sims = torch.full((len(texts),), float("-inf"))
+        lower, patterns = self._runtime["lower"], self._runtime["patterns"]
+        for b, text in enumerate(texts):
+            low = text.lower()  # the substring test first: a regex per episode only where it can match
+            cands = [j for j, sub in enumerate(lower) if sub in low and patterns[j].search(text)]
+            if not cands:
+                continue
+            distinct = sorted({lower[j] for j in cands})
+            q = nn.functional.normalize(self.encode_texts([without_subject(text, sub) for sub in distinct]).float(),
+                                        dim=-1)  # (d, C)
+            row = {sub: i for i, sub in enumerate(distinct)}
+            sim = (q[[row[lower[j]] for j in cands]] * self.relations[cands]).sum(-1)  # (len(cands),)
+            k = int(sim.argmax())
+            sims[b] = sim[k]
+            if sim[k] >= self.settings["relation_threshold"]:
+                chosen[b] = cands[k]
+        return chosen, sims
+
     def choose(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B,) the episode each row reads (-1: out of scope), (B,) its nearest episode's cosine, (B, C) readouts."""
+        """(B,) the episode each row reads (-1: out of scope), (B,) the scope's similarity, (B, C) readouts."""
         B = input_ids.shape[0]
+        zr = torch.zeros(B, self.episodes.shape[1])
         if len(self.episodes) == 0:
-            return (torch.full((B,), -1, dtype=torch.long), torch.full((B,), float("-inf")),
-                    torch.zeros(B, self.episodes.shape[1]))
-        zq = self.encode(input_ids, attention_mask).float()  # (B, C), unit
-        best, _ = nearest(zq, self.episodes)  # scope: the nearest written episode
+            return torch.full((B,), -1, dtype=torch.long), torch.full((B,), float("-inf")), zr
+        subject = self.settings.get("scope", "similarity") == "subject"
+        texts = self.texts(input_ids, attention_mask) if subject or self.settings["encoder"] != "model" else None
+        if subject:
+            chosen, best = self.by_subject(texts)
+            if not (chosen >= 0).any():  # nothing read: no query encoding, no readout
+                return chosen, best, zr
+        zq = self.encode(input_ids, attention_mask, texts).float()  # (B, C), unit
         if self._runtime.get("memory_pinv") is None:
             # from the float32 M that an export ships, so memedit and the export read alike; M has
             # rank ≤ min(n, C) < K, so directions below rtol are cut
             self._runtime["memory_pinv"] = torch.linalg.pinv(self.memory.double(), rtol=1e-6)  # (C, K)
         zr = ((zq.double() @ self._runtime["memory_pinv"]) @ self.memory.double()).float()  # (B, C) readout
+        if subject:
+            return chosen, best, zr
+        best, _ = nearest(zq, self.episodes)  # scope: the nearest written episode
         read = (nn.functional.normalize(zr, dim=-1) @ self.episodes.T).argmax(1)
         chosen = torch.where(best >= self.settings["threshold"], read, torch.full_like(read, -1))
         return chosen, best, zr
@@ -326,7 +414,9 @@ class _LarimarMixin:
         settings = model.config.memedit_larimar
         t = load_file(str(folder / settings["tensors"]))
         decoder = wrap(model, settings)
-        decoder.set_memory(t["episodes"], t["memory"], t["context_ids"], t["context_offsets"])
+        subjects = unpack_texts(t["subjects"], t["subject_offsets"]) if "subjects" in t else None
+        decoder.set_memory(t["episodes"], t["memory"], t["context_ids"], t["context_offsets"], subjects,
+                           t.get("relations"))
         if settings.get("mode") == "prefix":
             decoder._runtime["adapter"] = PrefixAdapter.from_tensors(t, model.config).to(
                 next(model.parameters()).device)
@@ -337,21 +427,16 @@ class _LarimarMixin:
         return model
 
 
-class LarimarLlamaForCausalLM(_LarimarMixin, LlamaForCausalLM):
-    pass
+# `Larimar<Stock>`, e.g. LarimarLlamaForCausalLM, is made on first use from transformers' own `<Stock>`
+# class (an export's auto_map names it).
+PREFIX = "Larimar"
 
 
-class LarimarMistralForCausalLM(_LarimarMixin, MistralForCausalLM):
-    pass
+def __getattr__(name):
+    import transformers
 
-
-class LarimarQwen2ForCausalLM(_LarimarMixin, Qwen2ForCausalLM):
-    pass
-
-
-class LarimarGPT2LMHeadModel(_LarimarMixin, GPT2LMHeadModel):
-    pass
-
-
-class LarimarGPTJForCausalLM(_LarimarMixin, GPTJForCausalLM):
-    pass
+    stock = getattr(transformers, name[len(PREFIX):], None) if name.startswith(PREFIX) else None
+    if not (isinstance(stock, type) and hasattr(stock, "from_pretrained")):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    cls = globals()[name] = type(name, (_LarimarMixin, stock), {"__module__": __name__})
+    return cls

@@ -13,18 +13,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from memedit_cli.errors import UserError
+from memedit_cli.lm.arch import stock_class
 
 MODELING_FILE = Path(__file__).with_name("modeling_memedit_wise.py")
 
-# config.model_type -> the class in modeling_memedit_wise.py that loads it
-CLASSES = {
-    "llama": "WISELlamaForCausalLM",
-    "mistral": "WISEMistralForCausalLM",
-    "qwen2": "WISEQwen2ForCausalLM",
-    "gpt2": "WISEGPT2LMHeadModel",
-    "gptj": "WISEGPTJForCausalLM",
-}
 
 
 def describe(model) -> dict:
@@ -57,12 +49,10 @@ def export_extras(model, out_dir) -> dict | None:
     described = describe(model)
     if not described:
         return None
-    model_type = model.config.model_type
-    if model_type not in CLASSES:
-        raise UserError(f"exporting WISE side memories for model type {model_type!r} is not supported "
-                        f"(supported: {', '.join(sorted(CLASSES))}); forget the WISE edits before exporting, "
-                        "or add a class to memedit_cli/methods/wise/modeling_memedit_wise.py")
+    from memedit_cli.methods.wise.modeling_memedit_wise import PREFIX
+
     model.config.memedit_wise = described
     shutil.copyfile(MODELING_FILE, Path(out_dir) / MODELING_FILE.name)
-    return {"auto_map": {"AutoModelForCausalLM": f"{MODELING_FILE.stem}.{CLASSES[model_type]}"},
+    # the modeling file makes WISE<Stock> from the model's own transformers class when it is loaded
+    return {"auto_map": {"AutoModelForCausalLM": f"{MODELING_FILE.stem}.{stock_class(model, PREFIX)}"},
             "modeling_file": MODELING_FILE.name}

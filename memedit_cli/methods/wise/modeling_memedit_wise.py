@@ -15,7 +15,8 @@ transformers. It mirrors memedit_cli/methods/wise/side.py's `WISELayer.forward`
                                        "router": {"module": "model.layers.3.mlp.down_proj",
                                                   "keys": [n_0, ...], "relation": M}}}
 
-Each class below builds the stock model, then replaces every listed module by
+`WISE<Stock>` (made from transformers' `<Stock>` class on first use, below)
+builds the stock model, then replaces every listed module by
 a `WISELayer` holding the original module as `base` and k zero buffers
 `memory_0..memory_{k-1}` of `shape`, so the checkpoint's `<name>.base.weight`
 and `<name>.memory_i` load into them by name. A memory whose "nnz" is n ≥ 0
@@ -34,13 +35,6 @@ and add the memories with one piece of code.
 
 import torch
 from torch import nn
-from transformers import (
-    GPT2LMHeadModel,
-    GPTJForCausalLM,
-    LlamaForCausalLM,
-    MistralForCausalLM,
-    Qwen2ForCausalLM,
-)
 from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
 
@@ -286,37 +280,23 @@ class _Routed:
         return super().forward(*args, **kwargs)
 
 
-# One subclass per supported architecture: the stock __init__ (which ends in
-# post_init), then the wrappers. Only parameter names under the wrapped
-# projections change (`.weight` -> `.base.weight`); tied weights (lm_head and
-# the embeddings) are untouched.
+# `WISE<Stock>`, e.g. WISELlamaForCausalLM, is made on first use from transformers' own `<Stock>` class
+# (an export's auto_map names it): the stock __init__ (which ends in post_init), then the wrappers. Only
+# parameter names under the wrapped projections change (`.weight` -> `.base.weight`); tied weights
+# (lm_head and the embeddings) are untouched.
+PREFIX = "WISE"
 
 
-class WISELlamaForCausalLM(_Routed, LlamaForCausalLM):
+def __getattr__(name):
+    import transformers
+
+    stock = getattr(transformers, name[len(PREFIX):], None) if name.startswith(PREFIX) else None
+    if not (isinstance(stock, type) and hasattr(stock, "from_pretrained")):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
     def __init__(self, config):
-        super().__init__(config)
+        stock.__init__(self, config)
         attach_side_memories(self, config)
 
-
-class WISEMistralForCausalLM(_Routed, MistralForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
-        attach_side_memories(self, config)
-
-
-class WISEQwen2ForCausalLM(_Routed, Qwen2ForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
-        attach_side_memories(self, config)
-
-
-class WISEGPT2LMHeadModel(_Routed, GPT2LMHeadModel):
-    def __init__(self, config):
-        super().__init__(config)
-        attach_side_memories(self, config)
-
-
-class WISEGPTJForCausalLM(_Routed, GPTJForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
-        attach_side_memories(self, config)
+    cls = globals()[name] = type(name, (_Routed, stock), {"__init__": __init__, "__module__": __name__})
+    return cls
