@@ -149,8 +149,9 @@ def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged
     facts = write_facts(tmp_path / "f.jsonl")
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model")
     before = repo.tree()
-    for sets, message in ((["threshold=0.5"], "threshold=0.7"), (["threshold=2"], "between -1 and 1"),
-                          (["scope=similarity"], "scope='subject'"), (["relation_threshold=0.9"], "0.6"),
+    for sets, message in ((["relation_threshold=0.5"], "relation_threshold=0.7"),
+                          (["threshold=2"], "between -1 and 1"),
+                          (["scope=similarity"], "scope='subject'"),
                           (["scope=words"], "scope must be one of"), (["relation_threshold=-2"], "between -1 and 1"),
                           (["ridge=0"], "ridge must be > 0"), (["context={prompt}"], "{target}"),
                           (["encoder=bert"], "encoder must be one of"), (["mode=lora"], "mode must be one of"),

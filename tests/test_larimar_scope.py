@@ -109,3 +109,5 @@ def test_a_segment_logged_before_the_subject_scope_reads_by_similarity():
     hp = hparams.from_json(LarimarHparams, old)
     assert hp.scope == "similarity" and LarimarHparams().scope == "subject"
     assert _shared(old) == _shared(hparams.to_json(hp)) != _shared(hparams.to_json(LarimarHparams()))
+    # the threshold of the scope not in use does not keep two segments apart
+    assert _shared(dict(old, relation_threshold=0.2)) == _shared(old) != _shared(dict(old, threshold=0.2))

@@ -2,6 +2,7 @@
 
     build_tiny(path, "llama")  # LlamaForCausalLM, hidden 32, 2 layers, 2 heads, 1 kv head
     build_tiny(path, "gpt2")   # GPT2LMHeadModel, n_embd 32, 2 layers, 2 heads
+    build_tiny(path, "gemma3_text")  # any model type in FAMILIES: the same sizes, by AutoConfig
 
 Each comes with a byte-level BPE tokenizer trained on a few sentences (so any
 text tokenizes), wrapped in PreTrainedTokenizerFast with bos/eos/pad tokens,
@@ -41,8 +42,25 @@ def build_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
+_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+              num_key_value_heads=1, max_position_embeddings=64)
+# model type -> its config fields beyond _SMALL. Gemma 3 gets three blocks of two attention kinds, so
+# an edit at block 0 runs a sliding-window block and a full-attention block above it, with different
+# masks and rotary embeddings; the sliding window (8) is shorter than the test prompts with contexts.
+FAMILIES = {
+    "qwen3": dict(head_dim=16),
+    "gemma2": dict(head_dim=16, sliding_window=8, query_pre_attn_scalar=16),
+    "gemma3_text": dict(head_dim=16, sliding_window=8, query_pre_attn_scalar=16, num_hidden_layers=3,
+                        layer_types=["sliding_attention", "sliding_attention", "full_attention"]),
+    "phi3": dict(),
+    "gpt_neox": dict(num_key_value_heads=None),
+    "olmo2": dict(),
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+}
+
+
 def build_tiny(path, arch: str = "llama", **overrides) -> Path:
-    """Build a tiny seeded model + tokenizer of `arch` ("llama" or "gpt2") into `path`.
+    """Build a tiny seeded model + tokenizer of `arch` ("llama", "gpt2" or a model type in FAMILIES) into `path`.
 
     `overrides` replace config fields (e.g. hidden_size=16 for an even smaller LLaMA).
     """
@@ -63,8 +81,14 @@ def build_tiny(path, arch: str = "llama", **overrides) -> Path:
     elif arch == "gpt2":
         fields = dict(n_layer=2, n_embd=32, n_head=2, n_positions=64)
         config, model_cls = GPT2Config, GPT2LMHeadModel
+    elif arch in FAMILIES:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        fields = {k: v for k, v in {**_SMALL, **FAMILIES[arch]}.items() if v is not None}
+        config = lambda **kw: AutoConfig.for_model(arch, **kw)  # noqa: E731
+        model_cls = AutoModelForCausalLM.from_config
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; use 'llama' or 'gpt2'")
+        raise ValueError(f"unknown tiny architecture {arch!r}; use 'llama', 'gpt2' or one of {sorted(FAMILIES)}")
     torch.manual_seed(0)
     model = model_cls(config(**{**ids, **fields, **overrides})).eval()
     model.save_pretrained(path)

@@ -8,6 +8,7 @@ from memedit_cli import hparams as hparams_mod
 from memedit_cli import methods
 from memedit_cli.errors import UserError
 from memedit_cli.facts import Fact, check_subjects
+from memedit_cli.lm.arch import arch_for
 from memedit_cli.lm.progress import bar
 from memedit_cli.lm.tokens import check_fit, context_length
 from memedit_cli.store import log as logmod
@@ -41,6 +42,8 @@ def apply(repo, facts: list[Fact], method_name: str, overrides: dict, batch_size
         build = Build(repo, repo.segments_at(head))
         model, tok = build.model, build.tok
         check_fit(tok, facts, context_length(model))  # all batches, before anything is computed or cached
+        if method.edits_ffn:
+            arch_for(model.config).mlp_out_at(0)  # a mixture-of-experts block has none: says why, and what works
         hp = hparams_mod.resolve(method.default_hparams(model), overrides)
         if method.needs_subject_with(hp) and not method.needs_subject:  # known only now, from the model's defaults
             check_subjects(facts, source)

@@ -45,7 +45,14 @@ def export_merged(repo, out_dir: str, force: bool = False) -> dict:
                 auto_map.update(extra.get("auto_map", {}))
         if auto_map:
             model.config.auto_map = auto_map
-        model.save_pretrained(tmp, safe_serialization=True)
+        import inspect
+
+        keep = {}
+        if auto_map and "save_original_format" in inspect.signature(model.save_pretrained).parameters:
+            # a shipped modeling class is custom code, which transformers 5 loads without its renames of
+            # old checkpoint names (GPT-NeoX's embed_out -> lm_head): save the names the model has in memory
+            keep["save_original_format"] = False
+        model.save_pretrained(tmp, safe_serialization=True, **keep)
         tok.save_pretrained(tmp)
         provenance = {
             "revision": head or "base",

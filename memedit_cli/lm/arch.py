@@ -85,8 +85,10 @@ def is_transposed(module) -> bool:
 
 
 def extra_output(module, x, delta):
-    """What `delta` (in the module's own weight layout) adds to the module's output for input x."""
-    return x @ delta if is_transposed(module) else x @ delta.T
+    """What `delta` (in the module's own weight layout) adds to the module's output for input x. A delta
+    trained or kept in float32 beside a bf16/fp16 model is applied in its own dtype, the sum in x's."""
+    y = x.to(delta.dtype) @ (delta if is_transposed(module) else delta.T)
+    return y.to(x.dtype)
 
 
 def shape_key(config) -> tuple:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from memedit_cli.lm.cache import cache_kwargs, cache_of
+
 SEEDS = ("The", "Therefore", "Because", "I", "You")
 
 
@@ -29,8 +31,8 @@ def generate(model, tok, n: int, length: int, seed: int = 0) -> tuple[str, ...]:
         step, past = ids, None
         with torch.no_grad():
             for _ in range(length):  # one new token per forward, over the KV cache
-                res = model(input_ids=step, past_key_values=past, use_cache=True)
-                past = res.past_key_values
+                res = model(input_ids=step, **cache_kwargs(model, past), use_cache=True)
+                past = cache_of(res)
                 top = torch.topk(res.logits[0, -1].float().cpu(), 5)
                 pick = top.indices[torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen)]
                 step = pick.view(1, 1).to(ids.device)

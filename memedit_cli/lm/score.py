@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from memedit_cli.lm.cache import cache_kwargs, cache_of
 from memedit_cli.lm.progress import bar
 
 
@@ -89,7 +90,7 @@ def _predict_batch(model, tok, prompts, conts, device, reset, free):
             pos = pos[:, -1:] + 1
             nxt = preds[-1][:, None] if free else feed[:, t:t + 1]  # (B, 1)
             step = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
-                         past_key_values=step.past_key_values, use_cache=True)
+                         **cache_kwargs(model, cache_of(step)), use_cache=True)
     P = torch.stack(preds, 1).cpu()  # (B, L)
     return [P[r, :len(c)] for r, c in enumerate(conts)]
 

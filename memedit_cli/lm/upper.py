@@ -25,6 +25,7 @@ pass `position_ids` so every real token keeps its own position.
 from __future__ import annotations
 
 from memedit_cli.lm.arch import arch_for, num_layers
+from memedit_cli.lm.cache import cache_kwargs, cache_of
 from memedit_cli.lm.nethook import StopForward
 
 
@@ -70,7 +71,7 @@ class Upper:
         handles += [block.register_forward_pre_hook(take_args, with_kwargs=True) for block in self.blocks]
         if self.blocks:
             handles.append(self.blocks[-1].register_forward_hook(stop))
-        extra = {"past_key_values": cache, "use_cache": True} if cache is not None else {"use_cache": False}
+        extra = {**cache_kwargs(model, cache), "use_cache": True} if cache is not None else {"use_cache": False}
         if position_ids is not None:
             extra["position_ids"] = position_ids
         try:
@@ -114,10 +115,10 @@ def _prefix_cache(model, input_ids, attention_mask, position_ids=None):
     sliding-window or quantized layer may drop or alter past states."""
     extra = {} if position_ids is None else {"position_ids": position_ids}
     out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **extra)  # no LM head
-    layers = getattr(getattr(out, "past_key_values", None), "layers", None)
+    layers = getattr(cache_of(out), "layers", None)
     if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
         return None
-    return out.past_key_values
+    return cache_of(out)
 
 
 def _crop(cache, length: int):

@@ -131,6 +131,7 @@ class Method:
     independent: bool = False  # segments do not depend on earlier segments of this method
     visible_to_others: bool = True  # False: its wrappers are off while other methods compute (`hidden`)
     resolvable: bool = False  # `forget --resolve`: a later segment may be recomputed from its stored `reuse`
+    edits_ffn: bool = True  # edits (or wraps) an FFN output projection: refused where the model has none (MoE)
     measured: dict = {}  # shape_key(config) -> hparams measured for that shape (docs/methods/<name>.md)
 
     def batch_limit(self, hp) -> int | None:

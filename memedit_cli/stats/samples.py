@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from memedit_cli.errors import UserError
+from memedit_cli.lm.cache import cache_kwargs, cache_of
 
 SEED_PROMPTS = (
     "The", "In 1998,", "Scientists", "The city of", "She said", "According to", "He was born in", "Today",
@@ -128,5 +129,5 @@ def run(model, sb: SampleBatch, keep: torch.Tensor, pad: int, after_forward) -> 
         attn = torch.cat([attn, torch.ones(n, 1, dtype=torch.long)], dim=1)
         pos = pos[:, -1:] + 1
         out = model(input_ids=nxt.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev),
-                    past_key_values=out.past_key_values, use_cache=True)
+                    **cache_kwargs(model, cache_of(out)), use_cache=True)
         after_forward(keep[:, col:col + 1])

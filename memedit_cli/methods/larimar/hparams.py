@@ -24,7 +24,7 @@ class LarimarHparams:
     # within relation_threshold of the episode's; similarity: when the whole prompt encodes within threshold
     # of the nearest episode (the paper's detector). docs/methods/larimar.md has the measurements
     scope: str = "subject"
-    relation_threshold: float = 0.6  # scope=subject: cosine of the prompts without their subject
+    relation_threshold: float = 0.7  # scope=subject: cosine of the prompts without their subject
     threshold: float = 0.7  # scope=similarity: the nearest episode's cosine must reach this
     encoder: str = "auto"  # minilm, model (the base model's hidden state), auto: minilm when installed
     encoder_layer: int = -1  # encoder=model: the block whose input is pooled; -1: half the depth
@@ -36,7 +36,7 @@ class LarimarHparams:
     mode: str = "context"
     adapter: str = ""  # mode=prefix: an adapter id from `memedit larimar-train`; "": the latest for this base model
     # segments logged before the subject scope (issue 19) have no scope fields: they were scoped by similarity
-    LEGACY: ClassVar[dict] = {"scope": "similarity", "relation_threshold": 0.6}
+    LEGACY: ClassVar[dict] = {"scope": "similarity"}
 
     def check(self) -> str | None:
         if self.memory_size < 1:

@@ -48,8 +48,11 @@ SHARED = ("memory_size", "ridge", "memory_seed", "scope", "relation_threshold", 
 
 
 def _shared(h: dict) -> tuple:
-    """What all Larimar segments of a state must agree on: they share one memory and one detector."""
-    return tuple(h.get(k, LarimarHparams.LEGACY.get(k)) for k in SHARED)
+    """What all Larimar segments of a state must agree on: they share one memory and one detector (whose
+    threshold of the other scope does not matter)."""
+    h = {**LarimarHparams.LEGACY, **h}
+    unused = "threshold" if h["scope"] == "subject" else "relation_threshold"
+    return tuple(None if k == unused else h.get(k) for k in SHARED)
 
 
 def settings(hp: LarimarHparams) -> dict:
@@ -63,6 +66,7 @@ class Larimar(Method):
     hparams_class = LarimarHparams
     independent = True  # a segment's episodes do not depend on other segments (see module docstring)
     visible_to_others = False  # the read episode's text changes inputs: off while other methods compute
+    edits_ffn = False  # wraps the whole decoder: any family, mixture-of-experts ones too
 
     def default_hparams(self, model) -> LarimarHparams:
         return LarimarHparams()

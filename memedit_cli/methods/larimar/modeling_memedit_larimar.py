@@ -35,7 +35,7 @@ How a frozen decoder reads the memory (training-free conditioning):
 
 `config.memedit_larimar` holds the settings:
 
-    {"threshold": 0.7, "scope": "subject", "relation_threshold": 0.6,
+    {"threshold": 0.7, "scope": "subject", "relation_threshold": 0.7,
      "encoder": "minilm" | "model", "encoder_layer": 15,
      "encoder_dir": "larimar_encoder", "tensors": "memedit_larimar.safetensors"}
 
@@ -59,6 +59,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# the decoder's cache argument: transformers 5.24 renamed past_key_values (still accepted) to cache
+CACHE_ARGS = ("cache", "past_key_values")
 PLACEHOLDER = "X"  # stands for the subject when a prompt's relation is encoded
 
 
@@ -310,7 +312,8 @@ class LarimarDecoder(nn.Module):
             return self.base(*args, **kwargs)
         a = self._signature.bind_partial(*args, **kwargs).arguments
         a.update(a.pop("kwargs", {}))
-        ids, embeds, past = a.get("input_ids"), a.get("inputs_embeds"), a.get("past_key_values")
+        ids, embeds = a.get("input_ids"), a.get("inputs_embeds")
+        past = next((a[n] for n in CACHE_ARGS if a.get(n) is not None), None)
         past_len = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
         x = ids if ids is not None else embeds
         B, T = x.shape[:2]
@@ -349,7 +352,8 @@ class LarimarDecoder(nn.Module):
             if past is None:
                 from transformers import DynamicCache
 
-                past = a["past_key_values"] = DynamicCache(config=self.base.config)
+                name = next(n for n in CACHE_ARGS if n in self._signature.parameters)
+                past = a[name] = DynamicCache(config=self.base.config)
             dtype = next(self.base.parameters()).dtype
             for layer, (k, v) in enumerate(self._runtime["adapter"](self._seq["readout"].to(x.device))):
                 past.update(k.to(dtype), v.to(dtype), layer)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from memedit_cli.errors import HparamsError, UserError
+from memedit_cli.lm.cache import cache_kwargs
 from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter, kv_shape
 
 
@@ -111,7 +112,7 @@ def forward_with_prefix(model, adapter, zr, input_ids, attention_mask):
         cache.update(k.to(model.dtype), v.to(model.dtype), layer)
     full = torch.cat([torch.ones_like(attention_mask[:, :m]), attention_mask], 1)
     pos = (full.cumsum(-1) - 1).clamp(min=0)[:, m:]
-    return model(input_ids=input_ids, attention_mask=full, position_ids=pos, past_key_values=cache).logits
+    return model(input_ids=input_ids, attention_mask=full, position_ids=pos, **cache_kwargs(model, cache)).logits
 
 
 def _candidates(cache_dirs, model_key: str) -> list[Path]:

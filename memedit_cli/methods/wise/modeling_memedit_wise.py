@@ -272,7 +272,7 @@ class _Routed:
     """A new sequence (no cached positions yet) resets every KeyRouter's running margins."""
 
     def forward(self, *args, **kwargs):
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24 names it cache
         if past is None or (hasattr(past, "get_seq_length") and past.get_seq_length() == 0):
             for m in self.modules():
                 if isinstance(m, KeyRouter):
