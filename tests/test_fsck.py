@@ -63,16 +63,19 @@ def test_missing_object(two_applies):
 
 
 def test_edited_record_and_wrong_parent(two_applies):
+    from memedit_cli.store.jsonutil import canonical
     from memedit_cli.store.log import make_record
 
     log = two_applies.dir / ".memedit" / "log.jsonl"
     first, second = [json.loads(line) for line in log.read_text().splitlines()]
     tampered = dict(second, seed=99)
-    log.write_text(json.dumps(first) + "\n" + json.dumps(tampered) + "\n")
+    log.write_bytes(canonical(first) + b"\n" + canonical(tampered) + b"\n")
     damaged(two_applies, "its id does not match its content")
     relinked = make_record(dict(second, parent="f" * 64))  # a consistent id, but the parent is unknown
-    log.write_text(json.dumps(first) + "\n" + json.dumps(relinked) + "\n")
+    log.write_bytes(canonical(first) + b"\n" + canonical(relinked) + b"\n")
     damaged(two_applies, "is not an earlier record")
+    log.write_bytes(json.dumps(first).encode() + b"\n")  # the same record, reformatted: its bytes changed
+    damaged(two_applies, "not the canonical form")
 
 
 def test_head_naming_no_record(two_applies):
