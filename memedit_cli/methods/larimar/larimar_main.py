@@ -123,8 +123,9 @@ class Larimar(Method):
             Z = reuse["tensors"]["episodes"][rows]
             R = reuse["tensors"]["relations"][rows] if "relations" in reuse["tensors"] else None
         else:
-            Z, R = encoder_for(model, tok, hp).encode([episode_text(f) for f in facts]), None
-        if R is None:  # one more encoding per fact: the prompt without its subject
+            both = encoder_for(model, tok, hp).encode([episode_text(f) for f in facts] + relations)  # one pass
+            Z, R = both[:len(facts)], both[len(facts):]
+        if R is None:  # a segment stored before the subject scope: its relations are encoded now
             R = encoder_for(model, tok, hp).encode(relations)
         if not (torch.isfinite(Z).all() and torch.isfinite(R).all()):
             raise UserError("larimar: an episode's encoding is not finite; nothing was recorded")
