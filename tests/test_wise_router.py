@@ -59,6 +59,44 @@ def test_the_relation_gate_keeps_a_prompt_about_the_subject_through_another_rela
     assert router.route.tolist() == [0, 0, 0]
 
 
+def test_the_relation_gate_computed_for_candidate_keys_alone_routes_as_the_gate_over_every_key():
+    """margins() skips the word rows of keys at or below 0; against the gate computed over all keys, on
+    random memories whose keys sit near the inputs (so some pass, some are gated, some fail outright)."""
+    import dataclasses
+
+    from memedit_cli.methods.wise.router import KeyRouter
+
+    g = torch.Generator().manual_seed(0)
+    d, n_mem, per_mem, words = 16, 12, 3, 4
+    x = torch.randn(8, 5, d, generator=g)  # (B, T, d_in)
+    shards = []
+    for i in range(n_mem):
+        # keys: positions of the inputs plus noise, so cosines above the thresholds happen
+        keys = x[torch.randint(0, 8, (per_mem,), generator=g), torch.randint(0, 5, (per_mem,), generator=g)]
+        keys = keys + 0.6 * torch.randn(per_mem, d, generator=g)
+        counts = torch.randint(0, words + 1, (per_mem,), generator=g)  # a key with no word rows passes the gate
+        rel = x.reshape(-1, d)[torch.randint(0, 40, (int(counts.sum()),), generator=g)]
+        rel = rel + torch.randn(len(rel), d, generator=g)
+        shards.append(_shard(keys, (0.5 + 0.3 * torch.rand(per_mem, generator=g)).tolist(), rel_keys=rel,
+                             rel_counts=counts, rel_floor=0.2 + 0.4 * torch.rand(per_mem, generator=g)))
+    router = KeyRouter(torch.nn.Linear(d, 2), [])
+    router.rebuild([[s] for s in shards], dataclasses.replace(_HP, key_relation=True))
+    a = torch.nn.functional.normalize(x, dim=-1)
+    per_key = (a @ torch.nn.functional.normalize(router.keys, dim=-1).T - router.tau).amax(1)  # (B, N)
+    rows = (a @ torch.nn.functional.normalize(router.rel_keys, dim=-1).T).amax(1)  # (B, M)
+    owner = router.rel_owner.long()
+    gate = torch.stack([rows[:, owner == j].mean(1) if (owner == j).any() else torch.full((8,), float("inf"))
+                        for j in range(len(router.keys))], 1) - router.rel_tau
+    exact = torch.minimum(per_key, gate).reshape(8, n_mem, per_mem).amax(2).T  # (n_memories, B)
+    got = router.margins(x)
+    passed = exact > 0
+    assert 0 < int(passed.sum()) < passed.numel() and bool(((per_key > 0) & (gate <= 0)).any())
+    assert torch.allclose(got[passed], exact[passed], atol=1e-6) and bool((got[~passed] <= 0).all())
+    router(x)
+    best, pick = exact.max(0)
+    assert router.route.tolist() == torch.where(best > 0, pick, torch.full_like(pick, -1)).tolist()
+
+
 def test_a_row_uses_the_memory_whose_key_it_matches_best_and_keeps_it_while_generating():
     from memedit_cli.methods.wise.router import KeyRouter
 

@@ -77,6 +77,7 @@ class KeyRouter(nn.Module):
         self.set_counts(counts)
         self.route = None  # (B,) long: the memory each row uses, -1 for the main memory
         self._margin = None  # (n_memories, B): the running max for cached generation
+        self._units = {}  # buffer name -> (the buffer, its version, its rows as float32 unit vectors)
 
     def set_counts(self, counts) -> None:
         """Keys per memory, in order: the memory each row of `keys` belongs to."""
@@ -99,24 +100,42 @@ class KeyRouter(nn.Module):
     def reset(self) -> None:
         self._margin = None
 
-    def _relation_margin(self, a) -> torch.Tensor:
-        """(B, N): per key, the mean over its word rows of their best cosine to a (B, T, d_in, unit rows) − ρ;
-        +inf for a key without word rows (no gate)."""
-        rows = (a @ nn.functional.normalize(self.rel_keys.float(), dim=-1).T).amax(1)  # (B, M)
-        owner = self.rel_owner.long().to(rows.device)
-        n = self.keys.shape[0]
-        total = rows.new_zeros(rows.shape[0], n).index_add_(1, owner, rows)  # (B, N)
-        count = rows.new_zeros(n).index_add_(0, owner, torch.ones_like(owner, dtype=rows.dtype))
+    def _unit(self, name: str) -> torch.Tensor:
+        """Buffer `name`'s rows as float32 unit vectors, normalized once, not at every call: at a thousand
+        edits the relation rows are ~10⁴ × d_in, and normalizing them per generated token cost about as much
+        as the matmul itself. A rebuild, a load or `.to()` gives a new tensor or a new version: computed anew."""
+        t = getattr(self, name)
+        hit = self._units.get(name)
+        if hit is None or hit[0] is not t or hit[1] != t._version:
+            hit = (t, t._version, nn.functional.normalize(t.float(), dim=-1))
+            self._units[name] = hit
+        return hit[2]
+
+    def _relation_margin(self, a, keys) -> torch.Tensor:
+        """(B, C): for the keys `keys` ((C,) long), the mean over each key's word rows of their best cosine to
+        a (B, T, d_in, unit rows) − ρ; +inf for a key without word rows (no gate)."""
+        owner = self.rel_owner.long().to(a.device)  # (M,)
+        slot = torch.full((self.keys.shape[0],), -1, dtype=torch.long, device=a.device)
+        slot[keys] = torch.arange(len(keys), device=a.device)  # key j -> its column among `keys`, or -1
+        mine = slot[owner]  # (M,)
+        take = (mine >= 0).nonzero().squeeze(1)  # the word rows of these keys only
+        rows = (a @ self._unit("rel_keys")[take].T).amax(1)  # (B, m)
+        total = rows.new_zeros(rows.shape[0], len(keys)).index_add_(1, mine[take], rows)  # (B, C)
+        count = rows.new_zeros(len(keys)).index_add_(0, mine[take], torch.ones_like(rows[0]))
         score = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("inf")))
-        return score - self.rel_tau.float()
+        return score - self.rel_tau.float()[keys]
 
     def margins(self, x) -> torch.Tensor:
-        """(n_memories, B) margins for the projection input x (B, T, d_in)."""
+        """(n_memories, B) margins for the projection input x (B, T, d_in): exact where above 0, and at
+        most 0 where the exact margin is (which is all routing asks of them)."""
         a = nn.functional.normalize(x.float(), dim=-1)
-        keys = nn.functional.normalize(self.keys.float(), dim=-1)  # (N, d_in)
-        per_key = (a @ keys.T - self.tau.float()).amax(1)  # (B, N): the best position per key
+        per_key = (a @ self._unit("keys").T - self.tau.float()).amax(1)  # (B, N): the best position per key
         if self.relation:
-            per_key = torch.minimum(per_key, self._relation_margin(a))
+            # the gate only lowers a key's margin (a min), so it is computed for the keys above 0 alone,
+            # a handful, instead of all ~10 word rows of every edit per generated token
+            keys = (per_key > 0).any(0).nonzero().squeeze(1)  # (C,)
+            if len(keys):
+                per_key[:, keys] = torch.minimum(per_key[:, keys], self._relation_margin(a, keys))
         if self.owner.device != per_key.device:
             self.owner = self.owner.to(per_key.device)
         B, owner = per_key.shape[0], self.owner
