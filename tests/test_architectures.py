@@ -13,7 +13,7 @@ from conftest import FACTS, FAST, Memedit, base_logits, logits, write_facts
 from test_larimar import SHORT
 from tiny import FAMILIES, build_tiny
 
-MOE = ("mixtral",)
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 METHODS = {
     "ft": FAST,
     "memit": ["--method", "memit", "--set", "v_num_grad_steps=4"],

@@ -101,13 +101,18 @@ def test_cached_generation_continues_after_the_episode(applied):
     assert torch.equal(cached[0, enc["input_ids"].shape[1]:], plain[0, ctx.shape[1] + enc["input_ids"].shape[1]:])
 
 
-def test_forget_equals_a_fresh_repository_without_encoding_again(repo, tiny, tmp_path, monkeypatch, memedit):
+# scope=similarity segments store no subjects or relations (as those logged before the subject scope)
+@pytest.mark.parametrize("scope", ["subject", "similarity"])
+def test_forget_equals_a_fresh_repository_without_encoding_again(repo, tiny, tmp_path, monkeypatch, memedit, scope):
     from memedit_cli.methods.larimar.encoder import ModelEncoder
 
     facts = write_facts(tmp_path / "f.jsonl")
-    repo("apply", facts, "--method", "larimar", "--set", "encoder=model", "--set", SHORT)
+    sets = ["--set", "encoder=model", "--set", SHORT, "--set", f"scope={scope}"]
+    repo("apply", facts, "--method", "larimar", *sets)
     repo("apply", write_facts(tmp_path / "g.jsonl", [dict(FACTS[0], id="later", target_new="Berlin")]),
-         "--method", "larimar", "--set", "encoder=model", "--set", SHORT)
+         "--method", "larimar", *sets)
+    stored = repo.state()[0]
+    assert (decoder(stored).subjects is None) == (scope == "similarity")
 
     def refuse(*a, **k):
         raise AssertionError("forget encoded an episode again")
@@ -122,9 +127,8 @@ def test_forget_equals_a_fresh_repository_without_encoding_again(repo, tiny, tmp
     fresh = memedit.__class__(tmp_path / "fresh")
     fresh.dir.mkdir()
     fresh("init", "--model", tiny, "--device", "cpu")
-    fresh("apply", write_facts(tmp_path / "h.jsonl", [FACTS[0], FACTS[2]]), "--method", "larimar",
-          "--set", "encoder=model", "--set", SHORT)
-    fresh("apply", tmp_path / "g.jsonl", "--method", "larimar", "--set", "encoder=model", "--set", SHORT)
+    fresh("apply", write_facts(tmp_path / "h.jsonl", [FACTS[0], FACTS[2]]), "--method", "larimar", *sets)
+    fresh("apply", tmp_path / "g.jsonl", "--method", "larimar", *sets)
     theirs = decoder(fresh.state()[0])._runtime["memory"]
     assert torch.allclose(ours.M, theirs.M, atol=1e-9) and torch.allclose(ours.cov, theirs.cov, atol=1e-9)
     # the α = −1 update on the full memory reaches the same memory
@@ -149,9 +153,9 @@ def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged
     facts = write_facts(tmp_path / "f.jsonl")
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model")
     before = repo.tree()
-    for sets, message in ((["relation_threshold=0.5"], "relation_threshold=0.7"),
+    for sets, message in ((["relation_threshold=0.5"], "apply with theirs (--set relation_threshold=0.7)"),
                           (["threshold=2"], "between -1 and 1"),
-                          (["scope=similarity"], "scope='subject'"),
+                          (["scope=similarity"], "(--set scope=subject)"),  # not the unused threshold
                           (["scope=words"], "scope must be one of"), (["relation_threshold=-2"], "between -1 and 1"),
                           (["ridge=0"], "ridge must be > 0"), (["context={prompt}"], "{target}"),
                           (["encoder=bert"], "encoder must be one of"), (["mode=lora"], "mode must be one of"),
@@ -159,6 +163,7 @@ def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged
         args = [x for s in ["encoder=model", *sets] for x in ("--set", s)]
         result = repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--method", "larimar", *args, ok=False)
         assert result.exit_code == 1 and message in result.output, result.output
+        assert "None" not in result.output
         assert repo.tree() == before
     assert facts.exists()
 

@@ -10,10 +10,11 @@ from memedit_cli.methods.larimar.encoder import MiniLMEncoder, ModelEncoder, min
 TEXTS = ["The Eiffel Tower is in Rome.", "Danielle Darrieux speaks English.", "Paris"]
 
 
-def test_the_base_model_encodes_unit_vectors_independent_of_padding(tiny_models):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # gpt2: learned positions, which left padding would shift
+def test_the_base_model_encodes_unit_vectors_independent_of_padding(tiny_models, arch):
     from memedit_cli.lm import models
 
-    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])}, "dtype": "float32",
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])}, "dtype": "float32",
                               "device": "cpu"})
     enc = ModelEncoder(model, tok, layer=1)
     Z = enc.encode(TEXTS)  # one padded batch
@@ -23,6 +24,8 @@ def test_the_base_model_encodes_unit_vectors_independent_of_padding(tiny_models)
     assert torch.allclose(Z, one_by_one, atol=1e-5)  # padding positions are left out of the mean
     assert not torch.allclose(Z[0], Z[1], atol=1e-3)
     assert "block 1" in enc.describe()
+    tok.padding_side = "left"  # a tokenizer that pads on the left: the batch is still padded on the right
+    assert torch.allclose(enc.encode(TEXTS), one_by_one, atol=1e-5)
 
 
 @pytest.mark.skipif(minilm_dir() is None,

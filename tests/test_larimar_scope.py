@@ -111,3 +111,15 @@ def test_a_segment_logged_before_the_subject_scope_reads_by_similarity():
     assert _shared(old) == _shared(hparams.to_json(hp)) != _shared(hparams.to_json(LarimarHparams()))
     # the threshold of the scope not in use does not keep two segments apart
     assert _shared(dict(old, relation_threshold=0.2)) == _shared(old) != _shared(dict(old, threshold=0.2))
+
+
+@pytest.mark.parametrize("subject, text, named", [
+    ("Paris", "Parisian food is", False), ("Paris", "Born in Paris.", True), ("Ann", "Annette lives in", False),
+    ("Eiffel Tower", "the eiffel tower is in", True),
+    ("埃菲尔铁塔", "埃菲尔铁塔位于", True),  # written without spaces: no word boundary to ask for
+    ("iPhone", "用iPhone拍照", True), ("กรุงเทพ", "กรุงเทพมหานคร", True),
+])
+def test_a_subject_is_named_as_whole_words_where_the_script_has_spaces(subject, text, named):
+    from memedit_cli.methods.larimar.modeling_memedit_larimar import subject_pattern
+
+    assert bool(subject_pattern(subject).search(text)) is named

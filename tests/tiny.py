@@ -55,7 +55,13 @@ FAMILIES = {
     "phi3": dict(),
     "gpt_neox": dict(num_key_value_heads=None),
     "olmo2": dict(),
+    "mistral": dict(),
+    "qwen2": dict(),
+    "gptj": dict(rotary_dim=8, num_key_value_heads=None),
     "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=32),
+    "qwen3_moe": dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
 }
 
 

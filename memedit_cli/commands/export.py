@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -45,8 +46,6 @@ def export_merged(repo, out_dir: str, force: bool = False) -> dict:
                 auto_map.update(extra.get("auto_map", {}))
         if auto_map:
             model.config.auto_map = auto_map
-        import inspect
-
         keep = {}
         if auto_map and "save_original_format" in inspect.signature(model.save_pretrained).parameters:
             # a shipped modeling class is custom code, which transformers 5 loads without its renames of

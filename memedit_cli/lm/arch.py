@@ -85,10 +85,10 @@ def is_transposed(module) -> bool:
 
 
 def extra_output(module, x, delta):
-    """What `delta` (in the module's own weight layout) adds to the module's output for input x. A delta
-    trained or kept in float32 beside a bf16/fp16 model is applied in its own dtype, the sum in x's."""
-    y = x.to(delta.dtype) @ (delta if is_transposed(module) else delta.T)
-    return y.to(x.dtype)
+    """What `delta` (in the module's own weight layout) adds to the module's output for input x, in delta's
+    dtype: a delta trained or kept in float32 beside a bf16/fp16 model is applied, and its routing distances
+    measured, in float32; whoever adds it to the output casts the sum (`nethook.add_to_output`)."""
+    return x.to(delta.dtype) @ (delta if is_transposed(module) else delta.T)
 
 
 def shape_key(config) -> tuple:

@@ -37,7 +37,7 @@ class Upper:
         blocks = model.get_submodule(arch.layers)
         self.blocks = list(blocks)[layer + 1 : num_layers(model.config)]
         self.norm = model.get_submodule(arch.final_norm)
-        self.head = model.get_output_embeddings()  # lm_head, embed_out (GPT-NeoX before transformers 5)
+        self.head = model.get_output_embeddings()  # lm_head (GPT-NeoX: embed_out)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.start, self.cache = 0, None
         with torch.no_grad():
@@ -60,17 +60,15 @@ class Upper:
                 raise StopForward
 
         calls: list = []
+        last = self.blocks[-1] if self.blocks else None
 
         def take_args(mod, args, kwargs):
             calls.append((args[1:], kwargs))  # each block's own mask, rotary embeddings, cache...
-
-        def stop(mod, args, output):
-            raise StopForward  # the last block's arguments are in: the final norm and LM head are not needed
+            if mod is last:
+                raise StopForward  # the last block's arguments are in: it, the final norm and LM head need not run
 
         handles = [block_l.register_forward_hook(take_output)]
         handles += [block.register_forward_pre_hook(take_args, with_kwargs=True) for block in self.blocks]
-        if self.blocks:
-            handles.append(self.blocks[-1].register_forward_hook(stop))
         extra = {**cache_kwargs(model, cache), "use_cache": True} if cache is not None else {"use_cache": False}
         if position_ids is not None:
             extra["position_ids"] = position_ids
@@ -81,6 +79,8 @@ class Upper:
         finally:
             for h in handles:
                 h.remove()
+        if len(calls) != len(self.blocks):  # a block the model's forward did not call would be skipped silently
+            raise RuntimeError(f"Upper: {len(calls)} of the {len(self.blocks)} blocks above the edited one were called")
         self.h = seen["h"].detach()  # (B, T - start, d): block L's output at positions start..
         self.calls = calls  # (args, kwargs) per block above L
         if cache is not None:
@@ -111,7 +111,7 @@ class Upper:
 def _prefix_cache(model, input_ids, attention_mask, position_ids=None):
     """The model's KV cache after positions 0..start-1, or None where the model gives none we can crop.
 
-    Only plain per-layer caches (transformers' DynamicLayer, 4.56+) qualify: a
+    Only plain per-layer caches (transformers' DynamicLayer) qualify: a
     sliding-window or quantized layer may drop or alter past states."""
     extra = {} if position_ids is None else {"position_ids": position_ids}
     out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **extra)  # no LM head
@@ -124,7 +124,7 @@ def _prefix_cache(model, input_ids, attention_mask, position_ids=None):
 def _crop(cache, length: int):
     """Cut every layer of the cache back to its first `length` positions. Layers hold
     different lengths here, so DynamicCache.crop (one count for all) does not fit;
-    a negative count to DynamicLayer.crop means "remove that many" in 4.56 and 5.x."""
+    a negative count to DynamicLayer.crop means "remove that many"."""
     for layer in cache.layers:
         extra = layer.get_seq_length() - length
         if extra > 0:

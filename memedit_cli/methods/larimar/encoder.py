@@ -61,12 +61,14 @@ class ModelEncoder:
         return describe("model", self.layer)
 
     def encode(self, texts: list[str], batch: int = 16) -> torch.Tensor:
-        """(n, hidden) float32 unit vectors; one text at a time is the same as a padded batch."""
+        """(n, hidden) float32 unit vectors; one text at a time (the wrapper's queries) is the same as this
+        batch, padded on the right so that real tokens keep their positions whatever the tokenizer's side."""
         from memedit_cli.lm.models import input_device
 
         out = []
         for i in range(0, len(texts), batch):
-            enc = self.tok(texts[i:i + batch], return_tensors="pt", padding=True).to(input_device(self.model))
+            enc = self.tok(texts[i:i + batch], return_tensors="pt", padding=True,
+                           padding_side="right").to(input_device(self.model))
             out.append(decoder_encode(plain_decoder(self.model), enc["input_ids"], enc["attention_mask"], self.layer))
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 

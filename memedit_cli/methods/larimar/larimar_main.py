@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import shutil
 from pathlib import Path
@@ -101,9 +102,11 @@ class Larimar(Method):
         for seg in env.attached:  # one memory for all Larimar segments: refuse a mix before computing anything
             if seg["method"] == self.name and _shared(seg["hparams"]) != mine:
                 theirs = dict(zip(SHARED, _shared(seg["hparams"])))
-                diff = ", ".join(f"{k}={v!r}" for k, v in theirs.items() if getattr(hp, k) != v)
-                raise HparamsError(f"the Larimar edits already applied share one memory with {diff}; apply with "
-                                   "the same settings (--set ...), or forget those edits first")
+                # None: the other scope's threshold, which does not matter (and cannot be --set)
+                diff = " ".join(f"--set {k}={v if isinstance(v, str) else json.dumps(v)}"
+                                for k, v in theirs.items() if v is not None and getattr(hp, k) != v)
+                raise HparamsError(f"the Larimar edits already applied share one memory with other settings; "
+                                   f"apply with theirs ({diff}), or forget those edits first")
         return hp
 
     def compute(self, model, tok, facts, hp: LarimarHparams, seed: int, env, reuse=None):
@@ -116,18 +119,17 @@ class Larimar(Method):
                 if not subject_pattern(f.subject).search(f.prompt):
                     raise UserError(f"fact {f.id}: its subject {f.subject!r} occurs in its prompt only inside a "
                                     "word; scope=subject matches whole words (or --set scope=similarity)")
-        relations = [without_subject(f.prompt, f.subject) for f in facts]
+        subject = hp.scope == "subject"  # only that scope reads each episode's subject and relation
+        relations = [without_subject(f.prompt, f.subject) for f in facts] if subject else []
         if reuse is not None:  # forget's replay of this segment: the kept facts' encodings are already stored
             row = {fid: i for i, fid in enumerate(reuse["facts"])}
             rows = [row[f.id] for f in facts]
             Z = reuse["tensors"]["episodes"][rows]
-            R = reuse["tensors"]["relations"][rows] if "relations" in reuse["tensors"] else None
+            R = reuse["tensors"]["relations"][rows] if subject else None
         else:
             both = encoder_for(model, tok, hp).encode([episode_text(f) for f in facts] + relations)  # one pass
-            Z, R = both[:len(facts)], both[len(facts):]
-        if R is None:  # a segment stored before the subject scope: its relations are encoded now
-            R = encoder_for(model, tok, hp).encode(relations)
-        if not (torch.isfinite(Z).all() and torch.isfinite(R).all()):
+            Z, R = both[:len(facts)], (both[len(facts):] if subject else None)
+        if not (torch.isfinite(Z).all() and (R is None or torch.isfinite(R).all())):
             raise UserError("larimar: an episode's encoding is not finite; nothing was recorded")
         ids = [tok(hp.context.format(prompt=f.prompt, target=f.target_new), add_special_tokens=False)["input_ids"]
                for f in facts]
@@ -135,12 +137,13 @@ class Larimar(Method):
         offsets = torch.tensor([0] + [len(i) for i in ids]).cumsum(0)
         from memedit_cli.methods.larimar.encoder import describe
 
-        subjects, subject_offsets = pack_texts([f.subject for f in facts])
         tensors = {"episodes": Z.float().contiguous(),  # (n, C)
                    "context_ids": torch.tensor([t for i in ids for t in i], dtype=torch.int64),
-                   "context_offsets": offsets.to(torch.int64),  # (n + 1,)
-                   "subjects": subjects, "subject_offsets": subject_offsets,  # UTF-8 bytes, (n + 1,)
-                   "relations": R.float().contiguous()}  # (n, C)
+                   "context_offsets": offsets.to(torch.int64)}  # (n + 1,)
+        if subject:
+            subjects, subject_offsets = pack_texts([f.subject for f in facts])
+            tensors.update(subjects=subjects, subject_offsets=subject_offsets,  # UTF-8 bytes, (n + 1,)
+                           relations=R.float().contiguous())  # (n, C)
         if hp.mode == "prefix":  # the same adapter for every segment: an object of its own, stored once
             tensors["adapter"] = _adapter(hp, env, reuse)
         return tensors, {"encoder": describe(hp.encoder, hp.encoder_layer), "episodes": len(facts)}
@@ -174,7 +177,7 @@ class Larimar(Method):
         K = hp.memory_size if n <= hp.memory_size else 2 ** math.ceil(math.log2(n))  # past K, twice as large
         memory = decoder._runtime["memory"] = EpisodicMemory.of(Z, K, hp.ridge, hp.memory_seed)
         ends = torch.tensor([0] + [int(p[2][-1]) for p in parts]).cumsum(0)
-        legacy = any(p[3] is None for p in parts)  # a segment from before the subject scope (scope=similarity)
+        legacy = any(p[3] is None for p in parts)  # scope=similarity: segments store no subjects or relations
         decoder.set_memory(Z.float(), memory.M,
                            torch.cat([p[1] for p in parts]),
                            torch.cat([torch.zeros(1, dtype=torch.int64)] + [p[2][1:] + e for p, e in zip(parts, ends)]),

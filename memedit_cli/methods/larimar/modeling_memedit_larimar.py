@@ -43,8 +43,9 @@ and the tensors file holds `episodes` (n, C) float32, `memory` (K, C)
 float32, the context tokens of episode i as
 `context_ids[context_offsets[i]:context_offsets[i + 1]]` (int64), its
 subject as UTF-8 bytes `subjects[subject_offsets[i]:subject_offsets[i + 1]]`
-(uint8) and its relation encoding `relations` (n, C) float32. Exports
-written before the subject scope have neither and read by similarity.
+(uint8) and its relation encoding `relations` (n, C) float32, those two
+with scope=subject only (exports with scope=similarity, and those written
+before the subject scope, have neither).
 
 With `"mode": "prefix"` (experimental), an in-scope row reads no text: a
 trained `PrefixAdapter` (`adapter.proj.weight`, `adapter.proj.bias`,
@@ -64,9 +65,17 @@ CACHE_ARGS = ("cache", "past_key_values")
 PLACEHOLDER = "X"  # stands for the subject when a prompt's relation is encoded
 
 
+# scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, CJK, kana): no word boundary to ask for
+UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
+WORD = rf"[^\W{UNSPACED}]"  # a word character of a script written with spaces
+
+
 def subject_pattern(subject: str) -> re.Pattern:
-    """The subject as whole words, any case ("the eiffel tower is in" names "Eiffel Tower")."""
-    return re.compile(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", re.IGNORECASE)
+    """The subject as whole words, any case ("the eiffel tower is in" names "Eiffel Tower"); in a script
+    without spaces ("埃菲尔铁塔位于"), or where the subject meets one ("用iPhone拍照"), wherever it occurs."""
+    before = rf"(?<!{WORD})" if re.match(WORD, subject[:1]) else ""
+    after = rf"(?!{WORD})" if re.match(WORD, subject[-1:]) else ""
+    return re.compile(before + re.escape(subject) + after, re.IGNORECASE)
 
 
 def without_subject(text: str, subject: str) -> str:
@@ -278,16 +287,20 @@ class LarimarDecoder(nn.Module):
         texts = self.texts(input_ids, attention_mask) if subject or self.settings["encoder"] != "model" else None
         if subject:
             chosen, best = self.by_subject(texts)
-            if not (chosen >= 0).any():  # nothing read: no query encoding, no readout
-                return chosen, best, zr
-        zq = self.encode(input_ids, attention_mask, texts).float()  # (B, C), unit
+            if self.settings.get("mode", "context") != "prefix" or not (chosen >= 0).any():
+                return chosen, best, zr  # the chosen episode's text is read (or nothing is): no readout needed
+            # mode=prefix: the memory is read with the chosen episode's encoding, so the readout that
+            # conditions the decoder is of the episode the scope chose, not of whatever the prompt resembles
+            zq = self.episodes[chosen.clamp(min=0)]  # (B, C), unit
+        else:
+            zq = self.encode(input_ids, attention_mask, texts).float()  # (B, C), unit
         if self._runtime.get("memory_pinv") is None:
             # from the float32 M that an export ships, so memedit and the export read alike; M has
             # rank ≤ min(n, C) < K, so directions below rtol are cut
             self._runtime["memory_pinv"] = torch.linalg.pinv(self.memory.double(), rtol=1e-6)  # (C, K)
         zr = ((zq.double() @ self._runtime["memory_pinv"]) @ self.memory.double()).float()  # (B, C) readout
         if subject:
-            return chosen, best, zr
+            return chosen, best, torch.where((chosen >= 0)[:, None], zr, torch.zeros_like(zr))
         best, _ = nearest(zq, self.episodes)  # scope: the nearest written episode
         read = (nn.functional.normalize(zr, dim=-1) @ self.episodes.T).argmax(1)
         chosen = torch.where(best >= self.settings["threshold"], read, torch.full_like(read, -1))
@@ -352,7 +365,7 @@ class LarimarDecoder(nn.Module):
             if past is None:
                 from transformers import DynamicCache
 
-                name = next(n for n in CACHE_ARGS if n in self._signature.parameters)
+                name = next((n for n in CACHE_ARGS if n in self._signature.parameters), CACHE_ARGS[-1])
                 past = a[name] = DynamicCache(config=self.base.config)
             dtype = next(self.base.parameters()).dtype
             for layer, (k, v) in enumerate(self._runtime["adapter"](self._seq["readout"].to(x.device))):

@@ -51,8 +51,9 @@ def export_extras(model, out_dir) -> dict | None:
         return None
     from memedit_cli.methods.wise.modeling_memedit_wise import PREFIX
 
+    # the modeling file makes WISE<Stock> from the model's own transformers class when it is loaded;
+    # named before anything is written, so a model it cannot wrap leaves the folder and config as they were
+    cls = stock_class(model, PREFIX)
     model.config.memedit_wise = described
     shutil.copyfile(MODELING_FILE, Path(out_dir) / MODELING_FILE.name)
-    # the modeling file makes WISE<Stock> from the model's own transformers class when it is loaded
-    return {"auto_map": {"AutoModelForCausalLM": f"{MODELING_FILE.stem}.{stock_class(model, PREFIX)}"},
-            "modeling_file": MODELING_FILE.name}
+    return {"auto_map": {"AutoModelForCausalLM": f"{MODELING_FILE.stem}.{cls}"}, "modeling_file": MODELING_FILE.name}

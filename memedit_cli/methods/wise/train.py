@@ -168,9 +168,12 @@ class EditRows:
 
 
 def activation_name(config) -> str:
-    """The FFN's activation function, as transformers' ACT2FN names it (LLaMA family: hidden_act; GPT-2/J:
-    activation_function)."""
-    return getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "gelu"
+    """The FFN's activation function, as transformers' ACT2FN names it (LLaMA family: hidden_act; Gemma 2/3:
+    hidden_activation; GPT-2/J: activation_function)."""
+    for name in ("hidden_activation", "hidden_act", "activation_function"):
+        if getattr(config, name, None):
+            return getattr(config, name)
+    return "gelu"
 
 
 def _act(model, hp) -> str | None:
