@@ -118,8 +118,18 @@ def test_a_segment_logged_before_the_subject_scope_reads_by_similarity():
     ("Eiffel Tower", "the eiffel tower is in", True),
     ("埃菲尔铁塔", "埃菲尔铁塔位于", True),  # written without spaces: no word boundary to ask for
     ("iPhone", "用iPhone拍照", True), ("กรุงเทพ", "กรุงเทพมหานคร", True),
+    ("Ann", "Annette and Ann", True),  # a rejected occurrence does not hide a later whole-word one
+    ("İstanbul", "Born in İstanbul, she", True),  # lowercasing lengthens "İ": matched by pattern
 ])
 def test_a_subject_is_named_as_whole_words_where_the_script_has_spaces(subject, text, named):
-    from memedit_cli.methods.larimar.modeling_memedit_larimar import subject_pattern
+    from memedit_cli.methods.larimar.modeling_memedit_larimar import subject_spans, without_subject
 
-    assert bool(subject_pattern(subject).search(text)) is named
+    assert bool(subject_spans(text, subject)) is named
+    assert (without_subject(text, subject) != text) is named
+
+
+def test_the_subject_is_replaced_at_each_whole_word_occurrence():
+    from memedit_cli.methods.larimar.modeling_memedit_larimar import without_subject
+
+    assert without_subject("Paris, Parisian Paris. PARIS", "Paris") == "X, Parisian X. X"
+    assert without_subject("What is the capital of France?", "France") == "What is the capital of X?"

@@ -112,11 +112,11 @@ class Larimar(Method):
     def compute(self, model, tok, facts, hp: LarimarHparams, seed: int, env, reuse=None):
         import torch
 
-        from memedit_cli.methods.larimar.modeling_memedit_larimar import pack_texts, subject_pattern, without_subject
+        from memedit_cli.methods.larimar.modeling_memedit_larimar import pack_texts, subject_spans, without_subject
 
         if hp.scope == "subject":
             for f in facts:
-                if not subject_pattern(f.subject).search(f.prompt):
+                if not subject_spans(f.prompt, f.subject):
                     raise UserError(f"fact {f.id}: its subject {f.subject!r} occurs in its prompt only inside a "
                                     "word; scope=subject matches whole words (or --set scope=similarity)")
         subject = hp.scope == "subject"  # only that scope reads each episode's subject and relation

@@ -70,17 +70,40 @@ UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u9fff\uf900-\ufaff\U0
 WORD = rf"[^\W{UNSPACED}]"  # a word character of a script written with spaces
 
 
-def subject_pattern(subject: str) -> re.Pattern:
-    """The subject as whole words, any case ("the eiffel tower is in" names "Eiffel Tower"); in a script
-    without spaces ("埃菲尔铁塔位于"), or where the subject meets one ("用iPhone拍照"), wherever it occurs."""
-    before = rf"(?<!{WORD})" if re.match(WORD, subject[:1]) else ""
-    after = rf"(?!{WORD})" if re.match(WORD, subject[-1:]) else ""
-    return re.compile(before + re.escape(subject) + after, re.IGNORECASE)
+_WORD = re.compile(WORD)
+
+
+def subject_spans(text: str, subject: str) -> list[tuple[int, int]]:
+    """Where the text names the subject: as whole words, any case ("the eiffel tower is in" names "Eiffel
+    Tower"); in a script without spaces ("埃菲尔铁塔位于"), or where the subject meets one ("用iPhone拍照"),
+    wherever it occurs. Non-overlapping (start, end) spans, left to right. A substring search and a look
+    at the two neighbouring characters: no pattern is compiled per subject, so a state of thousands of
+    episodes loads without compiling thousands of regular expressions."""
+    low, sub = text.lower(), subject.lower()
+    if not sub:
+        return []
+    if len(low) != len(text) or len(sub) != len(subject):  # lowercasing changed a length ("İ"): by pattern
+        before = rf"(?<!{WORD})" if _WORD.match(subject[:1]) else ""
+        after = rf"(?!{WORD})" if _WORD.match(subject[-1:]) else ""
+        return [m.span() for m in re.finditer(before + re.escape(subject) + after, text, re.IGNORECASE)]
+    first, last = bool(_WORD.match(sub[0])), bool(_WORD.match(sub[-1]))
+    spans, i = [], low.find(sub)
+    while i >= 0:
+        j = i + len(sub)
+        inside = (first and i > 0 and _WORD.match(low[i - 1])) or (last and j < len(low) and _WORD.match(low[j]))
+        if not inside:
+            spans.append((i, j))
+        i = low.find(sub, j if not inside else i + 1)
+    return spans
 
 
 def without_subject(text: str, subject: str) -> str:
     """The text with its subject replaced by PLACEHOLDER: what is left of a prompt is its relation."""
-    return subject_pattern(subject).sub(PLACEHOLDER, text)
+    out, at = [], 0
+    for i, j in subject_spans(text, subject):
+        out += [text[at:i], PLACEHOLDER]
+        at = j
+    return "".join(out) + text[at:]
 
 
 def pack_texts(texts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +240,6 @@ class LarimarDecoder(nn.Module):
                 raise ValueError("scope=subject needs each episode's subject and relation encoding")
             self.subjects = list(subjects)
             self._runtime["lower"] = [sub.lower() for sub in subjects]
-            self._runtime["patterns"] = [subject_pattern(sub) for sub in subjects]
             self.relations = nn.functional.normalize(relations.float().cpu(), dim=-1)
         self._runtime["memory_pinv"] = None  # computed on the first read: attaching many segments pays it once
         self._seq = None
@@ -260,10 +282,10 @@ class LarimarDecoder(nn.Module):
         the text once and the rest encoded, then compared with the candidates' relations."""
         chosen = torch.full((len(texts),), -1, dtype=torch.long)
         sims = torch.full((len(texts),), float("-inf"))
-        lower, patterns = self._runtime["lower"], self._runtime["patterns"]
+        lower = self._runtime["lower"]
         for b, text in enumerate(texts):
             low = text.lower()  # the substring test first: a regex per episode only where it can match
-            cands = [j for j, sub in enumerate(lower) if sub in low and patterns[j].search(text)]
+            cands = [j for j, sub in enumerate(lower) if sub in low and subject_spans(text, self.subjects[j])]
             if not cands:
                 continue
             distinct = sorted({lower[j] for j in cands})
