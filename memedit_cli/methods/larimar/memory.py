@@ -25,6 +25,8 @@ operations beyond rounding.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -32,6 +34,13 @@ def reference_memory(K: int, C: int, seed: int) -> torch.Tensor:
     """(K, C) float64 M_ref, rows ~ N(0, I/C), drawn on the CPU so every device gets the same one."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(K, C, generator=gen, dtype=torch.float64) / C ** 0.5
+
+
+@functools.lru_cache(maxsize=4)
+def reference_pinv(K: int, C: int, seed: int) -> torch.Tensor:
+    """(C, K) float64 M_ref⁺, once per process and size: its SVD is most of the cost of materializing a
+    state (every `apply` of one fact to a 1,000-episode state paid it again). Read only."""
+    return torch.linalg.pinv(reference_memory(K, C, seed))
 
 
 class EpisodicMemory:
@@ -43,7 +52,7 @@ class EpisodicMemory:
         if not ridge > 0:
             raise ValueError(f"ridge must be > 0 (it keeps the covariance invertible), got {ridge}")
         self.K, self.C, self.ridge, self.seed = K, C, float(ridge), seed
-        self.ref_pinv = torch.linalg.pinv(reference_memory(K, C, seed))  # (C, K)
+        self.ref_pinv = reference_pinv(K, C, seed)  # (C, K), shared: never changed in place
         self.M = torch.zeros(K, C, dtype=torch.float64)
         self._cov = None  # (K, K), made when first needed: `of` does not need it
         self._gram = torch.zeros(C, C, dtype=torch.float64)  # Σ ZᵢᵀZᵢ while _cov is None
