@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 from conftest import FACTS, FAST, Memedit, logits, write_facts
 
@@ -82,3 +83,20 @@ def test_a_forget_that_computes_nothing_again_is_not_refused_for_drift(repo, tmp
     assert repo("forget", FACTS[2]["id"], ok=False).exit_code == 1  # its segment shrinks: computed again
     out = repo.json("forget", FACTS[1]["id"], FACTS[2]["id"])  # the whole last segment goes: nothing computed
     assert out["timings"]["replayed_segments"] == 0 and "drift" not in out
+
+
+@pytest.mark.parametrize("settings", [
+    FAST_MEMIT, ["--method", "wise", "--set", "n_iter=3"],
+], ids=["memit", "wise"])
+def test_an_apply_on_an_edited_state_loads_the_base_weights_once_when_its_templates_are_cached(
+        repo, tmp_path, monkeypatch, settings):
+    """The context templates (MEMIT) and prefixes (WISE) are generated on the unedited model: on an edited
+    state that is a second copy of the weights (15 GiB at 8B in bf16), needed only on a cache miss."""
+    from memedit_cli.lm import models
+
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), *settings)  # fills the caches
+    loads = []
+    real = models.load
+    monkeypatch.setattr(models, "load", lambda config: loads.append(1) or real(config))
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:2]), *settings)
+    assert len(loads) == 1  # the state's own model

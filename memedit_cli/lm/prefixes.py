@@ -42,20 +42,29 @@ def generate(model, tok, n: int, length: int, seed: int = 0) -> tuple[str, ...]:
     return ("{}", *out)
 
 
-def cached(model, tok, n: int, length: int, cache_dirs, model_key: str) -> tuple[str, ...]:
+def cached(load, n: int, length: int, cache_dirs, model_key: str) -> tuple[str, ...]:
     """The templates for this model, generated on first use and kept in every dir of `cache_dirs`
-    (the repository's cache, then the per-user cache shared by repositories)."""
+    (the repository's cache, then the per-user cache shared by repositories). `load()` gives the
+    (model, tok) to generate them with, called only on a miss: on an edited state that is a second
+    copy of the base weights, which a cache hit never loads."""
+    name = f"context-templates-{model_key[:16]}-{n}x{length}.json"
+    return tuple(cached_json(name, lambda: list(generate(*load(), n, length)), cache_dirs))
+
+
+def cached_json(name: str, make, cache_dirs):
+    """A value computed once on the unedited model (`make()`, JSON), kept as memit/<name> in every dir of
+    `cache_dirs` that lacks it; the first dir that has it answers."""
     from memedit_cli.store.fileio import write_atomic
 
-    paths = [Path(d) / "memit" / f"context-templates-{model_key[:16]}-{n}x{length}.json" for d in cache_dirs]
+    paths = [Path(d) / "memit" / name for d in cache_dirs]
     found = next((p for p in paths if p.is_file()), None)
-    templates = tuple(json.loads(found.read_text())) if found else generate(model, tok, n, length)
-    data = json.dumps(list(templates), ensure_ascii=False).encode()
+    value = json.loads(found.read_text()) if found else make()
+    data = json.dumps(value, ensure_ascii=False).encode()
     for path in paths:
         if not path.is_file():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(path, data)
-            except OSError:  # a read-only shared cache is not an error: the templates are in the log
+            except OSError:  # a read-only shared cache is not an error: what it holds is in the log
                 pass
-    return templates
+    return value

@@ -108,8 +108,7 @@ class MEMIT(WeightMethod):
         _check_tokens(hp, model)  # before anything is generated or cached
         changes = {}
         if not hp.context_templates:
-            base, base_tok = env.load_base()
-            changes["context_templates"] = prefixes.cached(base, base_tok, hp.n_context_templates,
+            changes["context_templates"] = prefixes.cached(env.load_base, hp.n_context_templates,
                                                            hp.context_template_length, env.cache_dirs, env.model_key)
         if hp.mom2_update_weight == 0 and not hp.null_space:
             changes["mom2_update_weight"] = self.default_hparams(model).mom2_update_weight

@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 from memedit_cli.errors import HparamsError
 from memedit_cli.lm import prefixes
@@ -92,16 +94,18 @@ class WISE(Method):
                                    "--set router=... (key_layer, key_relation, relation_margin), or forget those "
                                    "edits first")
         margins = hp.router == "activation" and 0 in (hp.alpha, hp.beta, hp.gamma)  # keys: no routing loss
-        if not hp.prefixes or not hp.irrelevant or margins:
-            base, base_tok = env.load_base()
-        if not hp.prefixes:
-            changes["prefixes"] = prefixes.cached(base, base_tok, hp.n_prefixes, hp.prefix_length,
+        if not hp.prefixes:  # the unedited model is loaded only if the templates are not cached
+            changes["prefixes"] = prefixes.cached(env.load_base, hp.n_prefixes, hp.prefix_length,
                                                   env.cache_dirs, env.model_key)
         if not hp.irrelevant:
-            made = prefixes.cached(base, base_tok, hp.n_irrelevant, 12, env.cache_dirs, env.model_key)
+            made = prefixes.cached(env.load_base, hp.n_irrelevant, 12, env.cache_dirs, env.model_key)
             changes["irrelevant"] = tuple(t.removesuffix(". {}") for t in made[1:])
         if margins:
-            m = output_norm(base, base_tok, changes.get("irrelevant", hp.irrelevant), hp.layer)
+            texts = changes.get("irrelevant", hp.irrelevant)
+            digest = hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()[:16]
+            # the unedited model's output norm, cached: on an edited state computing it loads a second model
+            m = prefixes.cached_json(f"wise-output-norm-{env.model_key[:16]}-{hp.layer}-{digest}.json",
+                                     lambda: output_norm(*env.load_base(), texts, hp.layer), env.cache_dirs)
             for k in ("alpha", "beta", "gamma"):
                 if getattr(hp, k) == 0:
                     changes[k] = round(getattr(hp, f"{k}_rel") * m, 4)
