@@ -131,16 +131,19 @@ class Build:
         self.env = self.env.after(seg)
         self._unsettled.append(seg)
 
-    def settle(self) -> None:
-        """Let the segments kept since the last call take effect (once for a run of kept segments)."""
-        methods.settle(self.model, self._unsettled)
-        self._unsettled = []
+    def settle(self, but=None) -> None:
+        """Let the segments kept since the last call take effect (once for a run of kept segments); those of
+        method `but`, if given, stay pending until a later call."""
+        now = [s for s in self._unsettled if s["method"] != but]
+        methods.settle(self.model, now)
+        self._unsettled = [s for s in self._unsettled if s["method"] == but]
 
     @contextlib.contextmanager
     def computing(self, method):
-        """Inside, the model as `method` computes on it: other methods' wrappers that change the model's inputs
+        """Inside, the model as `method` computes on it: the kept segments have taken effect (those of
+        `method` itself only if it reads them), and other methods' wrappers that change the model's inputs
         (visible_to_others = False: Larimar's read episode) are off."""
-        self.settle()
+        self.settle(None if method.reads_own_segments else method.name)
         with contextlib.ExitStack() as stack:
             for other in methods.of(self.env.attached):
                 if other.name != method.name and not other.visible_to_others:

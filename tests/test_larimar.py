@@ -250,3 +250,21 @@ def test_prefix_mode_trains_an_adapter_and_reads_the_readout_through_it(repo, ti
     repo("forget", FACTS[1]["id"])
     after, _ = repo.state()
     assert decoder(after)._runtime["adapter"] is not None
+
+
+def test_one_fact_per_segment_settles_the_memory_once_and_reads_like_one_batch(repo, tmp_path, monkeypatch):
+    """compute never reads Larimar's own memory, so an apply of n one-fact segments does not rebuild it
+    n times (the write stays milliseconds per fact at 1,000 episodes); the state is the one-batch state's."""
+    from memedit_cli.methods.larimar.larimar_main import Larimar
+
+    sets = ["--method", "larimar", "--set", "encoder=model", "--set", "scope=similarity", "--set", "threshold=-1",
+            "--set", SHORT]
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), *sets)
+    calls = []
+    real = Larimar.settle
+    monkeypatch.setattr(Larimar, "settle", lambda self, model: calls.append(1) or real(self, model))
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), *sets, "--batch-size", "1")
+    assert len(calls) == 1  # the state the apply starts from; none between its two segments
+    monkeypatch.undo()
+    model, tok = repo.state()
+    assert [one(model, tok, f"{f['prompt']} {f['target_new']}")[1] for f in FACTS] == [0, 1, 2]  # each its own

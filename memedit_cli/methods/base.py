@@ -130,6 +130,9 @@ class Method:
     needs_subject: bool = False
     independent: bool = False  # segments do not depend on earlier segments of this method
     visible_to_others: bool = True  # False: its wrappers are off while other methods compute (`hidden`)
+    # False: `compute` never reads what this method's own earlier segments did to the model, so they need not
+    # take effect (`settle`) before it runs: a run of one-fact segments settles once, not once per fact
+    reads_own_segments: bool = True
     resolvable: bool = False  # `forget --resolve`: a later segment may be recomputed from its stored `reuse`
     edits_ffn: bool = True  # edits (or wraps) an FFN output projection: refused where the model has none (MoE)
     measured: dict = {}  # shape_key(config) -> hparams measured for that shape (docs/methods/<name>.md)

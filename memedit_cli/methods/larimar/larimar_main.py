@@ -67,6 +67,7 @@ class Larimar(Method):
     hparams_class = LarimarHparams
     independent = True  # a segment's episodes do not depend on other segments (see module docstring)
     visible_to_others = False  # the read episode's text changes inputs: off while other methods compute
+    reads_own_segments = False  # an episode is encoded by MiniLM or the decoder without the memory
     edits_ffn = False  # wraps the whole decoder: any family, mixture-of-experts ones too
 
     def default_hparams(self, model) -> LarimarHparams:
