@@ -198,11 +198,11 @@ def memit_parts(s: Shape, hp, w: Workload) -> list[Part]:
         part(f"sampling KV cache ({GEN_BATCH} sequences × {STATS_ROW} tokens)", "stats", "gpu", s.dtype,
              f"{GEN_BATCH * STATS_ROW} tok × {s.layers} blocks", nbytes=kv_bytes(s, GEN_BATCH * STATS_ROW, s.layers)),
         part("original weights of the band, kept to restore", "solve write", "gpu", s.dtype, s.w_shape, r),
-        part("C₀ of the layer solved, and Cp = Σ earlier KKᵀ", "solve write", "gpu", f64, C, 2),
-        # memit_main.compute: while `λC₀ + Cp + KKᵀ` is summed, C₀, Cp, λC₀ + Cp, KKᵀ and A are alive at once
-        # (alphaedit: C₀, Cp, P, P(KKᵀ + Cp), αI and A)
-        part("solve temporaries: " + ("P, P(KKᵀ + Cp), αI, A" if alpha else "λC₀ + Cp, KKᵀ, A"), "solve", "gpu",
-             f64, C, 4 if alpha else 3),
+        part("C₀ of the layer solved", "solve write", "gpu", f64, C),
+        # memit_main.compute sums in place: A = λC₀ + Σ Kp Kpᵀ + KKᵀ, then solve's LU copy of it (alphaedit:
+        # P, G = KKᵀ + Σ Kp Kpᵀ and A = P G at the product; P, A and the LU copy at the solve)
+        part("solve: " + ("P, G or the LU copy, A = P G" if alpha else "A = λC₀ + Σ Kp Kpᵀ + KKᵀ, its LU copy"),
+             "solve", "gpu", f64, C, 3 if alpha else 2),
         part("W + ΔW summed in float32 (one layer)", "write attach", "gpu", f32, s.w_shape, 3),
         part("C₀ of the band on the CPU", "stats load solve write", "cpu", f64, C, r),
         part("C₀ serialized for the repository object", "stats load", "cpu", torch.uint8, (r * s.d_ff ** 2 * 8,)),

@@ -178,14 +178,19 @@ class MEMIT(WeightMethod):
                 K = keys.T  # (d_in, n)
                 R = (z.double().to(current.device) - current).T / (len(hp.layers) - i)  # (d_out, n)
                 C = cov[name].to(K.device)
-                Cp = _gram([t[f"{name}.K"] for t in earlier if f"{name}.K" in t], C)  # (d_in, d_in): Σ Kp Kpᵀ
+                Kp = [t[f"{name}.K"] for t in earlier if f"{name}.K" in t]  # the earlier batches' keys
+                # the d_in × d_in sums are made in place: at d_in = 14,336 (8B) each such float64 matrix is
+                # 1.5 GiB, and `a + b + c` would hold five of them at once
                 if rule == "alphaedit":
                     P = _null_space_projector(C, hp)
-                    A = P @ (K @ K.T + Cp) + hp.null_space_l2 * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+                    A = P @ _add_grams(K @ K.T, Kp)  # P (K Kᵀ + Σ Kp Kpᵀ)
+                    A.diagonal().add_(hp.null_space_l2)
                     V = torch.linalg.solve(A, P @ K)
                     info.setdefault("null_dims", []).append(int(round(float(P.trace()))))
                 else:  # "sequential" adds the earlier keys to the prior; "memit" has none
-                    V = torch.linalg.solve(hp.mom2_update_weight * C + Cp + K @ K.T, K)  # (d_in, n)
+                    A = _add_grams(hp.mom2_update_weight * C, [*Kp, K])  # λC₀ + Σ Kp Kpᵀ + K Kᵀ
+                    V = torch.linalg.solve(A, K)  # (d_in, n)
+                del A
                 if rule != "memit":
                     tensors[f"{name}.K"] = K.float().cpu()  # what later batches' Kp are made of
                 U, V = R.float().cpu(), V.float().cpu()
@@ -216,14 +221,11 @@ def _earlier_keys(env, method: str, hp: MEMITHparams) -> list[dict]:
             and (seg["hparams"].get("null_space") if hp.null_space else True)]
 
 
-def _gram(keys: list, like):
-    """Σ K Kᵀ over key matrices K (d_in, n_j), in `like`'s dtype and device (zeros if none)."""
-    import torch
-
-    total = torch.zeros_like(like)
+def _add_grams(total, keys: list):
+    """total += Σ K Kᵀ over key matrices K (d_in, n_j), in place, in total's dtype and device; returns total."""
     for K in keys:
-        K = K.to(like)
-        total += K @ K.T
+        K = K.to(total)
+        total.addmm_(K, K.T)
     return total
 
 
