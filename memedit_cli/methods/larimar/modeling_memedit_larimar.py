@@ -68,8 +68,6 @@ PLACEHOLDER = "X"  # stands for the subject when a prompt's relation is encoded
 # scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, CJK, kana): no word boundary to ask for
 UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u9fff\uf900-\ufaff\U00020000-\U0003ffff"
 WORD = rf"[^\W{UNSPACED}]"  # a word character of a script written with spaces
-
-
 _WORD = re.compile(WORD)
 
 
@@ -284,7 +282,7 @@ class LarimarDecoder(nn.Module):
         sims = torch.full((len(texts),), float("-inf"))
         lower = self._runtime["lower"]
         for b, text in enumerate(texts):
-            low = text.lower()  # the substring test first: a regex per episode only where it can match
+            low = text.lower()  # the substring test first: the word-boundary look only where it can match
             cands = [j for j, sub in enumerate(lower) if sub in low and subject_spans(text, self.subjects[j])]
             if not cands:
                 continue
