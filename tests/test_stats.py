@@ -174,6 +174,25 @@ def test_cache_hit_and_copy(loaded, corpus, tmp_path, monkeypatch):
     assert torch.equal(third[names[1]], first[names[1]]) and torch.equal(third[names[0]], first[names[0]])
 
 
+def test_the_cache_dirs_share_one_file_per_module_and_copy_where_links_fail(loaded, corpus, tmp_path, monkeypatch):
+    # at d_in = 14,336 each module's C₀ is 1.6 GB: the repository's cache and the user's must not both hold it
+    model, tok, _ = loaded["gpt2"]
+    names = mlp_outs(model)
+    spec = CorpusSpec(str(corpus["txt"]), 200, 32)
+    files = lambda d: [stats_dir(tmp_path / d, "m", spec) / f"{n}.safetensors" for n in names]  # noqa: E731
+    first = second_moments(model, tok, names, spec, "m", [tmp_path / "a", tmp_path / "b"])
+    for a, b in zip(files("a"), files("b")):
+        assert a.stat().st_ino == b.stat().st_ino and a.stat().st_nlink == 2
+    second_moments(model, tok, names, spec, "m", [tmp_path / "a", tmp_path / "c"])  # cached in a, linked into c
+    assert [f.stat().st_ino for f in files("c")] == [f.stat().st_ino for f in files("a")]
+    monkeypatch.setattr("os.link", lambda *a, **k: (_ for _ in ()).throw(OSError(18, "cross-device link")))
+    got = second_moments(model, tok, names, spec, "m", [tmp_path / "a", tmp_path / "d"])
+    for a, d, n in zip(files("a"), files("d"), names):
+        assert a.stat().st_ino != d.stat().st_ino and d.stat().st_nlink == 1
+        assert torch.equal(load_file(d)["mom2"], first[n]) and torch.equal(got[n], first[n])
+    assert not [p for p in (tmp_path / "d").rglob(".*")], "no temporary file left behind"
+
+
 def test_resume_after_interruption(loaded, corpus, tmp_path):
     model, tok, _ = loaded["llama"]
     names = mlp_outs(model)

@@ -23,7 +23,8 @@ How it runs:
 - Cache. One safetensors file per module, `mom2` (the mean) and `count`, at
   `DIR/stats/MODEL_KEY/SPEC_KEY/MODULE.safetensors`, looked up in every dir of
   `cache_dirs` in order and written to all of them, so repositories of one
-  model share what any of them computed.
+  model share what any of them computed: once, the other dirs' files hard
+  links to it where they share a file system (a copy where not).
 - Resume. Every `checkpoint_every` units (rows or sampling batches; default: by time, at least 20 s apart
   and at most ~10% of the time spent writing) the running sums go to
   `partial.safetensors` in the spec's folder of the first cache dir. A rerun of
@@ -59,6 +60,7 @@ from memedit_cli.stats.store import (
     CHECKPOINT_MIN_S,
     checkpoint,
     find_partial,
+    has_mom2,
     load_mom2,
     module_file,
     mom2_bytes,
@@ -89,13 +91,15 @@ def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_
     # rank 0 decides what is cached and what to compute; the other ranks follow its plan
     plan = None
     if rank == 0:
-        cached, present = {}, {}
+        cached, present = {}, {}  # {name: C₀}, {name: {spec dir: its file}}; each C₀ read from one dir only
         for name in names:
             for sd in spec_dirs:
-                mom2 = load_mom2(module_file(sd, name), spec.tokens)
-                if mom2 is not None:
+                path = module_file(sd, name)
+                if name not in cached and (mom2 := load_mom2(path, spec.tokens)) is not None:
                     cached[name] = mom2
-                    present.setdefault(name, set()).add(sd)
+                    present.setdefault(name, {})[sd] = path
+                elif name in cached and has_mom2(path, spec.tokens):
+                    present[name][sd] = path
         missing = [n for n in names if n not in cached]
         resume = find_partial(spec_dirs, spec, missing) if missing else None
         plan = {"cached": cached, "missing": missing, "resume": resume}
@@ -116,8 +120,9 @@ def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_
     if rank == 0:  # a copy of what another cache dir held, so each dir has everything
         for name in plan["cached"]:
             lacking = [module_file(sd, name) for sd in spec_dirs if sd not in present[name]]
-            if lacking:
-                save_everywhere(lacking, mom2_bytes(results[name], spec, name))
+            if lacking:  # hard links to the file it was read from, where the file system allows
+                save_everywhere(lacking, lambda m=results[name], n=name: mom2_bytes(m, spec, n),
+                                source=next(iter(present[name].values())))
     if world > 1:
         torch.distributed.barrier()
     return {name: results[name] for name in module_names}

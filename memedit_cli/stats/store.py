@@ -44,30 +44,67 @@ def mom2_bytes(mom2: torch.Tensor, spec, name: str) -> bytes:
                 metadata={"format": "memedit-mom2-v1", "module": name, "corpus": spec.key()})
 
 
+def has_mom2(path: Path, tokens: int) -> bool:
+    """Whether `path` holds a square float64 mean over `tokens` tokens, from its header and count alone
+    (at d_in = 14,336 the matrix is 1.6 GB: a second cache dir's copy is checked, not read)."""
+    if not path.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            part = f.get_slice("mom2")
+            shape, dtype, count = part.get_shape(), part.get_dtype(), int(f.get_tensor("count"))
+    except Exception:
+        return False
+    return dtype == "F64" and len(shape) == 2 and shape[0] == shape[1] and count == tokens
+
+
 def load_mom2(path: Path, tokens: int) -> torch.Tensor | None:
     """The cached mean, or None when absent, unreadable, or not over `tokens` tokens (then it is recomputed)."""
-    if not path.is_file():
+    if not has_mom2(path, tokens):
         return None
     try:
         from safetensors.torch import load_file
 
-        t = load_file(str(path))
-        mom2, count = t["mom2"], int(t["count"])
+        return load_file(str(path))["mom2"]
     except Exception:
         return None
-    if mom2.dtype != torch.float64 or mom2.dim() != 2 or mom2.shape[0] != mom2.shape[1] or count != tokens:
-        return None
-    return mom2
 
 
-def save_everywhere(paths: list[Path], data: bytes) -> None:
-    """Atomic writes to each path; a cache dir that cannot be written is reported, not fatal."""
+def save_everywhere(paths: list[Path], data, source: Path | None = None) -> None:
+    """Atomic writes to each path; a cache dir that cannot be written is reported, not fatal.
+
+    `data`: the bytes, or a function making them (called only if a copy must be written). They are
+    written once; every other path is a hard link to that file (or to `source`, a file that holds them
+    already) where the file system allows it, a copy where not. The files are only ever replaced
+    whole, never changed in place, so linked names cannot disagree.
+    """
     for path in paths:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data)
+            if source is None or not _link(source, path):
+                if callable(data):
+                    data = data()
+                write_atomic(path, data)
+                source = path
         except OSError as e:
             print(f"memedit: warning: cannot write {path}: {e.strerror}", file=sys.stderr)
+
+
+def _link(source: Path, path: Path) -> bool:
+    """`path` becomes a hard link to `source`, atomically (temp name, then rename); False where linking fails."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.link-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def checkpoint(path: Path, sums, counts, rows: int, spec, rank: int, world: int) -> None:
