@@ -9,9 +9,6 @@ hyperparameters, so a replay never regenerates them.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from memedit_cli.lm.cache import cache_kwargs, cache_of
 
 SEEDS = ("The", "Therefore", "Because", "I", "You")
@@ -47,24 +44,8 @@ def cached(load, n: int, length: int, cache_dirs, model_key: str) -> tuple[str, 
     (the repository's cache, then the per-user cache shared by repositories). `load()` gives the
     (model, tok) to generate them with, called only on a miss: on an edited state that is a second
     copy of the base weights, which a cache hit never loads."""
-    name = f"context-templates-{model_key[:16]}-{n}x{length}.json"
-    return tuple(cached_json(name, lambda: list(generate(*load(), n, length)), cache_dirs))
+    from memedit_cli.lm.base_values import cached_json
 
+    name = f"context-templates-{model_key[:16]}-{n}x{length}.json"  # under memit/, where they were first kept
+    return tuple(cached_json("memit", name, lambda: list(generate(*load(), n, length)), cache_dirs))
 
-def cached_json(name: str, make, cache_dirs):
-    """A value computed once on the unedited model (`make()`, JSON), kept as memit/<name> in every dir of
-    `cache_dirs` that lacks it; the first dir that has it answers."""
-    from memedit_cli.store.fileio import write_atomic
-
-    paths = [Path(d) / "memit" / name for d in cache_dirs]
-    found = next((p for p in paths if p.is_file()), None)
-    value = json.loads(found.read_text()) if found else make()
-    data = json.dumps(value, ensure_ascii=False).encode()
-    for path in paths:
-        if not path.is_file():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, data)
-            except OSError:  # a read-only shared cache is not an error: what it holds is in the log
-                pass
-    return value

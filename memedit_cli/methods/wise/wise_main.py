@@ -25,6 +25,7 @@ import json
 from memedit_cli.errors import HparamsError
 from memedit_cli.lm import prefixes
 from memedit_cli.lm.arch import arch_for, extra_output, num_layers
+from memedit_cli.lm.base_values import cached_json
 from memedit_cli.lm.models import input_device
 from memedit_cli.methods.base import Footprint, Method
 from memedit_cli.methods.wise.hparams import WISEHparams
@@ -104,8 +105,8 @@ class WISE(Method):
             texts = changes.get("irrelevant", hp.irrelevant)
             digest = hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()[:16]
             # the unedited model's output norm, cached: on an edited state computing it loads a second model
-            m = prefixes.cached_json(f"wise-output-norm-{env.model_key[:16]}-{hp.layer}-{digest}.json",
-                                     lambda: output_norm(*env.load_base(), texts, hp.layer), env.cache_dirs)
+            m = cached_json("wise", f"output-norm-{env.model_key[:16]}-{hp.layer}-{digest}.json",
+                            lambda: output_norm(*env.load_base(), texts, hp.layer), env.cache_dirs)
             for k in ("alpha", "beta", "gamma"):
                 if getattr(hp, k) == 0:
                     changes[k] = round(getattr(hp, f"{k}_rel") * m, 4)
