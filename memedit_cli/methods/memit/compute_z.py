@@ -112,6 +112,7 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
     delta = torch.zeros_like(h_init, requires_grad=True)  # (n, d)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     done = torch.zeros(n, dtype=torch.bool, device=device)
+    done_at = torch.full((n,), -1, dtype=torch.long, device=device)  # the step at which each fact froze
     init_kl, last, steps = None, None, 0
     for step in bar(range(hp.v_num_grad_steps), desc=f"memit z: {n} fact(s)", unit="step"):
         parts = [bk.outputs(model, block, delta) for bk in buckets]
@@ -132,6 +133,7 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
         loss = nll + hp.kl_factor * kl + wd  # (n,)
         last, steps = loss.detach(), step + 1
         done |= last < hp.v_stop_loss
+        done_at[done & (done_at < 0)] = step
         if bool(done.all()) or step == hp.v_num_grad_steps - 1:
             break
         frozen = delta.detach().clone()
@@ -144,7 +146,10 @@ def compute_z(model, tok, facts, hp, layer: int, templates, device, prefix_cache
             delta.mul_(scale[:, None])
     z = (h_init + delta.detach()).float()
     info = {"z_steps": steps, "z_loss_max": round(float(last.max()), 6), "z_loss_mean": round(float(last.mean()), 6),
-            "z_reached": int(done.sum()), "z_tokens_per_step": sum(bk.h0.shape[0] * bk.h0.shape[1] for bk in buckets)}
+            "z_reached": int(done.sum()),
+            # forward passes a fact needed before it froze (or all): what a loop that drops frozen rows would run
+            "z_fact_steps_mean": round(float(torch.where(done_at >= 0, done_at + 1, steps).float().mean()), 2),
+            "z_tokens_per_step": sum(bk.h0.shape[0] * bk.h0.shape[1] for bk in buckets)}
     return z, info
 
 
