@@ -216,3 +216,23 @@ def test_bad_router_settings_are_refused_before_loading(repo, tmp_path, setting,
     r = repo("apply", write_facts(tmp_path / "f.jsonl"), "--method", "wise", "--set", setting, ok=False)
     assert r.exit_code != 0 and message in r.output
     assert repo.tree() == before
+
+
+def test_the_relation_words_start_at_the_subjects_first_token():
+    """The subject's first token is not a relation word: tokenizing the text before the subject ends in
+    the space before it, which a BPE tokenizer may make a token of its own ("... by " -> "Ġby", "Ġ"),
+    one more than the whole text has before the subject; that once moved the subject's first token
+    ("ĠUn" of "UniFirst") into the relation's words."""
+    from tiny import build_tokenizer
+
+    from memedit_cli.lm.tokens import subject_first, subject_last
+
+    tok = build_tokenizer()
+    for text, subject in [("What is the product made by UniFirst?", "UniFirst"), ("UniFirst makes", "UniFirst"),
+                          ("What is the product made by UniFirst?", "the product"),
+                          ("The mother tongue of Danielle Darrieux is", "Danielle Darrieux")]:
+        start = text.index(subject)
+        enc = tok(text, return_offsets_mapping=True)
+        first, last = subject_first(tok, text, start), subject_last(tok, text, start + len(subject))
+        assert tok.decode(enc["input_ids"][first:last + 1]).strip() == subject
+        assert enc["offset_mapping"][first][1] > start and (first == 0 or enc["offset_mapping"][first - 1][1] <= start)

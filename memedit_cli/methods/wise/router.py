@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from memedit_cli.lm.arch import arch_for
-from memedit_cli.lm.tokens import subject_last
+from memedit_cli.lm.tokens import subject_first, subject_last
 from memedit_cli.methods.wise import modeling_memedit_wise as modeling
 from memedit_cli.methods.wise.train import activation
 
@@ -78,7 +78,7 @@ def prompt_keys(model, tok, facts, name: str, device) -> tuple[torch.Tensor, lis
         enc = tok([fact.prompt], return_tensors="pt").to(device)
         a = activation(model, name, enc["input_ids"], enc["attention_mask"])[0].float().cpu()  # (T, d_in)
         start = fact.prompt.index(fact.subject)
-        first = len(tok(fact.prompt[:start])["input_ids"]) if start else 0
+        first = subject_first(tok, fact.prompt, start)
         last = subject_last(tok, fact.prompt, start + len(fact.subject))
         keys.append(a[last])
         keep = [t for t in range(a.shape[0]) if t < first or t > last]
