@@ -118,6 +118,8 @@ def test_forget_after_a_sequence_of_batches_equals_a_fresh_repository(repo, tiny
     args = memit_args(corpus) + [a for r in rule for a in ("--set", r)]
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *args)
     repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *args)
+    # each apply records how long C₀ took it (computed by the first, read from the cache by the second)
+    assert all("stats_s" in s["info"] for r in repo.json("log") for s in r["segments"])
     rec = repo.json("forget", gone)
     replayed = repo.json("show", rec["revision"])["rebuilt"]
     if gone == "darrieux":  # first batch: its z is reused, the second batch is recomputed

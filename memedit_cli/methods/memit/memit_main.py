@@ -22,6 +22,7 @@ vectors had, before the solve.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from memedit_cli.errors import HparamsError
 from memedit_cli.lm import prefixes
@@ -158,8 +159,10 @@ class MEMIT(WeightMethod):
         else:
             z, info = compute_z(model, tok, facts, hp, z_layer, hp.context_templates, device)
         # C₀ goes into the repository (an object the segment names): a replay reads it there, never a cache
-        def statistics() -> dict:
+        def statistics() -> dict:  # a new segment's C₀ and its seconds (computed, or read from a cache)
+            t0 = time.perf_counter()
             cov, info["stats"] = self.stats(hp, env, model)
+            info["stats_s"] = round(time.perf_counter() - t0, 2)
             return cov
 
         cov = env.stored("mom2", statistics)
