@@ -153,7 +153,7 @@ def forget_resolved(d: Path, fact_id: str, facts: list, exact: bool = True) -> d
 
     out, logits = {}, {}
     prompts = [f.prompt for f in facts] + [f.locality_prompt for f in facts if f.locality_prompt]
-    for label, resolve in (("exact", False), ("resolve", True))[0 if exact else 1:]:
+    for label, resolve in ([("exact", False)] if exact else []) + [("resolve", True)]:
         with repo_copy(d, f"forget-{label}") as copy:
             t0 = time.perf_counter()
             rec = forget(copy, [fact_id], resolve=resolve)

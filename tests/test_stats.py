@@ -191,6 +191,11 @@ def test_the_cache_dirs_share_one_file_per_module_and_copy_where_links_fail(load
         assert a.stat().st_ino != d.stat().st_ino and d.stat().st_nlink == 1
         assert torch.equal(load_file(d)["mom2"], first[n]) and torch.equal(got[n], first[n])
     assert not [p for p in (tmp_path / "d").rglob(".*")], "no temporary file left behind"
+    # all_cached reads the headers: every module somewhere, or not
+    assert compute.all_cached(names, spec, "m", [tmp_path / "x", tmp_path / "d"])
+    files("d")[0].unlink()
+    assert not compute.all_cached(names, spec, "m", [tmp_path / "x", tmp_path / "d"])
+    assert not compute.all_cached(names, CorpusSpec(str(corpus["txt"]), 150, 32), "m", [tmp_path / "a"])
 
 
 def test_resume_after_interruption(loaded, corpus, tmp_path):

@@ -9,6 +9,7 @@ hyperparameters, so a replay never regenerates them.
 
 from __future__ import annotations
 
+from memedit_cli.lm.base_values import cached_json
 from memedit_cli.lm.cache import cache_kwargs, cache_of
 
 SEEDS = ("The", "Therefore", "Because", "I", "You")
@@ -44,8 +45,6 @@ def cached(load, n: int, length: int, cache_dirs, model_key: str) -> tuple[str, 
     (the repository's cache, then the per-user cache shared by repositories). `load()` gives the
     (model, tok) to generate them with, called only on a miss: on an edited state that is a second
     copy of the base weights, which a cache hit never loads."""
-    from memedit_cli.lm.base_values import cached_json
-
     name = f"context-templates-{model_key[:16]}-{n}x{length}.json"  # under memit/, where they were first kept
     return tuple(cached_json("memit", name, lambda: list(generate(*load(), n, length)), cache_dirs))
 

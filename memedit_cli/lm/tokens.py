@@ -16,17 +16,15 @@ def subject_last(tok, text: str, subject_end: int) -> int:
 
 
 def subject_first(tok, text: str, subject_start: int) -> int:
-    """Index of the first token of the subject that starts at character `subject_start` of `text`: the first
-    token whose characters reach past it. Not len(tok(text[:subject_start])): that prefix ends in the space
-    before the subject, which BPE tokenizers make a token of its own ("... by " -> [..., "Ġby", "Ġ"]), one
-    more than the full text has before the subject ("Ġby", "ĠUn")."""
-    enc = tok(text, return_offsets_mapping=True) if getattr(tok, "is_fast", False) else None
-    if enc is None:  # a slow tokenizer has no offsets: the prefix without the space before the subject
-        return len(tok(text[:subject_start].rstrip())["input_ids"]) if subject_start else 0
-    for i, (a, b) in enumerate(enc["offset_mapping"]):
-        if b > subject_start and b > a:  # special tokens span (0, 0)
-            return i
-    return len(enc["input_ids"])
+    """Index of the first token of the subject that starts at character `subject_start` of `text`: how
+    many tokens the whole text and the text before the subject have in common. Not the length of the
+    latter: it ends in the space before the subject, which a BPE tokenizer may make a token of its own
+    ("... by " -> "Ġby", "Ġ" where the whole text has "Ġby", "ĠUn")."""
+    before, full = tok(text[:subject_start])["input_ids"], tok(text)["input_ids"]
+    n = 0
+    while n < min(len(before), len(full)) and before[n] == full[n]:
+        n += 1
+    return n
 
 
 def check_fit(tok, facts, max_len: int | None) -> None:

@@ -91,15 +91,16 @@ def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_
     # rank 0 decides what is cached and what to compute; the other ranks follow its plan
     plan = None
     if rank == 0:
-        cached, present = {}, {}  # {name: C₀}, {name: {spec dir: its file}}; each C₀ read from one dir only
+        # {name: C₀}, {name: the file it was read from}, {name: the dirs holding it}; each C₀ read once
+        cached, source, present = {}, {}, {}
         for name in names:
             for sd in spec_dirs:
                 path = module_file(sd, name)
                 if name not in cached and (mom2 := load_mom2(path, spec.tokens)) is not None:
-                    cached[name] = mom2
-                    present.setdefault(name, {})[sd] = path
+                    cached[name], source[name] = mom2, path
+                    present.setdefault(name, set()).add(sd)
                 elif name in cached and has_mom2(path, spec.tokens):
-                    present[name][sd] = path
+                    present[name].add(sd)
         missing = [n for n in names if n not in cached]
         resume = find_partial(spec_dirs, spec, missing) if missing else None
         plan = {"cached": cached, "missing": missing, "resume": resume}
@@ -122,24 +123,17 @@ def second_moments(model, tok, module_names: list[str], spec: CorpusSpec, model_
             lacking = [module_file(sd, name) for sd in spec_dirs if sd not in present[name]]
             if lacking:  # hard links to the file it was read from, where the file system allows
                 save_everywhere(lacking, lambda m=results[name], n=name: mom2_bytes(m, spec, n),
-                                source=next(iter(present[name].values())))
+                                source=source[name])
     if world > 1:
         torch.distributed.barrier()
     return {name: results[name] for name in module_names}
 
 
-def cached_moments(module_names: list[str], spec: CorpusSpec, model_key: str, cache_dirs: list[Path]) -> dict | None:
-    """All of `module_names`' results from the cache, or None if any is missing (needs no model)."""
-    out = {}
-    for name in module_names:
-        for d in cache_dirs:
-            mom2 = load_mom2(module_file(stats_dir(d, model_key, spec), name), spec.tokens)
-            if mom2 is not None:
-                out[name] = mom2
-                break
-        else:
-            return None
-    return out
+def all_cached(module_names: list[str], spec: CorpusSpec, model_key: str, cache_dirs: list[Path]) -> bool:
+    """Whether every module's C₀ is in some cache dir, from the files' headers (needs no model, reads no
+    matrix: second_moments reads each one once)."""
+    return all(any(has_mom2(module_file(stats_dir(d, model_key, spec), name), spec.tokens) for d in cache_dirs)
+               for name in module_names)
 
 
 # -- the computation ----------------------------------------------------------

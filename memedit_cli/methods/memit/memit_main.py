@@ -129,11 +129,11 @@ class MEMIT(WeightMethod):
 
     def stats(self, hp: MEMITHparams, env, model) -> tuple[dict, str]:
         """(C₀ per edited layer (d_in, d_in) float64, the statistics' key), computed on the base model, cached."""
-        from memedit_cli.stats import cached_moments, second_moments
+        from memedit_cli.stats import all_cached, second_moments
 
         spec = self._spec(hp, model)
         names = [arch_for(model.config).mlp_out_at(layer) for layer in hp.layers]
-        if cached_moments(names, spec, env.model_key, env.cache_dirs) is None:  # only now is the unedited model needed
+        if not all_cached(names, spec, env.model_key, env.cache_dirs):  # only now is the unedited model needed
             base, base_tok = env.load_base()
         else:  # all cached somewhere: no model runs; copies go to the cache dirs that lack them
             base, base_tok = None, None

@@ -77,7 +77,7 @@ class KeyRouter(nn.Module):
         self.set_counts(counts)
         self.route = None  # (B,) long: the memory each row uses, -1 for the main memory
         self._margin = None  # (n_memories, B): the running max for cached generation
-        self._units = {}  # buffer name -> (the buffer, its version, its rows as float32 unit vectors)
+        self._units = {}  # buffer name -> (the buffer, its version, what _derived made of it)
 
     def set_counts(self, counts) -> None:
         """Keys per memory, in order: the memory each row of `keys` belongs to."""
@@ -101,22 +101,25 @@ class KeyRouter(nn.Module):
         self._margin = None
 
     def _unit(self, name: str) -> torch.Tensor:
-        """Buffer `name`'s rows as float32 unit vectors (`rel_owner`: as int64), made once, not at every
-        call: at a thousand edits the relation rows are ~10⁴ × d_in, and normalizing them per generated
-        token cost about as much as the matmul itself. A rebuild, a load or `.to()` gives a new tensor or
-        a new version: made anew."""
+        """Buffer `name`'s rows as float32 unit vectors, normalized once, not at every call: at a thousand
+        edits the relation rows are ~10⁴ × d_in, and normalizing them per generated token cost about as much
+        as the matmul itself."""
+        return self._derived(name, lambda t: nn.functional.normalize(t.float(), dim=-1))
+
+    def _derived(self, name: str, make) -> torch.Tensor:
+        """make(buffer `name`), kept until the buffer changes: a rebuild, a load or `.to()` gives a new
+        tensor or a new version, and then it is made anew. One derived tensor per buffer."""
         t = getattr(self, name)
         hit = self._units.get(name)
         if hit is None or hit[0] is not t or hit[1] != t._version:
-            made = t.long() if name == "rel_owner" else nn.functional.normalize(t.float(), dim=-1)
-            hit = (t, t._version, made)
+            hit = (t, t._version, make(t))
             self._units[name] = hit
         return hit[2]
 
     def _relation_margin(self, a, keys) -> torch.Tensor:
         """(B, C): for the keys `keys` ((C,) long), the mean over each key's word rows of their best cosine to
         a (B, T, d_in, unit rows) − ρ; +inf for a key without word rows (no gate)."""
-        owner = self._unit("rel_owner")  # (M,) int64, on the buffers' device (the input's)
+        owner = self._derived("rel_owner", torch.Tensor.long)  # (M,) int64, on the buffers' device (the input's)
         slot = torch.full((self.keys.shape[0],), -1, dtype=torch.long, device=a.device)
         slot[keys] = torch.arange(len(keys), device=a.device)  # key j -> its column among `keys`, or -1
         mine = slot[owner]  # (M,)
