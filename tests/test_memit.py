@@ -91,6 +91,62 @@ def test_keys_in_chunks_stopping_at_block_L_equal_one_full_forward(tiny_models, 
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_key_reads_resumed_above_an_updated_layer_equal_full_forwards(tiny_models, monkeypatch, arch):
+    """KeyReader: after layer 0's update, read(1) re-runs blocks 0..1 from block 0's kept input, on rows cut
+    after the subject, in chunks; it must give what a full forward of the updated model gives."""
+    from memedit_cli.facts import Fact
+    from memedit_cli.lm import models
+    from memedit_cli.lm.arch import arch_for
+    from memedit_cli.lm.nethook import capture
+    from memedit_cli.methods.base import weight_module
+    from memedit_cli.methods.memit import compute_ks
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models[arch])},
+                              "dtype": "float32", "device": "cpu"})
+    arch_ = arch_for(model.config)
+    facts, templates = [Fact(**f) for f in FACTS], ("{}", "A prefix. {}", "Longer prefix text here. {}")
+    monkeypatch.setattr(compute_ks, "CHUNK_ROWS", 4)  # 9 rows: three chunks
+    rows = compute_ks.key_rows(tok, facts, templates, "cpu")
+    reader = compute_ks.KeyReader(model, rows, (0, 1))
+    first = reader.read(0)
+    proj0 = weight_module(model, arch_.mlp_out_at(0))
+    with torch.no_grad():
+        proj0.weight.add_(0.5 * torch.randn_like(proj0.weight))  # the "update" of layer 0
+    keys, current = reader.read(1)
+    proj1, block = arch_.mlp_out_at(1), arch_.layer(1)
+    with torch.no_grad(), capture(model, inputs=[proj1], outputs=[block]) as seen:
+        model(input_ids=rows.input_ids, attention_mask=rows.attention_mask)
+    at = (torch.arange(len(rows.lookup)), rows.lookup)
+    want_keys = seen[f"in:{proj1}"][at].double().reshape(3, 3, -1).mean(1)
+    assert torch.allclose(keys, want_keys, atol=1e-5)
+    assert torch.allclose(current, seen[f"out:{block}"][at].double()[::3], atol=1e-5)
+    assert not torch.allclose(current, first[1], atol=1e-3), "the update must reach block 1's output"
+    with pytest.raises(ValueError, match="in turn"):
+        reader.read(1)
+
+
+def test_the_null_space_projector_is_computed_once_per_statistics(monkeypatch):
+    from memedit_cli.methods.memit import memit_main
+    from memedit_cli.methods.memit.hparams import MEMITHparams
+
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda C: calls.append(1) or eigh(C))
+    monkeypatch.setattr(memit_main, "_PROJECTORS", {})
+    a = torch.randn(16, 64, dtype=torch.float64)
+    C, hp = a @ a.T / 64, MEMITHparams(update="alphaedit", alphaedit_threshold=0.5)
+    P = memit_main._null_space_projector(C, hp)
+    evals, evecs = eigh(C)
+    null = evecs[:, evals < 0.5]
+    assert torch.allclose(P, null @ null.T) and 0 < null.shape[1] < 16
+    assert memit_main._null_space_projector(C.clone(), hp) is P and len(calls) == 1  # same bytes: kept
+    other = memit_main._null_space_projector(C, dataclasses.replace(hp, alphaedit_threshold=0.1))
+    assert len(calls) == 2 and not torch.allclose(other, P)
+    memit_main._null_space_projector(C + 1e-9 * torch.eye(16, dtype=torch.float64), hp)
+    assert len(calls) == 3  # another C₀: computed
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models, arch):
     from memedit_cli.facts import Fact
     from memedit_cli.lm import models
@@ -249,7 +305,7 @@ def test_norm_anchor_rescales_value_vectors_to_the_first_batch(tiny_models, tmp_
     """NAS: v* = v₀ + δ has the anchor's norm (or is v₀ when over twice it); a later batch uses the first's anchor."""
     from memedit_cli.facts import Fact
     from memedit_cli.methods.base import Env
-    from memedit_cli.methods.memit.compute_ks import key_rows, values_and_current
+    from memedit_cli.methods.memit.compute_ks import values_and_current
     from memedit_cli.methods.memit.memit_main import _anchor
 
     model, tok, method, env = _tiny_memit(tiny_models, tmp_path)
@@ -260,9 +316,8 @@ def test_norm_anchor_rescales_value_vectors_to_the_first_batch(tiny_models, tmp_
     first, info = method.compute(model, tok, facts[:2], hp, 0, env)
     anchor = float(first["nas_anchor"])
     assert info["norm_anchor"]["anchor"] == round(anchor, 4)
-    rows = key_rows(tok, facts[:2], hp.context_templates, "cpu")
-    z, _, _ = _anchor(model, tok, facts[:2], hp, first["z"], rows, [], "cpu")  # the targets the solve used
     v0, h = values_and_current(model, tok, facts[:2], hp.context_templates, 1, "cpu")
+    z, _, _ = _anchor(v0, h, first["z"], [])  # the targets the solve used
     vstar = (z.double() - h + v0).norm(dim=1)
     assert not torch.allclose(z, first["z"])  # the stored z is as optimized; the anchored one differs
     for norm, plain in zip(vstar.tolist(), v0.norm(dim=1).tolist()):

@@ -30,7 +30,7 @@ from memedit_cli.lm.arch import arch_for, is_transposed, num_layers
 from memedit_cli.lm.models import input_device
 from memedit_cli.lm.tokens import context_length
 from memedit_cli.methods.base import Footprint, WeightMethod, add_weight_deltas, weight_module
-from memedit_cli.methods.memit.compute_ks import key_rows, keys_and_current
+from memedit_cli.methods.memit.compute_ks import KeyReader, key_rows
 from memedit_cli.methods.memit.compute_z import compute_z
 from memedit_cli.methods.memit.hparams import MEMITHparams
 
@@ -172,12 +172,12 @@ class MEMIT(WeightMethod):
         rule = "alphaedit" if hp.null_space else hp.update
         # the earlier batches' keys: each earlier segment read once, not once per layer
         earlier = _earlier_keys(env, self.name, hp) if rule != "memit" or hp.norm_anchor else []
-        rows = key_rows(tok, facts, hp.context_templates, device)
+        reader = KeyReader(model, key_rows(tok, facts, hp.context_templates, device), hp.layers)
         if hp.norm_anchor:  # z is stored as optimized; a replay anchors it again on its own state
-            z, info["norm_anchor"], tensors["nas_anchor"] = _anchor(model, tok, facts, hp, z, rows, earlier, device)
+            z, info["norm_anchor"], tensors["nas_anchor"] = _anchor(*reader.values(), z, earlier)
         try:
-            for i, (layer, name) in enumerate(zip(hp.layers, names)):
-                keys, current = keys_and_current(model, tok, facts, hp.context_templates, layer, z_layer, device, rows)
+            for i, name in enumerate(names):
+                keys, current = reader.read(i)  # on the model with the band's layers below i updated
                 K = keys.T  # (d_in, n)
                 R = (z.double().to(current.device) - current).T / (len(hp.layers) - i)  # (d_out, n)
                 C = cov[name].to(K.device)
@@ -232,28 +232,47 @@ def _add_grams(total, keys: list):
     return total
 
 
+# P per (C₀'s bytes, threshold), within one process: a forget's replay or a stream of batches solves many
+# batches against one C₀, and each eigendecomposition costs ~1.6 s at d_in = 1,536 (one thread) and grows
+# as d_in³. Projectors above the budget (d_in > ~5,800 in float64) are not kept.
+_PROJECTORS: dict = {}
+_PROJECTOR_BUDGET = 1 << 30  # bytes of projectors kept
+
+
 def _null_space_projector(C, hp: MEMITHparams):
     """P = Û Ûᵀ over the eigenvectors of C₀ whose eigenvalue is below alphaedit_threshold (absolute, as AlphaEdit),
     or below null_space_threshold × the mean eigenvalue (the old null_space option)."""
+    import hashlib
+
     import torch
 
+    size = C.numel() * C.element_size()
+    key = None
+    if 4 * size <= _PROJECTOR_BUDGET:  # hashing C₀ costs ~1/100 of its eigendecomposition
+        digest = hashlib.blake2b(C.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+        key = (digest, str(C.device), hp.null_space, hp.null_space_threshold, hp.alphaedit_threshold)
+        if key in _PROJECTORS:
+            return _PROJECTORS[key]
     evals, evecs = torch.linalg.eigh(C)
     limit = hp.null_space_threshold * evals.mean() if hp.null_space else hp.alphaedit_threshold
     null = evecs[:, evals < limit]
-    return null @ null.T
+    P = null @ null.T
+    if key is not None:
+        while _PROJECTORS and size * (len(_PROJECTORS) + 1) > _PROJECTOR_BUDGET:
+            _PROJECTORS.pop(next(iter(_PROJECTORS)))  # the oldest first
+        _PROJECTORS[key] = P
+    return P
 
 
-def _anchor(model, tok, facts, hp: MEMITHparams, z, rows, earlier: list[dict], device):
+def _anchor(v0, h, z, earlier: list[dict]):
     """NAS: the targets z (n, d) with each value vector v* = v₀ + δ (block L's FFN output at the subject plus the
-    optimized δ) rescaled to the anchor norm, or left at v₀ when ‖v*‖ > 2 × the anchor (NAS's skip).
+    optimized δ) rescaled to the anchor norm, or left at v₀ when ‖v*‖ > 2 × the anchor (NAS's skip); v₀ and
+    h (n, d) are block L's FFN output and output at the subject on the model the batch starts from.
     The anchor is the mean ‖v*‖ (the top 5 % dropped) of the first anchored batch in the state, made
     on the model as it was then (the unedited one when MEMIT came first); later batches read it
     from there. Returns (z, a summary for the log, the anchor as a tensor to store)."""
     import torch
 
-    from memedit_cli.methods.memit.compute_ks import values_and_current
-
-    v0, h = values_and_current(model, tok, facts, hp.context_templates, hp.layers[-1], device, rows)  # (n, d) each
     vstar = v0 + (z.double().to(h.device) - h)  # z = h + δ
     norms = vstar.norm(dim=1)
     stored = [t["nas_anchor"] for t in earlier if "nas_anchor" in t]

@@ -61,7 +61,7 @@ def build(tok, facts, templates, device, with_target: bool = True, with_kl: bool
                 torch.tensor(lookups, device=device), labels.to(device), torch.tensor(kl_flags, device=device))
 
 
-def left_cut(rows: Rows, idx):
+def left_cut(rows: Rows, idx, through_lookup: bool = False):
     """Rows `idx` laid out so that every row's last subject token sits in one column c.
 
     Positions before a row's subject token never change while z is optimized,
@@ -72,11 +72,15 @@ def left_cut(rows: Rows, idx):
     position_ids, labels), each (b, c + S) with S the longest remainder, and
     c. position_ids keep every real token's original position, so rotary and
     learned position embeddings see the same positions as the right-padded row.
+    `through_lookup`: each row ends at its subject token (S = 1), for reads at
+    that token only (the model is causal: the tokens after it cannot change them).
     """
     import torch
 
     lookup = rows.lookup[idx]  # (b,)
     length = rows.attention_mask[idx].sum(1)  # (b,)
+    if through_lookup:
+        length = lookup + 1
     c, S = int(lookup.max()), int((length - lookup).max())
     b = len(idx)
     input_ids = torch.zeros((b, c + S), dtype=torch.long, device=lookup.device)  # filler ids: masked out
