@@ -197,6 +197,10 @@ def memit_parts(s: Shape, hp, w: Workload) -> list[Part]:
         part("C₀ = sum / count (one layer at a time)", "stats", "gpu", f64, C),
         part(f"sampling KV cache ({GEN_BATCH} sequences × {STATS_ROW} tokens)", "stats", "gpu", s.dtype,
              f"{GEN_BATCH * STATS_ROW} tok × {s.layers} blocks", nbytes=kv_bytes(s, GEN_BATCH * STATS_ROW, s.layers)),
+        # compute_ks.KeyReader: each row's block inputs at the band's blocks but the last, kept between the
+        # layers' reads (rows cut after the subject: the same tokens as the prefix cache's `before`)
+        part(f"key reads: block inputs kept at {r - 1} blocks of the band", "solve write", "gpu", s.dtype,
+             f"{before} tok × {r - 1} blocks", nbytes=before * s.d * BYTES[s.dtype] * (r - 1)),
         part("original weights of the band, kept to restore", "solve write", "gpu", s.dtype, s.w_shape, r),
         part("C₀ of the layer solved", "solve write", "gpu", f64, C),
         # memit_main.compute sums in place: A = λC₀ + Σ Kp Kpᵀ + KKᵀ, then solve's LU copy of it (alphaedit:

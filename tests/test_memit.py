@@ -90,10 +90,12 @@ def test_keys_in_chunks_stopping_at_block_L_equal_one_full_forward(tiny_models, 
     assert torch.allclose(current, seen[f"out:{block}"][at].double()[::2], atol=1e-6)  # the bare prompt rows
 
 
+@pytest.mark.parametrize("keep_bytes", [None, 0])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_key_reads_resumed_above_an_updated_layer_equal_full_forwards(tiny_models, monkeypatch, arch):
-    """KeyReader: after layer 0's update, read(1) re-runs blocks 0..1 from block 0's kept input, on rows cut
-    after the subject, in chunks; it must give what a full forward of the updated model gives."""
+def test_key_reads_resumed_above_an_updated_layer_equal_full_forwards(tiny_models, monkeypatch, arch, keep_bytes):
+    """KeyReader: after layer 0's update, read(1) re-runs blocks 0..1 from block 0's kept input (or, over
+    the memory budget, from the embeddings), on rows cut after the subject, in chunks; it must give what
+    a full forward of the updated model gives."""
     from memedit_cli.facts import Fact
     from memedit_cli.lm import models
     from memedit_cli.lm.arch import arch_for
@@ -106,8 +108,11 @@ def test_key_reads_resumed_above_an_updated_layer_equal_full_forwards(tiny_model
     arch_ = arch_for(model.config)
     facts, templates = [Fact(**f) for f in FACTS], ("{}", "A prefix. {}", "Longer prefix text here. {}")
     monkeypatch.setattr(compute_ks, "CHUNK_ROWS", 4)  # 9 rows: three chunks
+    if keep_bytes is not None:
+        monkeypatch.setattr(compute_ks, "KEEP_BYTES", keep_bytes)
     rows = compute_ks.key_rows(tok, facts, templates, "cpu")
     reader = compute_ks.KeyReader(model, rows, (0, 1))
+    assert bool(reader.keep) == (keep_bytes is None) and len(reader.key_runs) == (3 if reader.keep else 0)
     first = reader.read(0)
     proj0 = weight_module(model, arch_.mlp_out_at(0))
     with torch.no_grad():
