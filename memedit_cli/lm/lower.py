@@ -17,7 +17,7 @@ upper.Upper. Hooks the caller registers on modules inside the blocks
 from __future__ import annotations
 
 from memedit_cli.lm.arch import arch_for
-from memedit_cli.lm.nethook import StopForward
+from memedit_cli.lm.nethook import StopForward, forward_then_remove
 
 
 class Lower:
@@ -41,13 +41,7 @@ class Lower:
         handles = [b.register_forward_pre_hook(take(i), with_kwargs=True) for i, b in enumerate(self.blocks)]
         handles.append(self.blocks[-1].register_forward_hook(stop))
         extra = {"use_cache": False} if position_ids is None else {"use_cache": False, "position_ids": position_ids}
-        try:
-            model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        except StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        forward_then_remove(model, handles, input_ids=input_ids, attention_mask=attention_mask, **extra)
         if len(self.calls) != len(self.blocks):  # a block the model's forward skipped would be skipped silently here
             raise RuntimeError(f"Lower: {len(self.calls)} of blocks 0..{top} were called")
 

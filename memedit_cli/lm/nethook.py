@@ -23,6 +23,18 @@ class StopForward(Exception):
     """Raised from a hook to end a forward pass once what is needed has been seen."""
 
 
+def forward_then_remove(model, handles: list, **inputs) -> None:
+    """model(**inputs), ended early by a StopForward from a hook; the hooks `handles` are removed however
+    it ends (for hooks that must live for one forward only, registered by the caller)."""
+    try:
+        model(**inputs)
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextlib.contextmanager
 def stop_after(module):
     """Inside the block, a forward raises StopForward right after `module` ran (its

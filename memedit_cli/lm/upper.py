@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from memedit_cli.lm.arch import arch_for, num_layers
 from memedit_cli.lm.cache import cache_kwargs, cache_of
-from memedit_cli.lm.nethook import StopForward
+from memedit_cli.lm.nethook import StopForward, forward_then_remove
 
 
 class Upper:
@@ -72,13 +72,7 @@ class Upper:
         extra = {**cache_kwargs(model, cache), "use_cache": True} if cache is not None else {"use_cache": False}
         if position_ids is not None:
             extra["position_ids"] = position_ids
-        try:
-            model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        except StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        forward_then_remove(model, handles, input_ids=input_ids, attention_mask=attention_mask, **extra)
         if len(calls) != len(self.blocks):  # a block the model's forward did not call would be skipped silently
             raise RuntimeError(f"Upper: {len(calls)} of the {len(self.blocks)} blocks above the edited one were called")
         self.h = seen["h"].detach()  # (B, T - start, d): block L's output at positions start..
