@@ -40,7 +40,7 @@ def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, cor
     from memedit_cli.lm import models
     from memedit_cli.methods.base import Env
     from memedit_cli.methods.memit import MEMIT
-    from memedit_cli.methods.memit.compute_ks import keys_and_current
+    from memedit_cli.methods.memit.compute_ks import KeyReader, key_rows
     from memedit_cli.stats import CorpusSpec, second_moments
 
     model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
@@ -57,7 +57,7 @@ def test_factored_update_equals_the_dense_closed_form(tiny_models, tmp_path, cor
 
     # the first layer of the band, by hand: ΔW = R Kᵀ (λ C₀ + K Kᵀ)⁻¹ in float64
     name = "model.layers.0.mlp.down_proj"
-    keys, current = keys_and_current(model, tok, facts, hp.context_templates, 0, 1, "cpu")
+    keys, current = KeyReader(model, key_rows(tok, facts, hp.context_templates, "cpu"), (0,), top=1).read(0)
     C = second_moments(model, tok, [name], CorpusSpec(str(corpus), 2000, seq_len=64), "tiny",
                        [tmp_path / "cache"])[name]
     K, R = keys.T, (tensors["z"].double() - current).T / 2
@@ -79,8 +79,8 @@ def test_keys_in_chunks_stopping_at_block_L_equal_one_full_forward(tiny_models, 
                               "dtype": "float32", "device": "cpu"})
     facts, templates = [Fact(**f) for f in FACTS], ("{}", "A prefix. {}")
     monkeypatch.setattr(compute_ks, "CHUNK_ROWS", 4)  # 6 rows: two chunks
-    keys, current = compute_ks.keys_and_current(model, tok, facts, templates, 0, 1, "cpu")
     rows = rows_mod.build(tok, facts, templates, "cpu", with_target=False, with_kl=False)
+    keys, current = compute_ks.KeyReader(model, rows, (0,), top=1).read(0)
     proj, block = "model.layers.0.mlp.down_proj", "model.layers.1"
     with torch.no_grad(), capture(model, inputs=[proj], outputs=[block]) as seen:
         model(input_ids=rows.input_ids, attention_mask=rows.attention_mask)
@@ -310,7 +310,7 @@ def test_norm_anchor_rescales_value_vectors_to_the_first_batch(tiny_models, tmp_
     """NAS: v* = v₀ + δ has the anchor's norm (or is v₀ when over twice it); a later batch uses the first's anchor."""
     from memedit_cli.facts import Fact
     from memedit_cli.methods.base import Env
-    from memedit_cli.methods.memit.compute_ks import values_and_current
+    from memedit_cli.methods.memit.compute_ks import KeyReader, key_rows
     from memedit_cli.methods.memit.memit_main import _anchor
 
     model, tok, method, env = _tiny_memit(tiny_models, tmp_path)
@@ -321,7 +321,7 @@ def test_norm_anchor_rescales_value_vectors_to_the_first_batch(tiny_models, tmp_
     first, info = method.compute(model, tok, facts[:2], hp, 0, env)
     anchor = float(first["nas_anchor"])
     assert info["norm_anchor"]["anchor"] == round(anchor, 4)
-    v0, h = values_and_current(model, tok, facts[:2], hp.context_templates, 1, "cpu")
+    v0, h = KeyReader(model, key_rows(tok, facts[:2], hp.context_templates, "cpu"), (1,)).values()
     z, _, _ = _anchor(v0, h, first["z"], [])  # the targets the solve used
     vstar = (z.double() - h + v0).norm(dim=1)
     assert not torch.allclose(z, first["z"])  # the stored z is as optimized; the anchored one differs

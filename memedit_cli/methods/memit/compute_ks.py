@@ -126,19 +126,6 @@ def _lower(model, rows, idx, top: int, keep):
     return Lower(model, input_ids, attn, top, keep, position_ids=pos)
 
 
-def keys_and_current(model, tok, facts, templates, layer: int, z_layer: int, device, rows=None):
-    """(keys (n, d_in) at `layer`, current h (n, d) at block z_layer) on the model as it is now."""
-    rows = key_rows(tok, facts, templates, device) if rows is None else rows
-    return KeyReader(model, rows, (layer,), z_layer).read(0)
-
-
-def values_and_current(model, tok, facts, templates, z_layer: int, device, rows=None):
-    """(v₀ (n, d): block L's FFN output, h (n, d): block L's output), both at the last subject token of
-    the bare prompt, on the model as it is now (NAS's value vector is v₀ + δ)."""
-    rows = key_rows(tok, facts, templates, device) if rows is None else rows
-    return KeyReader(model, rows, (z_layer,)).values()
-
-
 def _bare(rows, n: int):
     """(n,): each fact's first row, its bare prompt ("{}")."""
     import torch
