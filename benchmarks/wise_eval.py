@@ -57,15 +57,15 @@ def route(model, tok, texts, layer, method):
 
 
 def routing(model, tok, facts, layer, method):
-    """(routing accuracy, edit prompts to a side memory, locality prompts to the main memory,
-    same-subject probes to the main memory)."""
+    """(routing accuracy, edit prompts to a side memory, rephrases to a side memory, locality prompts to the
+    main memory, same-subject probes to the main memory)."""
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     r_edit = route(model, tok, [f"{f.prompt} {f.target_new}" for f in facts], layer, method)
     r_reph = route(model, tok, [f"{f.rephrase_prompt} {f.target_new}" for f in facts], layer, method)
     r_loc = route(model, tok, [f"{f.locality_prompt} {f.locality_ground_truth}" for f in facts], layer, method)
     r_spec = route(model, tok, [f"{p.prompt} {p.answer}" for f in facts for p in f.subject_locality], layer, method)
     return (mean([r >= 0 for r in r_edit + r_reph] + [r == -1 for r in r_loc]), mean([r >= 0 for r in r_edit]),
-            mean([r == -1 for r in r_loc]), mean([r == -1 for r in r_spec]))
+            mean([r >= 0 for r in r_reph]), mean([r == -1 for r in r_loc]), mean([r == -1 for r in r_spec]))
 
 
 def setup(args):
@@ -122,11 +122,12 @@ def quality(args):
             s = score(model, tok, facts, edit, lambda: method.reset(model)).scores
             print(json.dumps(s), flush=True)
             layer = held["layer"]
-            acc, r_edit, r_loc, r_spec = routing(model, tok, facts, layer, method)
+            acc, r_edit, r_reph, r_loc, r_spec = routing(model, tok, facts, layer, method)
             variant_label = variant if not gate else f"{variant}, relation gate {margin:+.2f}"
             print(f"| {args.data} | {len(facts)} | {variant_label} | {len(layer.eps)} | {s['rel']:.2f} | "
                   f"{s['gen']:.2f} | {s['loc']:.2f} | {s['spec']:.2f} | {acc:.2f} ({r_edit:.2f} edit, "
-                  f"{r_loc:.2f} loc, {r_spec:.2f} same-subject → main) | {per_edit:.2f} |", flush=True)
+                  f"{r_reph:.2f} rephrase, {r_loc:.2f} loc, {r_spec:.2f} same-subject → main) | {per_edit:.2f} |",
+                  flush=True)
 
 
 def key_routing(args):

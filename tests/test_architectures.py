@@ -98,3 +98,15 @@ def test_each_method_goes_round_on_a_bfloat16_model_and_keeps_its_dtype(tiny_mod
     repo("checkout", head)
     repo("forget", FACTS[0]["id"], FACTS[1]["id"])
     assert torch.equal(logits(*repo.state()), base)
+
+
+def test_a_model_spread_onto_the_cpu_or_disk_is_refused_with_the_way_out():
+    """Under device_map="auto" accelerate may offload what does not fit on the GPUs; an edit written into an
+    offloaded layer would be dropped at its next reload, so load refuses and says what to do."""
+    from memedit_cli.errors import ModelError
+    from memedit_cli.lm.models import check_on_gpus
+
+    check_on_gpus({"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": 1, "lm_head": 1}, "m")
+    for where in ("cpu", "disk"):
+        with pytest.raises(ModelError, match=rf"model.layers.1.*{where}.*more GPUs.*--device cpu"):
+            check_on_gpus({"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": where, "lm_head": 1}, "m")

@@ -195,11 +195,25 @@ def load(config: dict):
         raise ModelError(f"cannot load the base model from {folder}: {str(e).splitlines()[0]}") from None
     if "device_map" not in kwargs:
         model.to(device)
+    else:
+        check_on_gpus(getattr(model, "hf_device_map", {}), folder)
     model.eval()
     model.requires_grad_(False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def check_on_gpus(device_map: dict, folder) -> None:
+    """Refuse a model that accelerate spread onto the CPU or disk as well as the GPUs: an offloaded layer's
+    weights are reloaded from their offload copy at each forward, so an edit written into them (MEMIT, ft)
+    would be lost without a word, and edit tensors made beside them would land on the `meta` device."""
+    off = sorted({str(d) for d in device_map.values() if str(d) in ("cpu", "disk")})
+    if off:
+        names = [m for m, d in device_map.items() if str(d) in off]
+        raise ModelError(f"{folder} does not fit on the visible GPUs: accelerate put {len(names)} module(s) "
+                         f"({names[0]}, ...) on {' and '.join(off)}, where edits would be lost; use more GPUs, "
+                         "a smaller --dtype, or `memedit init --device cpu`")
 
 
 def _too_big_for_one_gpu(folder) -> bool:

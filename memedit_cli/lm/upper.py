@@ -40,6 +40,9 @@ class Upper:
         self.head = model.get_output_embeddings()  # lm_head (GPT-NeoX: embed_out)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.start, self.cache = 0, None
+        # where results go back to: the inputs' device, as a model spread over GPUs (device_map) returns its
+        # logits there; the blocks above L, the norm and the head may each sit on another GPU
+        self.home = input_ids.device
         with torch.no_grad():
             if start > 0 and self.blocks:
                 pos = None if position_ids is None else position_ids[:, :start]
@@ -81,8 +84,8 @@ class Upper:
             _crop(cache, self.start)  # every block appended positions start..; keep the prefix only
 
     def final_hidden(self, h):
-        """(B, T', d) block-L output at positions start.. -> (B, T', d) after the remaining blocks
-        and the final norm."""
+        """(B, T', d) block-L output at positions start.. (on block L's device) -> (B, T', d) after the
+        remaining blocks and the final norm, on the inputs' device."""
         try:
             for block, (args, kwargs) in zip(self.blocks, self.calls):
                 out = block(h, *args, **kwargs)
@@ -90,11 +93,11 @@ class Upper:
         finally:
             if self.cache is not None:
                 _crop(self.cache, self.start)  # each block appended this step's keys and values
-        return self.norm(h)
+        return self.norm(h).to(self.home)
 
     def logits(self, hidden_rows):
-        """LM-head logits (n, V) for selected final hidden rows (n, d) only."""
-        logits = self.head(hidden_rows)
+        """LM-head logits (n, V) for selected final hidden rows (n, d) only, on the rows' device."""
+        logits = self.head(hidden_rows.to(self.head.weight.device)).to(hidden_rows.device)
         if self.softcap:  # Gemma 2: logits = cap · tanh(logits / cap), as its ForCausalLM computes them
             import torch
 

@@ -119,7 +119,7 @@ def unpack_texts(data, offsets) -> list[str]:
 
 def mean_pool(hidden, attention_mask) -> torch.Tensor:
     """(B, T, C), (B, T) -> (B, C) unit vectors: the mean over real positions, normalized."""
-    m = attention_mask.to(hidden.dtype)[..., None]
+    m = attention_mask.to(hidden)[..., None]  # hidden may come from a block on another GPU (device_map)
     mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
     return nn.functional.normalize(mean.float(), dim=-1)
 
@@ -162,6 +162,15 @@ def decoder_encode(decoder, input_ids, attention_mask, layer: int) -> torch.Tens
     with torch.no_grad():
         out = decoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
     return mean_pool(out.hidden_states[layer], attention_mask).cpu()
+
+
+def layer_devices(decoder) -> list:
+    """The device of each block of a decoder (LlamaModel's `layers`, GPT-2's `h`, ...) or of a causal LM around
+    one: a cache's layer i must sit where block i computes, which under device_map may be another GPU."""
+    for name, blocks in decoder.named_modules():
+        if isinstance(blocks, nn.ModuleList) and name.rpartition(".")[2] in ("layers", "h"):
+            return [next(b.parameters()).device for b in blocks]
+    raise ValueError(f"no list of blocks found in {type(decoder).__name__}")
 
 
 def kv_shape(config) -> tuple[int, int, int]:
@@ -388,8 +397,9 @@ class LarimarDecoder(nn.Module):
                 name = next((n for n in CACHE_ARGS if n in self._signature.parameters), CACHE_ARGS[-1])
                 past = a[name] = DynamicCache(config=self.base.config)
             dtype = next(self.base.parameters()).dtype
+            devices = layer_devices(self.base)
             for layer, (k, v) in enumerate(self._runtime["adapter"](self._seq["readout"].to(x.device))):
-                past.update(k.to(dtype), v.to(dtype), layer)
+                past.update(k.to(devices[layer], dtype), v.to(devices[layer], dtype), layer)
             return self.base(**a)
         pids = self._seq["prefix_ids"]  # mode=context: the episode's tokens go in before the caller's
         a["position_ids"] = torch.cat([(pmask.cumsum(-1) - 1).clamp(min=0), pos], 1)

@@ -22,7 +22,7 @@ import torch
 
 from memedit_cli.errors import HparamsError, UserError
 from memedit_cli.lm.cache import cache_kwargs
-from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter, kv_shape
+from memedit_cli.methods.larimar.modeling_memedit_larimar import PrefixAdapter, kv_shape, layer_devices
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,9 @@ def forward_with_prefix(model, adapter, zr, input_ids, attention_mask):
 
     m = adapter.m
     cache = DynamicCache(config=model.config)
+    devices = layer_devices(model)
     for layer, (k, v) in enumerate(adapter(zr)):
-        cache.update(k.to(model.dtype), v.to(model.dtype), layer)
+        cache.update(k.to(devices[layer], model.dtype), v.to(devices[layer], model.dtype), layer)
     full = torch.cat([torch.ones_like(attention_mask[:, :m]), attention_mask], 1)
     pos = (full.cumsum(-1) - 1).clamp(min=0)[:, m:]
     return model(input_ids=input_ids, attention_mask=full, position_ids=pos, **cache_kwargs(model, cache)).logits

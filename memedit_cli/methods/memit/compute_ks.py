@@ -89,10 +89,11 @@ class KeyReader:
         """(n, ·): the mean of each fact's rows, from values (B, ·) in key_order."""
         import torch
 
-        values = torch.empty_like(values).index_copy_(0, self.key_order, values)
+        order, fact = self.key_order.to(values.device), self.fact.to(values.device)  # layers may be on other GPUs
+        values = torch.empty_like(values).index_copy_(0, order, values)
         out = torch.zeros(self.n, values.shape[1], dtype=values.dtype, device=values.device)
-        out.index_add_(0, self.fact, values)
-        return out / torch.bincount(self.fact, minlength=self.n)[:, None]
+        out.index_add_(0, fact, values)
+        return out / torch.bincount(fact, minlength=self.n)[:, None]
 
     def values(self):
         """(v₀ (n, d): block top's FFN output, h (n, d): block top's output), bare prompts, before any update."""

@@ -71,9 +71,9 @@ class _Bucket:
         add = torch.zeros(self.h0.shape, dtype=delta.dtype, device=delta.device)
         add = add.index_put((torch.arange(b, device=delta.device), self.lookup), delta[self.fact])
         if self.upper is not None:
-            hidden = self.upper.final_hidden(self.h0 + add.to(self.h0.dtype))
+            hidden = self.upper.final_hidden(self.h0 + add.to(self.h0))  # h0 on block L's device and dtype
             return hidden[self.lab_r, self.lab_c], hidden[self.kl, self.lookup[self.kl]]
-        with edit_output(block, lambda h: h + add.to(h.dtype)):
+        with edit_output(block, lambda h: h + add.to(h)):
             logits = model(input_ids=self.ids, attention_mask=self.attn, use_cache=False).logits
         return logits[self.lab_r, self.lab_c], logits[self.kl, self.lookup[self.kl]]
 

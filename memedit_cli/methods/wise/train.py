@@ -66,7 +66,7 @@ def top_features(a, attn, k: int) -> set[int]:
     with torch.no_grad():
         a = a.float()
         share = a.abs() / a.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        m = attn[..., None].to(share.dtype)
+        m = attn[..., None].to(share)
         score = (share * m).sum((0, 1)) / m.sum()  # (d_in,)
     return set(score.topk(min(k, len(score))).indices.tolist())
 
@@ -90,6 +90,7 @@ def distance(extra, out, act: str | None):
 def row_score(extra, attn, reduce: str = "mean"):
     """(B,) Δ per row: mean (or max) over real positions of ‖extra_t‖, for extra (B, T, d_out), attn (B, T)."""
     norms = extra.norm(dim=-1)
+    attn = attn.to(norms.device)  # extra is on the side memory's device, which a spread model may put elsewhere
     if reduce == "max":
         return norms.masked_fill(attn == 0, 0.0).amax(1)
     m = attn.to(extra.dtype)
@@ -159,7 +160,7 @@ class EditRows:
         d_irr = row_score(extra_irr, self.irr_attn, hp.route_reduce)  # (k,)
         routing = (_hinge_mean(d_irr - hp.alpha) + _hinge_mean(hp.beta - d_edit)
                    + _hinge_mean(hp.gamma - (d_edit[:, None] - d_irr[None, :])))
-        return nll + routing, nll, d_edit
+        return nll + routing.to(nll.device), nll, d_edit
 
     def score(self, D) -> float:
         """The fact's routing score with D: Δ over its prompt rows, averaged."""
