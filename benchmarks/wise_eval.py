@@ -4,6 +4,10 @@
         the WISE protocol: apply the facts one after another (shards of --shard edits),
         then score all of them, for the merge and the retrieve variant of the same shards
         (and with router=keys, with the relation gate at each of --gates' margins)
+    python benchmarks/wise_eval.py quality --paper --data zsre --facts 1000 --shards DIR --only-shard I
+        train shard I (of --shard or save_freq edits) alone into DIR and stop; shards are independent, so
+        one process per shard runs them side by side; then, without --only-shard, score all of DIR's
+        shards (--score-sample N: N facts evenly spaced over the stream; --merge-freq for retrieve)
     python benchmarks/wise_eval.py routing --facts 10,100,1000 [--pool 100] [--margins -0.05,0] [--set ...]
         router=keys only: keys and thresholds for the first N facts (no training: routing does
         not depend on the side memory), then where their edit, rephrase, same-subject and locality
@@ -99,10 +103,43 @@ def attach_all(model, tok, method, hp, shards):
     return model.get_submodule(arch_for(model.config).mlp_out_at(hp.layer))
 
 
+def shard_files(args, hp, facts) -> list[Path]:
+    """--shards DIR: one safetensors file (and its info) per shard of the run, shard-<i>.safetensors."""
+    size = args.shard or hp.save_freq
+    return [Path(args.shards) / f"shard-{i // size}.safetensors" for i in range(0, len(facts), size)]
+
+
+def train_or_load(args, model, tok, env, method, hp, facts):
+    """The shards of `facts`: trained here, or with --shards DIR read from the files that `--only-shard i`
+    runs wrote there (shards are independent, so separate processes can train them side by side)."""
+    from safetensors.torch import load_file, save_file
+
+    if not args.shards:
+        return train(model, tok, env, method, hp, facts, args.shard)
+    files, size = shard_files(args, hp, facts), args.shard or hp.save_freq
+    if args.only_shard is not None:  # train this one shard, write it, and stop
+        i = args.only_shard
+        [(tensors, info)], per_edit = train(model, tok, env, method, hp, facts[i * size:(i + 1) * size], size)
+        files[i].parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(files[i]))
+        files[i].with_suffix(".json").write_text(json.dumps({"info": info, "per_edit_s": per_edit}))
+        print(f"# shard {i} ({len(info['steps'])} edits) -> {files[i]}, {per_edit:.2f} s/edit", flush=True)
+        raise SystemExit(0)
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise SystemExit(f"--shards: {len(missing)} shard file(s) missing ({missing[0]}): run --only-shard first")
+    shards = [(load_file(str(f)), json.loads(f.with_suffix(".json").read_text())) for f in files]
+    per_edit = sum(j["per_edit_s"] * len(j["info"]["steps"]) for _, j in shards) / len(facts)
+    return [(t, j["info"]) for t, j in shards], per_edit
+
+
 def quality(args):
     model, tok, env, method, hp = setup(args)
     facts = common.load_probed(args.data, args.facts)
-    shards, per_edit = train(model, tok, env, method, hp, facts, args.shard)
+    shards, per_edit = train_or_load(args, model, tok, env, method, hp, facts)
+    if 1 < args.score_sample < len(facts):  # an even sample over the stream, as benchmarks/lifelong.py scores
+        n = args.score_sample
+        facts = [facts[round(i * (len(facts) - 1) / (n - 1))] for i in range(n)]
     steps = [s for _, info in shards for s in info["steps"]]
     print(f"# layer {hp.layer}, router {hp.router}, α/β/γ {hp.alpha}/{hp.beta}/{hp.gamma}, {args.set}, "
           f"shards of {args.shard or hp.save_freq}; "
@@ -110,7 +147,7 @@ def quality(args):
     gates = [(None, None)] + [(True, float(m)) for m in args.gates.split(",") if m] if hp.router == "keys" else \
         [(None, None)]
     for variant, (gate, margin) in [(v, g) for v in args.variants.split(",") for g in gates]:
-        hp_v = dataclasses.replace(hp, variant=variant)
+        hp_v = dataclasses.replace(hp, variant=variant, **({"merge_freq": args.merge_freq} if args.merge_freq else {}))
         if gate:  # the same shards, routed with the relation gate (routing by keys does not change training)
             hp_v = dataclasses.replace(hp_v, key_relation=True, relation_margin=margin)
         with common.restored(model):  # each variant on the base model
@@ -271,6 +308,14 @@ def main():
     ap.add_argument("--pool", type=int, default=0,
                     help="use the locality prompts of facts 500..500+N of the same file as the unrelated pool "
                          "(0: the model-generated default)")
+    ap.add_argument("--shards", default="",
+                    help="quality: a folder of shard files; with --only-shard I train shard I alone into it and stop, "
+                         "without it read every shard from it and score")
+    ap.add_argument("--only-shard", type=int, default=None)
+    ap.add_argument("--score-sample", type=int, default=0,
+                    help="quality: score N facts evenly spaced over the stream instead of all (0: all)")
+    ap.add_argument("--merge-freq", type=int, default=0,
+                    help="quality: retrieve groups shards holding this many edits into one memory (0: the hparam)")
     args = ap.parse_args()
     if args.mode not in ("forget", "routing"):
         args.facts = int(args.facts)
