@@ -2,6 +2,10 @@
 
     python benchmarks/memit_eval.py speed --facts 10
         seconds per fact of z with the fast path and with the full-model loop (same hparams)
+    python benchmarks/memit_eval.py passes --facts 40 --z-batch 10,0
+        z of one batch optimized in passes of each --z-batch (smallest first; 0: all facts together): seconds
+        per fact, the process's peak resident memory after each (it only grows, hence smallest first), and
+        max |z - z of the first|
     python benchmarks/memit_eval.py quality --data counterfact --facts 100 --batch 100 \
         [--layers 2,3,4,5,6] [--lam 700,2093] [--corpus FILE|samples] [--tokens 50000,200000] [--null-space]
         [--set v_num_grad_steps=15 ...] [--sweep update=memit,sequential ...] [--reuse-z]
@@ -57,6 +61,27 @@ def speed(args, model, tok, env):
     for name, (s, info, z) in out.items():
         print(f"  {name}: {s:.2f} s/fact (x{s / first[0]:.2f} of the fast path), {info}, "
               f"max |z - z_fast| = {(z - first[2]).abs().max():.2e}")
+
+
+def passes(args, model, tok, env):
+    import resource
+
+    from memedit_cli.lm.models import input_device
+
+    facts = common.load(args.data, args.facts)
+    method = MEMIT()
+    hp = method.resolve(method.default_hparams(model), model, tok, env)
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # noqa: E731  (KiB -> GiB)
+    print(f"# z for {len(facts)} {args.data} facts, layers {list(hp.layers)}; peak RSS before: {peak():.2f} GiB")
+    first = None
+    for size in (int(x) for x in args.z_batch.split(",")):
+        t0 = time.perf_counter()
+        z, info = compute_z(model, tok, facts, dataclasses.replace(hp, z_batch=size), hp.layers[-1],
+                            hp.context_templates, input_device(model))
+        s = (time.perf_counter() - t0) / len(facts)
+        first = z if first is None else first
+        print(f"| {size or len(facts)} | {s:.2f} | {peak():.2f} | {(z - first).abs().max():.2e} | "
+              f"{info['z_fact_steps_mean']} |", flush=True)
 
 
 def quality(args, repo, model, tok, env):
@@ -145,10 +170,11 @@ def _sweep_grid(items: list[str]):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["speed", "quality", "forget"])
+    ap.add_argument("mode", choices=["speed", "passes", "quality", "forget"])
     ap.add_argument("--data", choices=list(common.FILES), default="counterfact")
     ap.add_argument("--facts", default="10", help="how many facts (forget: a comma-separated list)")
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--z-batch", default="10,0", help="passes: facts per z pass, comma-separated, smallest first")
     ap.add_argument("--layers", default="")
     ap.add_argument("--lam", default="", help="comma-separated λ values (default: the resolved default)")
     ap.add_argument("--corpus", default="samples", help="comma-separated: 'samples' (the default corpus) or text files")
@@ -180,6 +206,10 @@ def main():
     repo, model, tok, env = common.default_model()
     if args.mode == "speed":
         speed(args, model, tok, env)
+    elif args.mode == "passes":
+        print("| facts per pass | s/fact | peak RSS GiB | max abs z diff to the first | steps per fact |")
+        print("|---|---|---|---|---|")
+        passes(args, model, tok, env)
     else:
         print("| data | facts | batches | layers | λ | update | C₀ corpus:tokens | Rel | Gen | Loc | s/fact "
               "| stats s | bytes/fact | swept |")

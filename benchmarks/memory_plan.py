@@ -180,19 +180,25 @@ def memit_parts(s: Shape, hp, w: Workload) -> list[Part]:
     f64, f32, n, r, L = torch.float64, torch.float32, w.facts, len(hp.layers), hp.layers[-1]
     above, C = s.layers - 1 - L, (s.d_ff, s.d_ff)
     templates = 1 + hp.n_context_templates  # the bare prompt and the generated prefixes
-    before = n * templates * (w.tokens - w.after_subject) + n * (templates - 1) * (hp.context_template_length + 2)
-    before += n * (w.tokens - w.after_subject)  # the KL rows "{subject} is a"
-    after = n * templates * w.after_subject + n * 3
+
+    def split(k):  # (tokens before each subject, tokens from it on) of k facts' rows
+        before = k * templates * (w.tokens - w.after_subject) + k * (templates - 1) * (hp.context_template_length + 2)
+        before += k * (w.tokens - w.after_subject)  # the KL rows "{subject} is a"
+        return before, k * templates * w.after_subject + k * 3
+
+    before, _ = split(n)
+    nz = min(n, hp.z_batch) if hp.z_batch else n  # z is optimized in passes of z_batch facts
+    zbefore, after = split(nz)
     alpha = hp.update == "alphaedit" or hp.null_space
     parts = [
         part("prefix KV cache (positions before each subject)", "z", "gpu", s.dtype,
-             f"{before} tok × {s.layers} blocks", nbytes=kv_bytes(s, before, s.layers)),
+             f"{zbefore} tok × {s.layers} blocks", nbytes=kv_bytes(s, zbefore, s.layers)),
         part(f"activations kept, blocks {L + 1}..{s.layers - 1} (from the subject on)", "z", "gpu", s.dtype,
              f"{after} tok × {above} blocks (+ prefix k, v)",
-             nbytes=upper_bytes(s, after, above) + before * above * 2 * s.q_dim * BYTES[s.dtype]),
+             nbytes=upper_bytes(s, after, above) + zbefore * above * 2 * s.q_dim * BYTES[s.dtype]),
         part("logits at target and KL positions", "z", "gpu", "mixed",
-             f"({n * templates * w.target_tokens + n}, {s.vocab})",
-             nbytes=logit_bytes(s, n * templates * w.target_tokens + n) + n * s.vocab * 4),
+             f"({nz * templates * w.target_tokens + nz}, {s.vocab})",
+             nbytes=logit_bytes(s, nz * templates * w.target_tokens + nz) + nz * s.vocab * 4),
         part("C₀ running sums Σkkᵀ, every layer of the band", "stats", "gpu", f64, C, r),
         part("C₀ = sum / count (one layer at a time)", "stats", "gpu", f64, C),
         part(f"sampling KV cache ({GEN_BATCH} sequences × {STATS_ROW} tokens)", "stats", "gpu", s.dtype,

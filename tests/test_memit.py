@@ -170,6 +170,24 @@ def test_z_does_not_depend_on_the_other_facts_of_the_batch(tiny_models, arch):
     assert torch.allclose(together, slow, rtol=1e-4, atol=1e-5), "the fast path must give the full model's z"
 
 
+def test_z_optimized_in_passes_equals_z_of_the_whole_batch(tiny_models):
+    """hparams.z_batch: the facts' z in passes of 2 (so only one pass's activations are alive) are the batch's."""
+    from memedit_cli.facts import Fact
+    from memedit_cli.lm import models
+    from memedit_cli.methods.memit.compute_z import compute_z
+    from memedit_cli.methods.memit.hparams import MEMITHparams
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
+                              "dtype": "float32", "device": "cpu"})
+    hp = MEMITHparams(layers=(0,), v_num_grad_steps=6, context_templates=("{}", "A prefix. {}"))
+    facts = [Fact(**f) for f in FACTS]
+    together, info = compute_z(model, tok, facts, hp, 0, hp.context_templates, "cpu")
+    passes, info2 = compute_z(model, tok, facts, dataclasses.replace(hp, z_batch=2), 0, hp.context_templates, "cpu")
+    assert torch.allclose(together, passes, rtol=1e-4, atol=1e-5)
+    assert info2["z_passes"] == 2 and "z_passes" not in info
+    assert info2["z_reached"] == info["z_reached"] and info2["z_steps"] == info["z_steps"]
+
+
 @pytest.mark.parametrize("rule", [[], ["update=sequential", "norm_anchor=true"], ["update=alphaedit",
                                                                                  "alphaedit_threshold=1e9"]],
                          ids=["memit", "sequential+nas", "alphaedit"])

@@ -45,6 +45,9 @@ class MEMITHparams:
     null_space_l2: float = 1.0  # α: the ridge term of the projected solve (null_space and alphaedit)
     # run only the blocks above max(R) while optimizing z (False: the full model, for comparison)
     z_fast_path: bool = True
+    # facts whose z are optimized together (0: the whole batch, what logs without the field did); z is the
+    # same either way up to float rounding, and memory for the backward grows with it (compute_z.py)
+    z_batch: int = 0
 
     def check(self) -> str | None:
         if any(layer < 0 for layer in self.layers):
@@ -55,7 +58,7 @@ class MEMITHparams:
             if getattr(self, name) <= 0:
                 return f"{name} must be > 0, got {getattr(self, name)}"
         for name in ("v_weight_decay", "kl_factor", "v_stop_loss", "mom2_update_weight", "n_context_templates",
-                     "null_space_threshold", "null_space_l2", "alphaedit_threshold"):
+                     "null_space_threshold", "null_space_l2", "alphaedit_threshold", "z_batch"):
             if getattr(self, name) < 0:
                 return f"{name} must be >= 0, got {getattr(self, name)}"
         if self.update not in ("memit", "sequential", "alphaedit"):

@@ -46,6 +46,8 @@ _FAMILY = {
 }
 # C₀'s default corpus size, in keys per key dimension: FastMEMIT (arXiv 2506.04226) keeps >= 95% of
 # full-statistics editing from 2× d_in keys and recommends 10×; docs/methods/memit.md measures 1×-30× here.
+# facts whose z are optimized together in an apply (hparams.z_batch; docs/methods/memit.md: memory and time)
+Z_BATCH = 25
 KEYS_PER_DIM = 10
 MIN_KEYS_PER_DIM = 2  # at 1 × d_in the update broke SmolLM2-135M (Rel/Gen/Loc .00/.00/.00; at 2 ×: .91/.36/.86)
 
@@ -99,7 +101,7 @@ class MEMIT(WeightMethod):
             layers = tuple(range(first, max(first + 1, min(n - 1, first + fam["count"]))))
         lam = measured.get("lam_per_dim", fam["lam_per_dim"]) * _d_in(model, layers[-1])
         return MEMITHparams(layers=layers, mom2_update_weight=round(lam, 1), mom2_n_tokens=_tokens(model, layers),
-                            kl_direction="reference")
+                            kl_direction="reference", z_batch=Z_BATCH)
 
     def resolve(self, hp: MEMITHparams, model, tok, env) -> MEMITHparams:
         n = num_layers(model.config)
