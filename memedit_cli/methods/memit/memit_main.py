@@ -44,10 +44,10 @@ _FAMILY = {
     "llama": dict(ref_depth=32, first=4, count=5, lam_per_dim=15000 / 11008),  # LLaMA-2-7B: 4-8 (EasyEdit)
     "gpt2": dict(ref_depth=48, first=13, count=5, lam_per_dim=20000 / 6400),  # GPT-2 XL: 13-17, λ 20000
 }
-# C₀'s default corpus size, in keys per key dimension: FastMEMIT (arXiv 2506.04226) keeps >= 95% of
-# full-statistics editing from 2× d_in keys and recommends 10×; docs/methods/memit.md measures 1×-30× here.
 # facts whose z are optimized together in an apply (hparams.z_batch; docs/methods/memit.md: memory and time)
 Z_BATCH = 25
+# C₀'s default corpus size, in keys per key dimension: FastMEMIT (arXiv 2506.04226) keeps >= 95% of
+# full-statistics editing from 2× d_in keys and recommends 10×; docs/methods/memit.md measures 1×-30× here.
 KEYS_PER_DIM = 10
 MIN_KEYS_PER_DIM = 2  # at 1 × d_in the update broke SmolLM2-135M (Rel/Gen/Loc .00/.00/.00; at 2 ×: .91/.36/.86)
 
