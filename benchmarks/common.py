@@ -79,6 +79,15 @@ def with_subject_probes(facts: list[Fact], pool: list[Fact], n: int = 2) -> list
     return out
 
 
+def sample(seen: list, n: int | None) -> list:
+    """`n` of the facts seen, evenly spaced over the stream (the first and the last included); all if n is None."""
+    if n is None or n >= len(seen):
+        return seen
+    if n < 2:  # one point has no spacing: the first
+        return seen[:n]
+    return [seen[round(i * (len(seen) - 1) / (n - 1))] for i in range(n)]
+
+
 def write_facts(facts: list[Fact], path: Path) -> Path:
     """`facts` as a JSONL file for the CLI (ids kept)."""
     path.write_text("".join(json.dumps(f.to_json()) + "\n" for f in facts))

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FILES, ROOT, load, new_repo, set_threads, with_subject_probes  # noqa: E402
+from common import FILES, ROOT, load, new_repo, sample, set_threads, with_subject_probes  # noqa: E402
 
 from memedit_cli.facts import load_facts  # noqa: E402
 from memedit_cli.hparams import parse_set  # noqa: E402
@@ -174,13 +174,6 @@ def score_point(repo, rev, facts) -> dict:
 
     report = evaluate(repo, facts, rev=rev)
     return {"scores": report.scores, "counts": report.counts}
-
-
-def sample(seen: list, n: int | None) -> list:
-    """`n` of the facts seen, evenly spaced over the stream (the first and the last included); all if n is None."""
-    if n is None or n >= len(seen):
-        return seen
-    return [seen[round(i * (len(seen) - 1) / (n - 1))] for i in range(n)]
 
 
 def run(args) -> None:

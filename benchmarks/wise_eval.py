@@ -137,9 +137,7 @@ def quality(args):
     model, tok, env, method, hp = setup(args)
     facts = common.load_probed(args.data, args.facts)
     shards, per_edit = train_or_load(args, model, tok, env, method, hp, facts)
-    if 1 < args.score_sample < len(facts):  # an even sample over the stream, as benchmarks/lifelong.py scores
-        n = args.score_sample
-        facts = [facts[round(i * (len(facts) - 1) / (n - 1))] for i in range(n)]
+    facts = common.sample(facts, args.score_sample or None)  # evenly over the stream, as lifelong.py scores
     steps = [s for _, info in shards for s in info["steps"]]
     print(f"# layer {hp.layer}, router {hp.router}, α/β/γ {hp.alpha}/{hp.beta}/{hp.gamma}, {args.set}, "
           f"shards of {args.shard or hp.save_freq}; "
@@ -311,12 +309,15 @@ def main():
     ap.add_argument("--shards", default="",
                     help="quality: a folder of shard files; with --only-shard I train shard I alone into it and stop, "
                          "without it read every shard from it and score")
-    ap.add_argument("--only-shard", type=int, default=None)
+    ap.add_argument("--only-shard", type=int, default=None, metavar="I",
+                    help="quality --shards DIR: train shard I (0-based) alone, write it into DIR, and stop")
     ap.add_argument("--score-sample", type=int, default=0,
                     help="quality: score N facts evenly spaced over the stream instead of all (0: all)")
     ap.add_argument("--merge-freq", type=int, default=0,
                     help="quality: retrieve groups shards holding this many edits into one memory (0: the hparam)")
     args = ap.parse_args()
+    if args.only_shard is not None and not (args.mode == "quality" and args.shards):
+        ap.error("--only-shard trains one shard into a --shards folder: give quality --shards DIR")
     if args.mode not in ("forget", "routing"):
         args.facts = int(args.facts)
     {"quality": quality, "speed": speed, "latency": latency, "forget": forget_timing,
