@@ -48,9 +48,10 @@ def load(name: str, n: int) -> list[Fact]:
     return parse_facts(json.dumps(raw[:n]).encode(), f"{FILES[name]}[:{n}]")
 
 
-def load_probed(name: str, n: int, probes: int = 2) -> list[Fact]:
-    """`load(name, n)` with `probes` same-subject probes per fact (`with_subject_probes`, from the first 1,000)."""
-    return with_subject_probes(load(name, n), load(name, 1000), probes)
+def load_probed(name: str, n: int, probes: int = 2, start: int = 0) -> list[Fact]:
+    """Facts `start` to `start + n` of a dataset (`load`) with `probes` same-subject probes per fact
+    (`with_subject_probes`, from the first 1,000)."""
+    return with_subject_probes(load(name, start + n)[start:], load(name, 1000), probes)
 
 
 def with_subject_probes(facts: list[Fact], pool: list[Fact], n: int = 2) -> list[Fact]:

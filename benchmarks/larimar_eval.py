@@ -1,16 +1,20 @@
 """Larimar on the default model, CPU (docs/methods/larimar.md has the figures).
 
     python benchmarks/larimar_eval.py quality --facts 100 [--data zsre] [--thresholds 0.5,0.6,0.7]
-                                              [--forget] [--set KEY=VALUE ...]
-        apply N facts through the repository (one batch, `apply --method larimar`), then for
+                                              [--start S] [--score-sample M] [--forget] [--set KEY=VALUE ...]
+        apply N facts (from the S-th on) through the repository (one batch, `apply --method larimar`), then for
         each scope threshold (`relation_threshold` under scope=subject, the default; `threshold`
         under --set scope=similarity) `memedit eval`'s Rel/Gen/Loc and spec (same-subject probes,
         2 per fact; commands/evaluate.py, docs/metrics.md) and the share of edit, rephrase,
         locality and same-subject prompts found in scope; --forget then forgets 10 facts and
-        scores (`memedit eval` on the repository) the forgotten and the kept ones
+        scores (`memedit eval` on the repository) the forgotten and the kept ones; --score-sample M
+        scores M of the N, evenly spaced (all N are applied)
     python benchmarks/larimar_eval.py quality --facts 30 --train-steps 300
         the same for the experimental mode=prefix: first `memedit larimar-train` on the
         sentences of facts 200-999 (prompt and rephrase with the new target)
+    python benchmarks/larimar_eval.py contexts --start 500 --facts 100 [--data zsre] [--context TEXT ...]
+        the context format alone: the unedited model's Rel, Gen and spec on facts S..S+N with each
+        candidate context of the fact read before the prompt (as an in-scope prompt reads it), no memory
     python benchmarks/larimar_eval.py scope --facts 100 [--data zsre]
         the scope detector alone: for thresholds 0.5..0.9, the fraction of rephrase prompts
         found in scope (and matched to their own episode) and of locality prompts kept out
@@ -49,6 +53,9 @@ from memedit_cli.methods.larimar.modeling_memedit_larimar import nearest
 from memedit_cli.replay import attach_all
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# `contexts`' candidates: the fact said 1 to 8 times, and three times after a lead-in
+CONTEXTS = tuple(". ".join(["{prompt} {target}"] * n) + ".\n" for n in (1, 2, 3, 4, 5, 6, 8)) + (
+    "New fact: {prompt} {target}. {prompt} {target}. {prompt} {target}.\n",)
 
 
 def encoder():
@@ -72,6 +79,32 @@ def scope(args):
     for t in THRESHOLDS:
         print(f"| {t} | {(reph_sim >= t).float().mean():.2f} | {((reph_sim >= t) & own).float().mean():.2f} | "
               f"{(loc_sim < t).float().mean():.2f} |")
+
+
+def contexts(args):
+    """The context format alone: the unedited model reading each candidate context of a fact before the
+    fact's own prompt (Rel), its rephrases (Gen) and its same-subject probes (spec against the same probes
+    without it): what an in-scope prompt reads, without the memory or the scope."""
+    from memedit_cli.lm.score import agreement, continuation_tokens, predict, token_scores
+
+    facts = common.load_probed(args.data, args.facts, start=args.start)
+    _, model, tok, _ = common.default_model()
+    reph = [(f, q) for f in facts for q in f.rephrase_prompts]
+    spec = [(f, p) for f in facts for p in f.subject_locality]
+    rel_ids, gen_ids, spec_ids = (continuation_tokens(tok, a) for a in ([f.target_new for f in facts],
+                                                                         [f.target_new for f, _ in reph],
+                                                                         [p.answer for _, p in spec]))
+    base_spec = predict(model, tok, [p.prompt for _, p in spec], spec_ids)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    print(f"# {args.data}, {len(facts)} facts from #{args.start}; every prompt read after its fact's context")
+    print("| context | Rel | Gen | spec (every probe after the context) |")
+    print("|---|---|---|---|")
+    for c in args.context or CONTEXTS:
+        said = {f.id: c.format(prompt=f.prompt, target=f.target_new) for f in facts}
+        rel = token_scores(predict(model, tok, [said[f.id] + f.prompt for f in facts], rel_ids), rel_ids)
+        gen = token_scores(predict(model, tok, [said[f.id] + q for f, q in reph], gen_ids), gen_ids)
+        agree = agreement(predict(model, tok, [said[f.id] + p.prompt for f, p in spec], spec_ids), base_spec)
+        print(f"| `{json.dumps(c)[1:-1]}` | {mean(rel):.3f} | {mean(gen):.3f} | {mean(agree):.3f} |", flush=True)
 
 
 def speed(args):
@@ -128,10 +161,11 @@ def in_scope(model, tok, prompts, reset) -> float:
 
 def quality(args):
     """Apply N facts through the repository (one batch), score Rel/Gen/Loc, then forget 10 and score again."""
-    facts = common.load_probed(args.data, args.facts)
+    facts = common.load_probed(args.data, args.facts, start=args.start)
+    scored = common.sample(facts, args.score_sample)  # all applied, these scored
     repo, model, tok, _ = common.default_model()
     work = repo.root
-    base = score(model, tok, facts, lambda: None)  # the unedited model
+    base = score(model, tok, scored, lambda: None)  # the unedited model
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     overrides = hparams_mod.parse_set(args.set)
     if args.train_steps:  # experimental mode=prefix: an adapter trained on other facts' sentences first
@@ -151,7 +185,8 @@ def quality(args):
     segments = repo.segments_at(repo.head())
     hp = rec["hparams"]
     n = len(facts)
-    print(f"# {args.data}, {n} facts, --set {' '.join(args.set) or '(none)'}; encoder {hp['encoder']}, "
+    print(f"# {args.data}, {n} facts from #{args.start}, --set {' '.join(args.set) or '(none)'}; "
+          f"encoder {hp['encoder']}, "
           f"context {json.dumps(hp['context'])}; base model Rel {base.scores['rel']:.2f}; apply {apply_s:.1f} s "
           f"({rec['timings']['per_fact_s'] * 1000:.0f} ms/fact after loading)")
     knob = "relation_threshold" if hp["scope"] == "subject" else "threshold"
@@ -169,11 +204,12 @@ def quality(args):
                 attach_all(repo, model, segments, tok)
                 getattr(model, model.base_model_prefix).settings[knob] = threshold
 
-            s = score(model, tok, facts, edit, reset).scores
-            scope = [in_scope(model, tok, [getattr(f, k) for f in facts], reset)
+            s = score(model, tok, scored, edit, reset).scores
+            scope = [in_scope(model, tok, [getattr(f, k) for f in scored], reset)
                      for k in ("prompt", "rephrase_prompt", "locality_prompt")]
-            scope.append(in_scope(model, tok, [p.prompt for f in facts for p in f.subject_locality], reset))
-        print(f"| {args.data} | {n} | {threshold} | {s['rel']:.2f} | {s['gen']:.2f} | {s['loc']:.2f} | "
+            scope.append(in_scope(model, tok, [p.prompt for f in scored for p in f.subject_locality], reset))
+        print(f"| {args.data} | {n} ({len(scored)} scored) | {threshold} | {s['rel']:.2f} | {s['gen']:.2f} | "
+              f"{s['loc']:.2f} | "
               f"{s['spec']:.2f} | " + " | ".join(f"{x:.2f}" for x in scope) + " |", flush=True)
     if not args.forget:
         return
@@ -190,13 +226,19 @@ def quality(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["scope", "speed", "quality", "capacity"])
+    ap.add_argument("mode", choices=["scope", "speed", "quality", "capacity", "contexts"])
     ap.add_argument("--data", choices=list(common.FILES), default="counterfact")
     ap.add_argument("--facts", type=int, default=100)
+    ap.add_argument("--start", type=int, default=0,
+                    help="quality: the facts from this index on (held-out facts to choose settings on; default 0)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="quality: Larimar hparams")
     ap.add_argument("--thresholds", type=lambda v: [float(x) for x in v.split(",")], default=None,
                     help="quality: score under each of these scope thresholds (relation_threshold with "
                          "scope=subject, threshold with scope=similarity; default: the applied one)")
+    ap.add_argument("--context", action="append", default=[], metavar="TEXT",
+                    help="contexts: a context format to read (repeatable; default: the built-in candidates)")
+    ap.add_argument("--score-sample", type=int, default=None, metavar="N",
+                    help="quality: score N of the facts applied, evenly spaced over them (default: all)")
     ap.add_argument("--batch-size", type=int, default=None, help="quality: facts per apply segment (default: all)")
     ap.add_argument("--train-steps", type=int, default=0,
                     help="quality: experimental mode=prefix, with an adapter trained this many steps (larimar-train) "
@@ -204,7 +246,7 @@ def main():
     ap.add_argument("--forget", action="store_true", help="quality: then forget 10 facts and score again")
     args = ap.parse_args()
     common.set_threads()
-    {"scope": scope, "speed": speed, "quality": quality, "capacity": capacity}[args.mode](args)
+    {"scope": scope, "speed": speed, "quality": quality, "capacity": capacity, "contexts": contexts}[args.mode](args)
 
 
 if __name__ == "__main__":

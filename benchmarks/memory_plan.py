@@ -286,7 +286,7 @@ def larimar_parts(s: Shape, hp, w: Workload, encoder: str = "minilm") -> list[Pa
     f64, f32, n = torch.float64, torch.float32, w.facts
     C = MINILM["hidden_size"] if encoder == "minilm" else s.d
     K = hp.memory_size if n <= hp.memory_size else 2 ** math.ceil(math.log2(n))
-    context = 2 * (w.tokens + 1) + 1  # "{prompt} {target}. {prompt} {target}.\n"
+    context = hp.context.count("{prompt}") * (w.tokens + 1) + 1  # each "{prompt} {target}." and the "\n"
     parts = []
     if encoder == "minilm":
         parts.append(part("all-MiniLM-L6-v2 encoder weights", "encode ask", "gpu", f32, (minilm_params(MINILM),)))

@@ -151,7 +151,8 @@ def test_the_memory_grows_past_its_size_and_still_reads_each_episode(repo, tmp_p
 
 def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged(repo, tmp_path):
     facts = write_facts(tmp_path / "f.jsonl")
-    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model")
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model",
+         "--set", SHORT)
     before = repo.tree()
     for sets, message in ((["relation_threshold=0.5"], "apply with theirs (--set relation_threshold=0.7)"),
                           (["threshold=2"], "between -1 and 1"),
@@ -159,7 +160,7 @@ def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged
                           (["scope=words"], "scope must be one of"), (["relation_threshold=-2"], "between -1 and 1"),
                           (["ridge=0"], "ridge must be > 0"), (["context={prompt}"], "{target}"),
                           (["encoder=bert"], "encoder must be one of"), (["mode=lora"], "mode must be one of"),
-                          ([], "more than the model's 64")):  # the default context, said twice, does not fit
+                          ([], "more than the model's 64")):  # the default context, said 8 times, does not fit
         args = [x for s in ["encoder=model", *sets] for x in ("--set", s)]
         result = repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--method", "larimar", *args, ok=False)
         assert result.exit_code == 1 and message in result.output, result.output
@@ -168,11 +169,25 @@ def test_mixed_settings_and_bad_values_are_refused_with_the_repository_unchanged
     assert facts.exists()
 
 
+def test_each_episode_reads_the_context_it_was_written_with(repo, tmp_path):
+    # the context is stored per episode, so a later apply may use another one (a repository made before
+    # a default context changed keeps taking Larimar edits); each episode keeps its own
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model",
+         "--set", SHORT)
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), "--method", "larimar", "--set", "encoder=model",
+         "--set", "context={prompt}={target}")
+    model, tok = repo.state()
+    dec = decoder(model)
+    said = [tok.decode(dec.context_ids[dec.context_offsets[i]:dec.context_offsets[i + 1]]) for i in range(3)]
+    assert said == [f"{FACTS[0]['prompt']} {FACTS[0]['target_new']}."] + [
+        f"{f['prompt']}={f['target_new']}" for f in FACTS[1:]]
+
+
 def test_other_methods_edit_the_wrapped_decoder(repo, tmp_path):
     from conftest import FAST
 
     repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:1]), "--method", "larimar", "--set", "encoder=model",
-         "--set", "scope=similarity", "--set", "threshold=-1")
+         "--set", "scope=similarity", "--set", "threshold=-1", "--set", SHORT)
     only_larimar, tok = repo.state()
     repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[1:]), *FAST)
     model, _ = repo.state()

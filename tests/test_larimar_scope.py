@@ -58,7 +58,8 @@ def test_a_subject_found_only_inside_a_word_is_refused_with_the_repository_uncha
                   "--set", "encoder=model", ok=False)
     assert result.exit_code == 1 and "only inside a word" in result.output and "scope=similarity" in result.output
     assert repo.tree() == before
-    repo("apply", tmp_path / "f.jsonl", "--method", "larimar", "--set", "encoder=model", "--set", "scope=similarity")
+    repo("apply", tmp_path / "f.jsonl", "--method", "larimar", "--set", "encoder=model", "--set", "scope=similarity",
+         "--set", SHORT)
 
 
 class _Vectors:

@@ -28,9 +28,10 @@ class LarimarHparams:
     threshold: float = 0.7  # scope=similarity: the nearest episode's cosine must reach this
     encoder: str = "auto"  # minilm, model (the base model's hidden state), auto: minilm when installed
     encoder_layer: int = -1  # encoder=model: the block whose input is pooled; -1: half the depth
-    # the text read before an in-scope prompt; {prompt} and {target} are the episode's fact. Said twice:
-    # SmolLM2-135M copies the target more often then (docs/methods/larimar.md: the format table)
-    context: str = "{prompt} {target}. {prompt} {target}.\n"
+    # the text read before an in-scope prompt; {prompt} and {target} are the episode's fact. Said 8 times:
+    # SmolLM2-135M copies the target more often the more it is said (held-out facts 500-599, Rel from twice
+    # to 8 times: .82 -> .985 CounterFact, .81 -> .92 ZsRE; docs/methods/larimar.md, the context format)
+    context: str = ". ".join(["{prompt} {target}"] * 8) + ".\n"
     # context: the episode's text is read (training-free); prefix (experimental): a trained adapter turns
     # the readout into key/value positions (`memedit larimar-train`)
     mode: str = "context"

@@ -44,8 +44,9 @@ def episode_text(fact) -> str:
     return f"{fact.prompt} {fact.target_new}"
 
 
+# not the context: each episode stores its own context tokens, and an in-scope prompt reads its episode's
 SHARED = ("memory_size", "ridge", "memory_seed", "scope", "relation_threshold", "threshold", "encoder",
-          "encoder_layer", "context", "mode", "adapter")
+          "encoder_layer", "mode", "adapter")
 
 
 def _shared(h: dict) -> tuple:
