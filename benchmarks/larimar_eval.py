@@ -245,6 +245,10 @@ def main():
                          "on the sentences of facts 200-999")
     ap.add_argument("--forget", action="store_true", help="quality: then forget 10 facts and score again")
     args = ap.parse_args()
+    for name, given, modes in (("--start", args.start, ("quality", "contexts")), ("--context", args.context,
+                               ("contexts",)), ("--score-sample", args.score_sample, ("quality",))):
+        if given and args.mode not in modes:
+            ap.error(f"{name} is read only by {' and '.join(modes)}, not by {args.mode}")
     common.set_threads()
     {"scope": scope, "speed": speed, "quality": quality, "capacity": capacity, "contexts": contexts}[args.mode](args)
 
