@@ -9,14 +9,25 @@
     python benchmarks/memit_eval.py quality --data counterfact --facts 100 --batch 100 \
         [--layers 2,3,4,5,6] [--lam 700,2093] [--corpus FILE|samples] [--tokens 50000,200000] [--null-space]
         [--set v_num_grad_steps=15 ...] [--sweep update=memit,sequential ...] [--reuse-z]
-        apply all facts (batches of --batch, one after another), then score all of them
+        [--z-dir DIR] [--score-sample N]
+        apply all facts (batches of --batch, one after another), then score all of them (or N evenly spaced)
+    python benchmarks/memit_eval.py zs --data counterfact --facts 1000 --batch 100 --z-dir DIR --shard 0/2
+        z of every batch (here: of batches 0, 2, 4, ...) on the unedited model, saved in DIR for
+        `quality --z-dir DIR`; shards (or a second process with --reverse) run side by side, each
+        skipping the batches already saved, and a killed run resumes from them
     python benchmarks/memit_eval.py forget --facts 10,100,1000 --batch 100 [--set v_num_grad_steps=1]
         `memedit forget` of one fact of the last and of the first batch, through the CLI
 
 Scores are `memedit eval`'s (commands/evaluate.py; docs/metrics.md): Rel on the
 prompt, Gen on the rephrase, Loc = argmax agreement with the unedited model on
 the locality prompt. quality builds each state as `apply` does (replay.Build, in a
-temporary repository) and scores it in memory; forget runs the CLI. Several λ
+temporary repository) and scores it in memory; forget runs the CLI. With --z-dir,
+every batch's z is computed on the unedited model (and saved there, so a
+killed run resumes) and every variant re-solves from them: the rules compare
+on the same targets. (`apply` computes a batch's z on the state the earlier
+batches left; z is optimized through the blocks above the band, which no rule
+edits, so the state enters only through the context positions and the KL
+reference.) Several λ
 values reuse one z computation (z does not depend on λ or C₀; the statistics'
 cost, `memedit stats`'s precompute, is "stats s", outside s/fact). Data:
 ../shared/data (skipped with a message when absent).
@@ -26,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import tempfile
@@ -84,19 +96,64 @@ def passes(args, model, tok, env):
               f"{info['z_fact_steps_mean']} |", flush=True)
 
 
-def quality(args, repo, model, tok, env):
-    facts = common.load(args.data, args.facts)
+# the hyperparameters z depends on (besides the band's top block): what names a saved z
+Z_FIELDS = ("v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "kl_direction",
+            "v_stop_loss", "context_templates", "z_fast_path")
+
+
+def base_z(model, tok, batch, hp, z_dir: Path):
+    """z (n, d) of one batch on the unedited `model`: read from z_dir, or computed and saved there."""
+    from safetensors.torch import load_file, save_file
+
+    from memedit_cli.lm.models import input_device
+
+    what = {k: getattr(hp, k) for k in Z_FIELDS} | {"layer": hp.layers[-1], "facts": [f.id for f in batch]}
+    path = z_dir / f"z-{hashlib.blake2b(json.dumps(what).encode(), digest_size=8).hexdigest()}.safetensors"
+    if path.exists():
+        return load_file(path)["z"]
+    t0 = time.perf_counter()
+    z, info = compute_z(model, tok, batch, hp, hp.layers[-1], hp.context_templates, input_device(model))
+    z_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"z": z.float().cpu().contiguous()}, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)  # whole or absent: a kill mid-write leaves no z to trust
+    print(f"# z of {len(batch)} facts ({batch[0].id}..): {(time.perf_counter() - t0) / len(batch):.2f} s/fact, "
+          f"{info}", flush=True)
+    return z.float().cpu()
+
+
+def _hparams(args, model, tok, env):
+    """The default MEMIT hparams with --layers, --null-space and --set, resolved."""
     method = MEMIT()
     hp = method.default_hparams(model)
     changes = {"null_space": args.null_space}
     if args.layers:
         changes["layers"] = tuple(int(x) for x in args.layers.split(","))
     hp = hparams_mod.resolve(dataclasses.replace(hp, **changes), hparams_mod.parse_set(args.set))
-    hp = method.resolve(hp, model, tok, env)
+    return method.resolve(hp, model, tok, env)
+
+
+def save_zs(args, model, tok, env):
+    facts = common.load(args.data, args.facts)
+    hp = _hparams(args, model, tok, env)
+    index, _, count = args.shard.partition("/")
+    batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
+    mine = list(range(int(index), len(batches), int(count or 1)))
+    # --reverse: a second worker over the same batches from the other end; each skips those already saved
+    for i in reversed(mine) if args.reverse else mine:
+        base_z(model, tok, batches[i], hp, args.z_dir)
+    print(f"# z of batches {index}::{count or 1} of {len(batches)} in {args.z_dir}")
+
+
+def quality(args, repo, model, tok, env):
+    facts = common.load(args.data, args.facts)
+    method = MEMIT()
+    hp = _hparams(args, model, tok, env)
     print(f"# --set {' '.join(args.set) or '(none)'}", flush=True)
     lams = [float(x) for x in args.lam.split(",")] if args.lam else [hp.mom2_update_weight]
     batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
-    zs: dict = {}
+    scored = common.sample(facts, args.score_sample)
+    # --z-dir: every batch's z on the unedited model (computed before anything is edited, or read)
+    zs: dict = {i: base_z(model, tok, b, hp, args.z_dir) for i, b in enumerate(batches)} if args.z_dir else {}
     variants = [(c, t, lam) for c in args.corpus.split(",") for t in args.tokens for lam in lams]
     if args.variants:  # explicit CORPUS:TOKENS:LAMBDA triples instead of the cross product
         variants = [(c, int(t), float(lam)) for c, t, lam in (v.rsplit(":", 2) for v in args.variants.split(";"))]
@@ -118,17 +175,18 @@ def quality(args, repo, model, tok, env):
             for i, batch in enumerate(batches):
                 # one batch starts from the base whatever λ is, so its z is the same: computed once;
                 # --reuse-z: later batches too (the first variant's z, re-solved as forget --resolve does)
-                same_z = i in zs and (len(batches) == 1 or args.reuse_z)
+                same_z = i in zs and (len(batches) == 1 or args.reuse_z or bool(args.z_dir))
                 reuse = {"facts": [f.id for f in batch], "tensors": {"z": zs[i]}} if same_z else None
                 segs.append(build.compute(method, hp_l, batch, 0, reuse))
                 if i not in zs:
                     zs[i] = load_segment_tensors(repo, segs[-1])["z"]
             timed["edit_s"] = (time.perf_counter() - t0) / len(facts)
 
-        s = score(build.model, build.tok, facts, edit).scores
+        s = score(build.model, build.tok, scored, edit).scores
         tensors = load_segment_tensors(repo, segs[-1])
         nbytes = sum(t.numel() * t.element_size() for k, t in tensors.items() if k != "z") / len(batches[-1])
-        print(f"| {args.data} | {len(facts)} | {len(batches)}x{args.batch} | {list(hp.layers)} | {lam:g} | "
+        print(f"| {args.data} | {len(facts)} ({len(scored)} scored) | {len(batches)}x{args.batch} | "
+              f"{list(hp.layers)} | {lam:g} | "
               f"{'null_space' if hp_l.null_space else hp_l.update}{'+nas' if hp_l.norm_anchor else ''} | "
               f"{Path(corpus).name}:{tokens} | "
               f"{s['rel']:.2f} | {s['gen']:.2f} | {s['loc']:.2f} | {timed['edit_s']:.2f} | {stats_s:.0f} | "
@@ -170,7 +228,7 @@ def _sweep_grid(items: list[str]):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["speed", "passes", "quality", "forget"])
+    ap.add_argument("mode", choices=["speed", "passes", "quality", "zs", "forget"])
     ap.add_argument("--data", choices=list(common.FILES), default="counterfact")
     ap.add_argument("--facts", default="10", help="how many facts (forget: a comma-separated list)")
     ap.add_argument("--batch", type=int, default=100)
@@ -192,12 +250,23 @@ def main():
     ap.add_argument("--reuse-z", action="store_true",
                     help="every variant after the first reuses its z for every batch (closed-form re-solves in "
                          "sequence, as forget --resolve): sweeps of the solve at the cost of one z computation")
+    ap.add_argument("--z-dir", type=Path, default=None,
+                    help="quality, zs: each batch's z computed on the unedited model, saved in (and read from) DIR")
+    ap.add_argument("--shard", default="0/1", metavar="I/N", help="zs: the batches i with i %% N == I")
+    ap.add_argument("--reverse", action="store_true",
+                    help="zs: the last batch first (a second process over the same batches meets the first halfway)")
+    ap.add_argument("--score-sample", type=int, default=None, metavar="N",
+                    help="quality: score N facts evenly spaced over the applied ones (default: all)")
     ap.add_argument("--variants", default="", help="CORPUS:TOKENS:LAMBDA;... (overrides --corpus/--tokens/--lam)")
     args = ap.parse_args()
     args.facts_list = [int(x) for x in args.facts.split(",")]
     if args.mode != "forget" and len(args.facts_list) > 1:
         ap.error(f"{args.mode} takes one --facts count, got {args.facts}")
     args.facts = args.facts_list[0]
+    if args.mode == "zs" and args.z_dir is None:
+        ap.error("zs needs --z-dir, the folder the z are saved in")
+    if args.mode != "quality" and args.score_sample is not None:
+        ap.error("--score-sample is read by quality only")
     if args.mode == "forget":
         print("| facts | batches | apply s | forgotten fact's batch | forget | forget s | segments replayed |")
         print("|---|---|---|---|---|---|---|")
@@ -206,6 +275,8 @@ def main():
     repo, model, tok, env = common.default_model()
     if args.mode == "speed":
         speed(args, model, tok, env)
+    elif args.mode == "zs":
+        save_zs(args, model, tok, env)
     elif args.mode == "passes":
         print("| facts per pass | s/fact | peak RSS GiB | max abs z diff to the first | steps per fact |")
         print("|---|---|---|---|---|")

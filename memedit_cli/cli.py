@@ -128,9 +128,13 @@ def apply(ctx, file, method, hparams_file, sets, batch_size, seed, as_json):
               help="Faster, not exact: later MEMIT segments keep their stored target vectors z and are only "
                    "solved again in closed form (no gradient steps); the record notes it. "
                    "docs/methods/memit.md measures the difference.")
+@click.option("--stored-keys", is_flag=True,
+              help="With --resolve, faster still and further from exact: MEMIT segments made with "
+                   "update=sequential or alphaedit are solved with the keys they stored when made, and only "
+                   "their current outputs are read again (the record notes it).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def forget(ctx, ids, allow_drift, resolve, as_json):
+def forget(ctx, ids, allow_drift, resolve, stored_keys, as_json):
     """Remove facts from the current state: fact ids or apply-record ids (unique prefixes work).
 
     The segments after the first forgotten fact are replayed from the log, with
@@ -142,7 +146,7 @@ def forget(ctx, ids, allow_drift, resolve, as_json):
     """
     from memedit_cli.commands import forget as forget_mod
 
-    rec = forget_mod.forget(_repo(ctx), list(ids), allow_drift, resolve)
+    rec = forget_mod.forget(_repo(ctx), list(ids), allow_drift, resolve, stored_keys)
     if as_json:
         _json({"revision": rec["id"], "forgot": rec["forgot"], "timings": rec["timings"],
                **({"drift": rec["drift"]} if rec.get("drift") else {})})

@@ -106,6 +106,10 @@ def test_forget_unknown_id(applied):
     refused(applied, "forget", "no-such-fact", says="no active fact")
 
 
+def test_stored_keys_without_resolve(applied):
+    refused(applied, "forget", FACTS[0]["id"], "--stored-keys", says="--stored-keys is a form of --resolve")
+
+
 def test_usage_error_exit_code(applied):
     result = applied("apply", ok=False)
     assert result.exit_code == 2

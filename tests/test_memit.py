@@ -238,6 +238,36 @@ def test_forget_resolve_keeps_later_z_and_solves_again(repo, tmp_path, corpus):
     assert not torch.equal(after[name], before[name])  # re-solved: the state below it changed
 
 
+def test_forget_resolve_with_stored_keys_reads_no_keys(repo, tmp_path, corpus):
+    """--resolve --stored-keys: a later batch that stored its keys (update=sequential) is solved with them, bit for
+    bit, and with its stored z; it still reads its current outputs, so its update changes with the state below."""
+    from memedit_cli.replay import load_segment_tensors
+    from memedit_cli.store.repo import Repo
+
+    args = [*memit_args(corpus), "--set", "update=sequential", "--set", "layers=[0,1]"]  # a band of two: keys move
+    repo("apply", write_facts(tmp_path / "a.jsonl", FACTS[:2]), *args)
+    repo("apply", write_facts(tmp_path / "b.jsonl", FACTS[2:]), *args)
+    r = Repo.open(repo.dir)
+    before = load_segment_tensors(r, r.segments_at(r.head())[1])
+    rec = repo.json("forget", "darrieux", "--resolve", "--stored-keys")
+    full = repo.json("show", rec["revision"])
+    assert full.get("resolve") is True and full.get("stored_keys") is True
+    later = full["rebuilt"][1]
+    assert later["info"].get("keys_stored") and "z_steps" not in later["info"]
+    after = load_segment_tensors(r, later)
+    names = sorted(k[:-2] for k in after if k.endswith(".K"))  # the band's layers, lowest first
+    assert names and all(torch.equal(after[f"{n}.K"], before[f"{n}.K"]) for n in names)
+    assert torch.equal(after["z"], before["z"])
+    assert not torch.equal(after[f"{names[0]}.U"], before[f"{names[0]}.U"])  # R is read on the new state
+
+    # the plain --resolve reads the keys again: above the band's first layer (whose keys no update of the band
+    # reaches) they differ from the stored ones on the changed state
+    repo("checkout", "HEAD~1")
+    rec = repo.json("forget", "darrieux", "--resolve")
+    reread = load_segment_tensors(r, repo.json("show", rec["revision"])["rebuilt"][1])
+    assert not torch.equal(reread[f"{names[-1]}.K"], before[f"{names[-1]}.K"])
+
+
 def test_export_is_plain_weights(repo, tmp_path, corpus):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -10,8 +10,12 @@ seeds. The log keeps everything: the forget record names the untouched prefix
 `resolve=True` (`memit forget --resolve`) trades that exactness for time:
 later segments of a method that can (MEMIT) keep what they stored (MEMIT's z)
 and are only solved again in closed form on the new state, no gradient
-steps; the record says `"resolve": true`. docs/methods/memit.md measures how
-far that lands from the exact replay.
+steps; the record says `"resolve": true`. `stored_keys=True` goes further:
+every rebuilt MEMIT segment that stored its keys (update=sequential or
+alphaedit) is solved with those keys too, as read when it was made, and only
+reads h again (one row a fact instead of one per context template); the
+record says `"stored_keys": true`. docs/methods/memit.md measures how far
+each lands from the exact replay.
 """
 
 from __future__ import annotations
@@ -54,9 +58,11 @@ def resolve_ids(repo, ids: list[str], head) -> list[str]:
     return [fid for fid in active if fid in chosen]
 
 
-def forget(repo, ids: list[str], allow_drift: bool = False, resolve: bool = False) -> dict:
+def forget(repo, ids: list[str], allow_drift: bool = False, resolve: bool = False, stored_keys: bool = False) -> dict:
     from memedit_cli.replay import Build, load_segment_tensors
 
+    if stored_keys and not resolve:
+        raise UserError("--stored-keys is a form of --resolve: give both (forget without them is the exact replay)")
     t0 = time.perf_counter()
     with repo.lock("forget"):
         head = repo.head()
@@ -84,7 +90,8 @@ def forget(repo, ids: list[str], allow_drift: bool = False, resolve: bool = Fals
             # only the first affected segment starts from the same state as before; with `resolve`, later
             # segments that can keep their stored results too (then the state is no longer the exact replay)
             reused = n == 0 or resolve and method.resolvable
-            reuse = {"facts": seg["facts"], "tensors": load_segment_tensors(repo, seg)} if reused else None
+            reuse = ({"facts": seg["facts"], "tensors": load_segment_tensors(repo, seg), "stored_keys": stored_keys}
+                     if reused else None)
             rebuilt.append(build.compute(method, hp, keep, seg["seed"], reuse, replaying=seg))
         names = sorted({seg["method"] for seg in segments if gone_set & set(seg["facts"])})
         return repo.append({
@@ -98,6 +105,7 @@ def forget(repo, ids: list[str], allow_drift: bool = False, resolve: bool = Fals
             "versions": logmod.versions(),
             **({"drift": build.drift} if build.drift else {}),  # replays made under --allow-drift
             **({"resolve": True} if resolve else {}),  # later segments re-solved from stored results, not replayed
+            **({"stored_keys": True} if stored_keys else {}),  # ... with their stored keys
             "timings": {"total_s": round(time.perf_counter() - t0, 3),
                         "replayed_segments": sum(1 for s in rebuilt if id(s) not in kept_as_is)},
             "time": logmod.now(),

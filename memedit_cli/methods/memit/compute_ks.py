@@ -31,35 +31,39 @@ def key_rows(tok, facts, templates, device):
 
 class KeyReader:
     """For one batch and the band `layers` (increasing, top = layers[-1] unless given): `read(i)` gives
-    (keys (n, d_in) at layers[i], current h (n, d) at block top), called for i = 0, 1, ... in turn with
-    layers[i - 1]'s update added to the model in between; `values()` gives NAS's (v₀, h) at block top on
-    the model as it was at read(0). Each fact's bare prompt is its first row ("{}" comes first).
+    (keys (n, d_in) at layers[i], or None with keys=False, current h (n, d) at block top), called for
+    i = 0, 1, ... in turn with layers[i - 1]'s update added to the model in between; `values()` gives
+    NAS's (v₀, h) at block top on the model as it was at read(0). Each fact's bare prompt is its first
+    row ("{}" comes first).
 
     Resuming keeps every chunk's input at each band block but the last between reads: rows × tokens × d
     × (|R| − 1) values; for 100 facts (700 rows of ~20 tokens) at d = 4,096 in bf16 and a band of 5,
     0.46 GB, for the 10,000 of the MEMIT paper's largest batch 46 GB. Above KEEP_BYTES each read runs
     from the embeddings instead, one chunk at a time, as before."""
 
-    def __init__(self, model, rows, layers, top: int | None = None):
+    def __init__(self, model, rows, layers, top: int | None = None, keys: bool = True):
         import torch
 
         self.model, self.rows, self.arch, self.layers = model, rows, arch_for(model.config), tuple(layers)
         self.top = self.layers[-1] if top is None else top
         self.fact, self.n = rows.fact, int(rows.fact.max()) + 1
         self.next = 0
-        # template rows (every row, the bare ones too), grouped by length: the keys
+        # template rows (every row, the bare ones too), grouped by length: the keys; none with keys=False
+        # (the caller has them stored: only h and v₀ are read, on the bare rows)
         self.key_order = torch.argsort(rows.lookup, stable=True)
-        self.key_chunks = list(self.key_order.split(CHUNK_ROWS))
+        self.key_chunks = list(self.key_order.split(CHUNK_ROWS)) if keys else []
         self.h_chunks = list(_bare(rows, self.n).split(CHUNK_ROWS))  # bare rows: h at block top, NAS's v₀
         keep = self.layers[:-1]
         fits = _kept_bytes(model, rows, self.key_chunks + self.h_chunks, len(keep)) <= KEEP_BYTES
         self.keep = keep if keep and fits else ()
         block, out_top = self.arch.layer(self.top), self.arch.mlp_out_at(self.top)
-        # resuming needs the block arguments up to the band's top: then the template rows go there too
-        (keys,), self.key_runs = self._pass(self.key_chunks, self.layers[-1] if self.keep else self.layers[0],
-                                            f"in:{self._proj(0)}")
+        keys_in, self.key_runs = None, None
+        if keys:  # resuming needs the block arguments up to the band's top: then the template rows go there too
+            (keys_in,), self.key_runs = self._pass(self.key_chunks, self.layers[-1] if self.keep else self.layers[0],
+                                                   f"in:{self._proj(0)}")
         (h, v0), self.h_runs = self._pass(self.h_chunks, self.top, f"out:{block}", f"out:{out_top}")
-        self._first, self._values = (self._per_fact(keys), h), (v0, h)
+        self._first = (None if keys_in is None else self._per_fact(keys_in), h)
+        self._values = (v0, h)
 
     def _proj(self, i: int) -> str:
         return self.arch.mlp_out_at(self.layers[i])
@@ -107,11 +111,13 @@ class KeyReader:
             return self._first
         # block layers[i-1] has just been updated: resume there, or run from the embeddings
         start, runs = (self.layers[i - 1], True) if self.keep else (0, False)
-        (keys,), _ = self._pass(self.key_chunks, self.layers[i], f"in:{self._proj(i)}", start=start,
-                                runs=self.key_runs if runs else None)
+        keys = None
+        if self.key_chunks:
+            (keys,), _ = self._pass(self.key_chunks, self.layers[i], f"in:{self._proj(i)}", start=start,
+                                    runs=self.key_runs if runs else None)
         (h,), _ = self._pass(self.h_chunks, self.top, f"out:{self.arch.layer(self.top)}", start=start,
                              runs=self.h_runs if runs else None)
-        return self._per_fact(keys), h
+        return (None if keys is None else self._per_fact(keys)), h
 
 
 def _kept_bytes(model, rows, chunks, blocks: int) -> int:

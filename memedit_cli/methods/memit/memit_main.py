@@ -154,10 +154,17 @@ class MEMIT(WeightMethod):
         device = input_device(model)
         z_layer = hp.layers[-1]
         info: dict = {}
+        names = [arch.mlp_out_at(layer) for layer in hp.layers]
+        cols = [reuse["facts"].index(f.id) for f in facts] if reuse is not None else []
+        # `forget --resolve --stored-keys`: the keys too are what the batch read when it was made (the rules
+        # but "memit" store them); only h is read again, on the bare prompts: 1 row a fact instead of 1 + templates
+        stored = bool(reuse and reuse.get("stored_keys") and all(f"{n}.K" in reuse["tensors"] for n in names))
         if reuse is not None:  # forget: each remaining fact's z is what it was (exactly so on the same starting
             # state; on a later segment with `forget --resolve`, the stored target re-solved on the new state)
-            z = reuse["tensors"]["z"][[reuse["facts"].index(f.id) for f in facts]].to(device)
+            z = reuse["tensors"]["z"][cols].to(device)
             info["z_reused"] = True
+            if stored:
+                info["keys_stored"] = True
         else:
             z, info = compute_z(model, tok, facts, hp, z_layer, hp.context_templates, device)
         # C₀ goes into the repository (an object the segment names): a replay reads it there, never a cache
@@ -168,19 +175,19 @@ class MEMIT(WeightMethod):
             return cov
 
         cov = env.stored("mom2", statistics)
-        names = [arch.mlp_out_at(layer) for layer in hp.layers]
         originals = {n: weight_module(model, n).weight.detach().clone() for n in names}
         tensors = {"z": z.float().cpu()}
         rule = "alphaedit" if hp.null_space else hp.update
         # the earlier batches' keys: each earlier segment read once, not once per layer
         earlier = _earlier_keys(env, self.name, hp) if rule != "memit" or hp.norm_anchor else []
-        reader = KeyReader(model, key_rows(tok, facts, hp.context_templates, device), hp.layers)
+        templates = hp.context_templates[:1] if stored else hp.context_templates  # [0]: the rows h is read on
+        reader = KeyReader(model, key_rows(tok, facts, templates, device), hp.layers, keys=not stored)
         if hp.norm_anchor:  # z is stored as optimized; a replay anchors it again on its own state
             z, info["norm_anchor"], tensors["nas_anchor"] = _anchor(*reader.values(), z, earlier)
         try:
             for i, name in enumerate(names):
                 keys, current = reader.read(i)  # on the model with the band's layers below i updated
-                K = keys.T  # (d_in, n)
+                K = reuse["tensors"][f"{name}.K"][:, cols].to(current) if stored else keys.T  # (d_in, n)
                 R = (z.double().to(current.device) - current).T / (len(hp.layers) - i)  # (d_out, n)
                 C = cov[name].to(K.device)
                 Kp = [t[f"{name}.K"] for t in earlier if f"{name}.K" in t]  # the earlier batches' keys
