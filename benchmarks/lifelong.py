@@ -140,11 +140,13 @@ def forget_first(d: Path, fact_id: str) -> float:
         return round(time.perf_counter() - t0, 2)
 
 
-def forget_resolved(d: Path, fact_id: str, facts: list, exact: bool = True) -> dict:
+def forget_resolved(d: Path, fact_id: str, facts: list, exact: bool = True, stored_keys: bool = False) -> dict:
     """`forget --resolve` of the first fact against the exact forget, each on a copy: both times, the
     largest and mean |Δlogit| of the two states' next-token logits on `facts`' prompts and locality
     prompts, and each state's scores on `facts` (the remaining ones). `exact=False`: the resolve alone
-    (where the exact replay, z of every later batch recomputed, costs hours)."""
+    (where the exact replay, z of every later batch recomputed, costs hours). `stored_keys`: also
+    `--resolve --stored-keys`, its time, scores and `stored_keys_max_dlogit` / `_mean_dlogit` against the
+    exact forget (or, without it, against the plain resolve: `reference` says which)."""
     import torch
 
     from memedit_cli.commands.evaluate import evaluate
@@ -153,19 +155,26 @@ def forget_resolved(d: Path, fact_id: str, facts: list, exact: bool = True) -> d
 
     out, logits = {}, {}
     prompts = [f.prompt for f in facts] + [f.locality_prompt for f in facts if f.locality_prompt]
-    for label, resolve in ([("exact", False)] if exact else []) + [("resolve", True)]:
+    forms = ([("exact", {})] if exact else []) + [("resolve", {"resolve": True})]
+    forms += [("stored_keys", {"resolve": True, "stored_keys": True})] if stored_keys else []
+    for label, how in forms:
         with repo_copy(d, f"forget-{label}") as copy:
             t0 = time.perf_counter()
-            rec = forget(copy, [fact_id], resolve=resolve)
+            rec = forget(copy, [fact_id], **how)
             out[f"{label}_s"] = round(time.perf_counter() - t0, 2)
             model, tok = materialize(copy, copy.segments_at(rec["id"]))
             with torch.no_grad():
                 logits[label] = torch.stack([model(**tok(p, return_tensors="pt")).logits[0, -1] for p in prompts])
             out[f"{label}_scores"] = evaluate(copy, facts, rev=rec["id"]).scores
-    if not exact:
-        return out
-    diff = (logits["exact"] - logits["resolve"]).abs()
-    out.update(max_dlogit=round(float(diff.max()), 4), mean_dlogit=round(float(diff.mean()), 5), prompts=len(prompts))
+    reference = forms[0][0]
+    for label in logits:
+        if label != reference:
+            diff = (logits[reference] - logits[label]).abs()
+            key = "" if label == "resolve" else f"{label}_"  # the resolve's keys keep their names
+            out[f"{key}max_dlogit"] = round(float(diff.max()), 4)
+            out[f"{key}mean_dlogit"] = round(float(diff.mean()), 5)
+    if len(logits) > 1:
+        out.update(reference=reference, prompts=len(prompts))
     return out
 
 

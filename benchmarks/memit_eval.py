@@ -15,6 +15,11 @@
         z of every batch (here: of batches 0, 2, 4, ...) on the unedited model, saved in DIR for
         `quality --z-dir DIR`; shards (or a second process with --reverse) run side by side, each
         skipping the batches already saved, and a killed run resumes from them
+    python benchmarks/memit_eval.py resolve --data counterfact --facts 1000 --batch 100 --z-dir DIR \
+        --set update=sequential [--exact]
+        a repository of one apply record per batch, each batch's z read from DIR (no gradient steps), then
+        forget of the first fact (on copies): --resolve and --resolve --stored-keys (and --exact: the exact
+        replay), their seconds, |Δlogit| between the states and Rel/Gen/Loc on --score-sample remaining facts
     python benchmarks/memit_eval.py forget --facts 10,100,1000 --batch 100 [--set v_num_grad_steps=1]
         `memedit forget` of one fact of the last and of the first batch, through the CLI
 
@@ -194,6 +199,27 @@ def quality(args, repo, model, tok, env):
               f"{' '.join(f'{k}={v}' for k, v in extra.items())} |", flush=True)
 
 
+def resolve_timing(args, repo, model, tok, env):
+    import lifelong
+
+    from memedit_cli.commands.apply import record
+
+    facts = common.load(args.data, args.facts)
+    method = MEMIT()
+    hp = _hparams(args, model, tok, env)
+    batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
+    zs = [base_z(model, tok, b, hp, args.z_dir) for b in batches]
+    build, head, t0 = Build(repo, []), repo.head(), time.perf_counter()
+    for batch, z in zip(batches, zs):  # as `apply` would, one record per batch, with the stored z
+        seg = build.compute(method, hp, batch, 0, {"facts": [f.id for f in batch], "tensors": {"z": z}})
+        head = repo.append(record(head, method, hp, 0, batch, [seg], "memit_eval resolve", 0.0, 0.0))["id"]
+    print(f"# {len(facts)} facts in {len(batches)} batches from stored z ({' '.join(args.set) or 'defaults'}): "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    rest = common.sample(facts[1:], args.score_sample or 100)
+    out = lifelong.forget_resolved(repo.root.parent, facts[0].id, rest, exact=args.exact, stored_keys=True)
+    print(json.dumps(out), flush=True)
+
+
 def forget_timing(args):
     """Apply N facts through the CLI (batches of --batch), then time `memedit forget` of one
     fact of the last batch (re-solve from stored z) and of the first: exact (later batches replayed,
@@ -228,7 +254,7 @@ def _sweep_grid(items: list[str]):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["speed", "passes", "quality", "zs", "forget"])
+    ap.add_argument("mode", choices=["speed", "passes", "quality", "zs", "resolve", "forget"])
     ap.add_argument("--data", choices=list(common.FILES), default="counterfact")
     ap.add_argument("--facts", default="10", help="how many facts (forget: a comma-separated list)")
     ap.add_argument("--batch", type=int, default=100)
@@ -256,7 +282,9 @@ def main():
     ap.add_argument("--reverse", action="store_true",
                     help="zs: the last batch first (a second process over the same batches meets the first halfway)")
     ap.add_argument("--score-sample", type=int, default=None, metavar="N",
-                    help="quality: score N facts evenly spaced over the applied ones (default: all)")
+                    help="quality, resolve: score N facts evenly spaced over the applied ones (default: all; "
+                         "resolve: 100)")
+    ap.add_argument("--exact", action="store_true", help="resolve: time the exact replay too (z recomputed)")
     ap.add_argument("--variants", default="", help="CORPUS:TOKENS:LAMBDA;... (overrides --corpus/--tokens/--lam)")
     args = ap.parse_args()
     args.facts_list = [int(x) for x in args.facts.split(",")]
@@ -265,8 +293,10 @@ def main():
     args.facts = args.facts_list[0]
     if args.mode == "zs" and args.z_dir is None:
         ap.error("zs needs --z-dir, the folder the z are saved in")
-    if args.mode != "quality" and args.score_sample is not None:
-        ap.error("--score-sample is read by quality only")
+    if args.mode not in ("quality", "resolve") and args.score_sample is not None:
+        ap.error("--score-sample is read by quality and resolve only")
+    if args.mode == "resolve" and args.z_dir is None:
+        ap.error("resolve needs --z-dir, the folder of the batches' z (memit_eval.py zs)")
     if args.mode == "forget":
         print("| facts | batches | apply s | forgotten fact's batch | forget | forget s | segments replayed |")
         print("|---|---|---|---|---|---|---|")
@@ -277,6 +307,8 @@ def main():
         speed(args, model, tok, env)
     elif args.mode == "zs":
         save_zs(args, model, tok, env)
+    elif args.mode == "resolve":
+        resolve_timing(args, repo, model, tok, env)
     elif args.mode == "passes":
         print("| facts per pass | s/fact | peak RSS GiB | max abs z diff to the first | steps per fact |")
         print("|---|---|---|---|---|")
