@@ -1,0 +1,48 @@
+"""benchmarks/memit_eval.py's saved z: read back instead of recomputed, and named by what z depends on."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FACTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def memit_eval():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import memit_eval
+
+    return memit_eval
+
+
+def test_a_saved_z_is_read_back_and_a_changed_setting_computes_anew(memit_eval, tiny_models, tmp_path,
+                                                                    monkeypatch):
+    from memedit_cli.facts import Fact
+    from memedit_cli.lm import models
+    from memedit_cli.methods.memit import MEMIT
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
+                              "dtype": "float32", "device": "cpu"})
+    hp = dataclasses.replace(MEMIT().default_hparams(model), v_num_grad_steps=2, context_templates=("{}",))
+    facts = [Fact(**f) for f in FACTS[:2]]
+    z = memit_eval.base_z(model, tok, facts, hp, tmp_path)
+    assert z.shape == (2, model.config.hidden_size) and len(list(tmp_path.glob("z-*.safetensors"))) == 1
+
+    calls = []
+    real = memit_eval.compute_z
+    monkeypatch.setattr(memit_eval, "compute_z", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert torch.equal(memit_eval.base_z(model, tok, facts, hp, tmp_path), z) and not calls  # read, not computed
+    # the solve's settings do not name z; the steps, the facts and the band's top block do
+    memit_eval.base_z(model, tok, facts, dataclasses.replace(hp, mom2_update_weight=5.0, update="sequential"),
+                      tmp_path)
+    assert not calls
+    memit_eval.base_z(model, tok, facts, dataclasses.replace(hp, v_num_grad_steps=3), tmp_path)
+    memit_eval.base_z(model, tok, facts[:1], hp, tmp_path)
+    assert len(calls) == 2 and len(list(tmp_path.glob("z-*.safetensors"))) == 3
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
