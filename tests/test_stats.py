@@ -271,6 +271,21 @@ def test_default_corpus_samples(loaded, tmp_path):
         torch.testing.assert_close(a[n], k.T @ k / 1500, rtol=1e-4, atol=1e-6)  # a KV cache rounds differently
 
 
+def test_draw_samples_each_row_from_its_distribution():
+    """The inverse-CDF draw: tokens of zero probability never come, frequencies follow the probabilities,
+    and a seeded generator gives the same tokens again."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2], [1.0, 0.0, 0.0, 0.0, 0.0]])
+    many = probs.repeat(20_000, 1)  # (40000, 5): 20,000 draws from each row
+    got = samples.draw(many, torch.Generator().manual_seed(0))
+    assert got.shape == (40_000, 1)
+    first, second = got[0::2, 0], got[1::2, 0]
+    assert bool((second == 0).all())  # a certain token always
+    counts = torch.bincount(first, minlength=5) / len(first)
+    assert counts[0] == 0 and counts[2] == 0  # zero probability: never
+    torch.testing.assert_close(counts[[1, 3, 4]], torch.tensor([0.5, 0.3, 0.2]), atol=0.015, rtol=0)
+    assert torch.equal(samples.draw(many, torch.Generator().manual_seed(0)), got)
+
+
 def test_default_corpus_resumes(loaded, tmp_path):
     """Sampling batches are the checkpoint unit: an interrupted run resumes after the last whole batch
     and ends with the same sums as an uninterrupted one."""

@@ -24,7 +24,7 @@ SUMMARY = {
     "ft": "fine-tuning one FFN projection under an L-inf bound (FT-L, the ROME paper's baseline); "
           "docs/methods/ft.md",
     "memit": "MEMIT (arXiv 2210.07229): a least-squares update of several FFN projections per batch, each "
-             "batch solved against C₀ alone as in the paper. Differs from the paper: C₀ from 10 × d_in tokens "
+             "batch solved against C₀ alone as in the paper. Differs from the paper: C₀ from 20 × d_in tokens "
              "sampled from the model itself (the paper: 100,000 Wikipedia documents; --set mom2_corpus=FILE "
              "for a corpus), λ scaled to the key width. For long sequences: --set update=sequential (the "
              "earlier batches' keys in the solve), --set update=alphaedit (AlphaEdit, arXiv 2410.02355), "

@@ -20,8 +20,9 @@ from memedit_cli.stats.dist import all_reduce
 from memedit_cli.store.fileio import write_atomic
 
 CHECKPOINT_MIN_S = 20.0
-# the sampling scheme of samples.py, part of spec keys (v1: samples cached, then a second pass over rows of them)
-SAMPLES_ID = "model-samples-v2"
+# the sampling scheme of samples.py, part of spec keys (v1: samples cached, then a second pass over rows of them;
+# v2: keys summed while sampling, tokens drawn by torch.multinomial; v3: by the inverse CDF, samples.draw)
+SAMPLES_ID = "model-samples-v3"
 
 
 def stats_dir(cache_dir: Path, model_key: str, spec) -> Path:

@@ -28,7 +28,7 @@ class MEMITHparams:
     # the closed-form update ΔW = R Kᵀ (λ C₀ + K Kᵀ)⁻¹, per layer of R
     mom2_update_weight: float = 0.0  # λ; 0: the architecture default, scaled to the key dimension
     mom2_corpus: str = ""  # text corpus for C₀ (plain text or JSONL); "": text sampled from the model itself
-    mom2_n_tokens: int = 0  # tokens of corpus behind C₀; 0: 10 × d_in (FastMEMIT; docs/methods/memit.md: the sweep)
+    mom2_n_tokens: int = 0  # tokens of corpus behind C₀; 0: 20 × d_in (docs/methods/memit.md: the sweep)
     # how a batch's update is solved, given the keys Kp of the earlier batches in the state (docs/methods/memit.md):
     #   "memit": ΔW = R Kᵀ (λC₀ + KKᵀ)⁻¹, every batch against C₀ alone (the paper, kmeng01/memit)
     #   "sequential": ΔW = R Kᵀ (λC₀ + Σ Kp Kpᵀ + KKᵀ)⁻¹, the earlier batches' keys preserved as C₀'s are
@@ -70,5 +70,5 @@ class MEMITHparams:
         if self.v_num_grad_steps < 1:
             return f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}"
         if self.mom2_n_tokens < 0:  # a count below 2 × the key width is refused once the model is known
-            return f"mom2_n_tokens must be >= 0 (0: 10 × the key width), got {self.mom2_n_tokens}"
+            return f"mom2_n_tokens must be >= 0 (0: 20 × the key width), got {self.mom2_n_tokens}"
         return None
