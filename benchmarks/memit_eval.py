@@ -168,7 +168,9 @@ def quality(args, repo, model, tok, env):
     for (corpus, tokens, lam), extra in itertools.product(variants, sweep):
         hp_l = dataclasses.replace(hp, mom2_update_weight=lam, mom2_n_tokens=tokens,
                                    mom2_corpus="" if corpus == "samples" else corpus)
-        hp_l = hparams_mod.resolve(hp_l, extra)
+        # resolved again: a setting that --configs changes may leave another to its default (update=alphaedit:
+        # alphaedit_threshold=0 means the measured default, which only resolve fills in)
+        hp_l = method.resolve(hparams_mod.resolve(hp_l, extra), model, tok, env)
         build = Build(repo, [])  # the base model, as `apply` on an empty repository starts
         t0 = time.perf_counter()
         method.precompute(hp_l, build.env, build.model)  # `memedit stats`: C₀, then cached
