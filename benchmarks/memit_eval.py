@@ -11,10 +11,10 @@
         [--set v_num_grad_steps=15 ...] [--sweep update=memit,sequential ...] [--reuse-z]
         [--z-dir DIR] [--score-sample N]
         apply all facts (batches of --batch, one after another), then score all of them (or N evenly spaced)
-    python benchmarks/memit_eval.py zs --data counterfact --facts 1000 --batch 100 --z-dir DIR --shard 0/2
-        z of every batch (here: of batches 0, 2, 4, ...) on the unedited model, saved in DIR for
-        `quality --z-dir DIR`; shards (or a second process with --reverse) run side by side, each
-        skipping the batches already saved, and a killed run resumes from them
+    python benchmarks/memit_eval.py zs --data counterfact --facts 1000 --batch 100 --z-dir DIR [--reverse]
+        z of every batch on the unedited model, saved in DIR for `quality --z-dir DIR`; a second
+        process with --reverse works from the last batch back, each skipping the batches already
+        saved, and a killed run resumes from them
     python benchmarks/memit_eval.py resolve --data counterfact --facts 1000 --batch 100 --z-dir DIR \
         --set update=sequential [--exact]
         a repository of one apply record per batch, each batch's z read from DIR (no gradient steps), then
@@ -137,16 +137,17 @@ def _hparams(args, model, tok, env):
     return method.resolve(hp, model, tok, env)
 
 
+def _batches(facts: list, size: int) -> list[list]:
+    return [facts[i:i + size] for i in range(0, len(facts), size)]
+
+
 def save_zs(args, model, tok, env):
-    facts = common.load(args.data, args.facts)
+    batches = _batches(common.load(args.data, args.facts), args.batch)
     hp = _hparams(args, model, tok, env)
-    index, _, count = args.shard.partition("/")
-    batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
-    mine = list(range(int(index), len(batches), int(count or 1)))
     # --reverse: a second worker over the same batches from the other end; each skips those already saved
-    for i in reversed(mine) if args.reverse else mine:
-        base_z(model, tok, batches[i], hp, args.z_dir)
-    print(f"# z of batches {index}::{count or 1} of {len(batches)} in {args.z_dir}")
+    for batch in reversed(batches) if args.reverse else batches:
+        base_z(model, tok, batch, hp, args.z_dir)
+    print(f"# z of {len(batches)} batches in {args.z_dir}")
 
 
 def quality(args, repo, model, tok, env):
@@ -155,7 +156,7 @@ def quality(args, repo, model, tok, env):
     hp = _hparams(args, model, tok, env)
     print(f"# --set {' '.join(args.set) or '(none)'}", flush=True)
     lams = [float(x) for x in args.lam.split(",")] if args.lam else [hp.mom2_update_weight]
-    batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
+    batches = _batches(facts, args.batch)
     scored = common.sample(facts, args.score_sample)
     # --z-dir: every batch's z on the unedited model (computed before anything is edited, or read)
     zs: dict = {i: base_z(model, tok, b, hp, args.z_dir) for i, b in enumerate(batches)} if args.z_dir else {}
@@ -209,7 +210,7 @@ def resolve_timing(args, repo, model, tok, env):
     facts = common.load(args.data, args.facts)
     method = MEMIT()
     hp = _hparams(args, model, tok, env)
-    batches = [facts[i:i + args.batch] for i in range(0, len(facts), args.batch)]
+    batches = _batches(facts, args.batch)
     zs = [base_z(model, tok, b, hp, args.z_dir) for b in batches]
     build, head, t0 = Build(repo, []), repo.head(), time.perf_counter()
     for batch, z in zip(batches, zs):  # as `apply` would, one record per batch, with the stored z
@@ -279,8 +280,8 @@ def main():
                     help="every variant after the first reuses its z for every batch (closed-form re-solves in "
                          "sequence, as forget --resolve): sweeps of the solve at the cost of one z computation")
     ap.add_argument("--z-dir", type=Path, default=None,
-                    help="quality, zs: each batch's z computed on the unedited model, saved in (and read from) DIR")
-    ap.add_argument("--shard", default="0/1", metavar="I/N", help="zs: the batches i with i %% N == I")
+                    help="quality, zs, resolve: each batch's z computed on the unedited model, saved in (and "
+                         "read from) DIR")
     ap.add_argument("--reverse", action="store_true",
                     help="zs: the last batch first (a second process over the same batches meets the first halfway)")
     ap.add_argument("--score-sample", type=int, default=None, metavar="N",
@@ -293,12 +294,13 @@ def main():
     if args.mode != "forget" and len(args.facts_list) > 1:
         ap.error(f"{args.mode} takes one --facts count, got {args.facts}")
     args.facts = args.facts_list[0]
-    if args.mode == "zs" and args.z_dir is None:
-        ap.error("zs needs --z-dir, the folder the z are saved in")
-    if args.mode not in ("quality", "resolve") and args.score_sample is not None:
-        ap.error("--score-sample is read by quality and resolve only")
-    if args.mode == "resolve" and args.z_dir is None:
-        ap.error("resolve needs --z-dir, the folder of the batches' z (memit_eval.py zs)")
+    if args.mode in ("zs", "resolve") and args.z_dir is None:
+        ap.error(f"{args.mode} needs --z-dir, the folder of the batches' z")
+    for name, given, modes in (("--z-dir", args.z_dir, ("quality", "zs", "resolve")),
+                               ("--score-sample", args.score_sample, ("quality", "resolve")),
+                               ("--reverse", args.reverse, ("zs",)), ("--exact", args.exact, ("resolve",))):
+        if given and args.mode not in modes:
+            ap.error(f"{name} is read only by {' and '.join(modes)}, not by {args.mode}")
     if args.mode == "forget":
         print("| facts | batches | apply s | forgotten fact's batch | forget | forget s | segments replayed |")
         print("|---|---|---|---|---|---|---|")

@@ -1,10 +1,11 @@
 """The default statistics corpus: text sampled from the model itself, its keys taken while it is sampled.
 
 Temperature 1, no top-k/top-p, a fixed seed per batch, ~30 generic seed
-prompts plus a bare BOS; each token drawn by the inverse CDF (`draw`). Every forward pass of the sampling loop already
-computes the inputs of every FFN projection, so the statistics are summed
-there (compute.py hooks them): sampling and statistics are one pass, with a
-KV cache, and no text is stored. FastMEMIT (arXiv 2506.04226) found about
+prompts plus a bare BOS; each token drawn by the inverse CDF (`draw`).
+Every forward pass of the sampling loop already computes the inputs of
+every FFN projection, so the statistics are summed there (compute.py hooks
+them): sampling and statistics are one pass, with a KV cache, and no text
+is stored. FastMEMIT (arXiv 2506.04226) found about
 2× d_k keys keep ≥ 95% of full-statistics editing, and recommends 10× d_k;
 MEMIT's default here is 20× d_k tokens (docs/methods/memit.md measures 1×-30×).
 
