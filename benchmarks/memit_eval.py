@@ -141,6 +141,15 @@ def _batches(facts: list, size: int) -> list[list]:
     return [facts[i:i + size] for i in range(0, len(facts), size)]
 
 
+def _chunked_z(model, tok, batch, hp, args):
+    """z of one batch from z_dir's files of --z-chunk facts each (default: the batch): a fact's z on the
+    unedited model does not depend on the other facts, so one batch of 1,000 reads ten files of 100."""
+    import torch
+
+    chunks = _batches(batch, args.z_chunk or len(batch))
+    return torch.cat([base_z(model, tok, c, hp, args.z_dir) for c in chunks])
+
+
 def save_zs(args, model, tok, env):
     batches = _batches(common.load(args.data, args.facts), args.batch)
     hp = _hparams(args, model, tok, env)
@@ -159,7 +168,7 @@ def quality(args, repo, model, tok, env):
     batches = _batches(facts, args.batch)
     scored = common.sample(facts, args.score_sample)
     # --z-dir: every batch's z on the unedited model (computed before anything is edited, or read)
-    zs: dict = {i: base_z(model, tok, b, hp, args.z_dir) for i, b in enumerate(batches)} if args.z_dir else {}
+    zs: dict = {i: _chunked_z(model, tok, b, hp, args) for i, b in enumerate(batches)} if args.z_dir else {}
     variants = [(c, t, lam) for c in args.corpus.split(",") for t in args.tokens for lam in lams]
     if args.variants:  # explicit CORPUS:TOKENS:LAMBDA triples instead of the cross product
         variants = [(c, int(t), float(lam)) for c, t, lam in (v.rsplit(":", 2) for v in args.variants.split(";"))]
@@ -282,6 +291,9 @@ def main():
     ap.add_argument("--z-dir", type=Path, default=None,
                     help="quality, zs, resolve: each batch's z computed on the unedited model, saved in (and "
                          "read from) DIR")
+    ap.add_argument("--z-chunk", type=int, default=0, metavar="N",
+                    help="quality: --z-dir's files hold N facts each (default: --batch), e.g. one batch of 1000 "
+                         "solved from the z that `zs --batch 100` saved")
     ap.add_argument("--reverse", action="store_true",
                     help="zs: the last batch first (a second process over the same batches meets the first halfway)")
     ap.add_argument("--score-sample", type=int, default=None, metavar="N",
@@ -298,7 +310,8 @@ def main():
         ap.error(f"{args.mode} needs --z-dir, the folder of the batches' z")
     for name, given, modes in (("--z-dir", args.z_dir, ("quality", "zs", "resolve")),
                                ("--score-sample", args.score_sample, ("quality", "resolve")),
-                               ("--reverse", args.reverse, ("zs",)), ("--exact", args.exact, ("resolve",))):
+                               ("--reverse", args.reverse, ("zs",)), ("--z-chunk", args.z_chunk, ("quality",)),
+                               ("--exact", args.exact, ("resolve",))):
         if given and args.mode not in modes:
             ap.error(f"{name} is read only by {' and '.join(modes)}, not by {args.mode}")
     if args.mode == "forget":

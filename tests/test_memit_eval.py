@@ -46,3 +46,24 @@ def test_a_saved_z_is_read_back_and_a_changed_setting_computes_anew(memit_eval, 
     memit_eval.base_z(model, tok, facts[:1], hp, tmp_path)
     assert len(calls) == 2 and len(list(tmp_path.glob("z-*.safetensors"))) == 3
     assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
+
+
+def test_one_batch_reads_the_z_of_its_chunks(memit_eval, tiny_models, tmp_path):
+    """--z-chunk: a batch of 4 solved from the files `zs --batch 2` saved, in fact order, nothing recomputed."""
+    import argparse
+
+    from memedit_cli.facts import Fact
+    from memedit_cli.lm import models
+    from memedit_cli.methods.memit import MEMIT
+
+    model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
+                              "dtype": "float32", "device": "cpu"})
+    hp = dataclasses.replace(MEMIT().default_hparams(model), v_num_grad_steps=2, context_templates=("{}",))
+    facts = [Fact(**f) for f in FACTS[:4]]
+    halves = [memit_eval.base_z(model, tok, facts[i:i + 2], hp, tmp_path) for i in (0, 2)]
+    args = argparse.Namespace(z_chunk=2, z_dir=tmp_path)
+    z = memit_eval._chunked_z(model, tok, facts, hp, args)
+    assert torch.equal(z, torch.cat(halves)) and len(list(tmp_path.glob("z-*.safetensors"))) == 2
+    args.z_chunk = 0  # the batch is its own file: computed anew, under its own name
+    assert memit_eval._chunked_z(model, tok, facts, hp, args).shape == z.shape
+    assert len(list(tmp_path.glob("z-*.safetensors"))) == 3
