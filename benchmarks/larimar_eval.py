@@ -147,16 +147,21 @@ def capacity(args):
         print(f"| {K} | " + " | ".join(row) + " |", flush=True)
 
 
-def in_scope(model, tok, prompts, reset) -> float:
-    """The share of `prompts` for which the scope detector reads an episode (each prompt alone, as scoring reads it)."""
+def in_scope(model, tok, prompts, reset) -> list[int]:
+    """The episode the scope detector reads for each of `prompts` (-1: none), each prompt alone, as scoring
+    reads it."""
     decoder = getattr(model, model.base_model_prefix)
-    hits = 0
+    read = []
     for p in prompts:
         reset()
         with torch.no_grad():
             model(**tok([p], return_tensors="pt").to(models.input_device(model)))
-        hits += int(decoder.last_episodes[0] >= 0)
-    return hits / len(prompts)
+        read.append(int(decoder.last_episodes[0]))
+    return read
+
+
+def share(read: list[int]) -> float:
+    return sum(e >= 0 for e in read) / len(read)
 
 
 def quality(args):
@@ -204,13 +209,22 @@ def quality(args):
                 attach_all(repo, model, segments, tok)
                 getattr(model, model.base_model_prefix).settings[knob] = threshold
 
-            s = score(model, tok, scored, edit, reset).scores
-            scope = [in_scope(model, tok, [getattr(f, k) for f in scored], reset)
+            reports = score(model, tok, scored, edit, reset)
+            s = reports.scores
+            scope = [share(in_scope(model, tok, [getattr(f, k) for f in scored], reset))
                      for k in ("prompt", "rephrase_prompt", "locality_prompt")]
-            scope.append(in_scope(model, tok, [p.prompt for f in scored for p in f.subject_locality], reset))
+            probes = [(f, p) for f in scored for p in f.subject_locality]
+            read = in_scope(model, tok, [p.prompt for _, p in probes], reset)
+            scope.append(share(read))
         print(f"| {args.data} | {n} ({len(scored)} scored) | {threshold} | {s['rel']:.2f} | {s['gen']:.2f} | "
               f"{s['loc']:.2f} | "
               f"{s['spec']:.2f} | " + " | ".join(f"{x:.2f}" for x in scope) + " |", flush=True)
+        if args.show_probes:  # each same-subject probe in scope, beside the edit whose episode it read
+            spec = {r["id"]: r.get("spec") for r in reports.per_fact}
+            for (f, p), e in zip(probes, read):
+                if e >= 0:
+                    print(f"#   in scope: {p.prompt!r} (answer {p.answer!r}; the fact's spec {spec[f.id]:.2f}) read "
+                          f"{facts[e].prompt!r} -> {facts[e].target_new!r}", flush=True)
     if not args.forget:
         return
     gone = facts[:10]
@@ -244,9 +258,12 @@ def main():
                     help="quality: experimental mode=prefix, with an adapter trained this many steps (larimar-train) "
                          "on the sentences of facts 200-999")
     ap.add_argument("--forget", action="store_true", help="quality: then forget 10 facts and score again")
+    ap.add_argument("--show-probes", action="store_true",
+                    help="quality: list each same-subject probe found in scope and the edit whose episode it read")
     args = ap.parse_args()
     for name, given, modes in (("--start", args.start, ("quality", "contexts")), ("--context", args.context,
-                               ("contexts",)), ("--score-sample", args.score_sample, ("quality",))):
+                               ("contexts",)), ("--score-sample", args.score_sample, ("quality",)),
+                               ("--show-probes", args.show_probes, ("quality",))):
         if given and args.mode not in modes:
             ap.error(f"{name} is read only by {' and '.join(modes)}, not by {args.mode}")
     common.set_threads()
