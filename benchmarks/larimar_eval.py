@@ -1,14 +1,16 @@
 """Larimar on the default model, CPU (docs/methods/larimar.md has the figures).
 
     python benchmarks/larimar_eval.py quality --facts 100 [--data zsre] [--thresholds 0.5,0.6,0.7]
-                                              [--start S] [--score-sample M] [--forget] [--set KEY=VALUE ...]
+                                              [--start S] [--score-sample M] [--forget] [--show-probes]
+                                              [--set KEY=VALUE ...]
         apply N facts (from the S-th on) through the repository (one batch, `apply --method larimar`), then for
         each scope threshold (`relation_threshold` under scope=subject, the default; `threshold`
         under --set scope=similarity) `memedit eval`'s Rel/Gen/Loc and spec (same-subject probes,
         2 per fact; commands/evaluate.py, docs/metrics.md) and the share of edit, rephrase,
         locality and same-subject prompts found in scope; --forget then forgets 10 facts and
         scores (`memedit eval` on the repository) the forgotten and the kept ones; --score-sample M
-        scores M of the N, evenly spaced (all N are applied)
+        scores M of the N, evenly spaced (all N are applied); --show-probes lists each same-subject
+        probe found in scope beside the edit whose episode it read
     python benchmarks/larimar_eval.py quality --facts 30 --train-steps 300
         the same for the experimental mode=prefix: first `memedit larimar-train` on the
         sentences of facts 200-999 (prompt and rephrase with the new target)

@@ -9,8 +9,9 @@
     python benchmarks/memit_eval.py quality --data counterfact --facts 100 --batch 100 \
         [--layers 2,3,4,5,6] [--lam 700,2093] [--corpus FILE|samples] [--tokens 50000,200000] [--null-space]
         [--set v_num_grad_steps=15 ...] [--sweep update=memit,sequential ...] [--reuse-z]
-        [--z-dir DIR] [--score-sample N]
-        apply all facts (batches of --batch, one after another), then score all of them (or N evenly spaced)
+        [--z-dir DIR [--z-chunk 100]] [--score-sample N]
+        apply all facts (batches of --batch, one after another), then score all of them (or N evenly spaced);
+        --z-chunk: DIR's z files hold that many facts each (one batch of 1000 from `zs --batch 100`'s files)
     python benchmarks/memit_eval.py zs --data counterfact --facts 1000 --batch 100 --z-dir DIR [--reverse]
         z of every batch on the unedited model, saved in DIR for `quality --z-dir DIR`; a second
         process with --reverse works from the last batch back, each skipping the batches already
