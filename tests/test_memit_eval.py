@@ -48,8 +48,8 @@ def test_a_saved_z_is_read_back_and_a_changed_setting_computes_anew(memit_eval, 
     assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
 
 
-def test_one_batch_reads_the_z_of_its_chunks(memit_eval, tiny_models, tmp_path):
-    """--z-chunk: a batch of 4 solved from the files `zs --batch 2` saved, in fact order, nothing recomputed."""
+def test_one_batch_reads_the_z_of_its_chunks(memit_eval, tiny_models, tmp_path, monkeypatch):
+    """--z-chunk: a batch of 3 solved from the files `zs --batch 2` saved, in fact order, nothing recomputed."""
     import argparse
 
     from memedit_cli.facts import Fact
@@ -59,11 +59,14 @@ def test_one_batch_reads_the_z_of_its_chunks(memit_eval, tiny_models, tmp_path):
     model, tok = models.load({"model": {"kind": "local", "path": str(tiny_models["llama"])},
                               "dtype": "float32", "device": "cpu"})
     hp = dataclasses.replace(MEMIT().default_hparams(model), v_num_grad_steps=2, context_templates=("{}",))
-    facts = [Fact(**f) for f in FACTS[:4]]
-    halves = [memit_eval.base_z(model, tok, facts[i:i + 2], hp, tmp_path) for i in (0, 2)]
+    facts = [Fact(**f) for f in FACTS[:3]]
+    halves = [memit_eval.base_z(model, tok, facts[i:i + 2], hp, tmp_path) for i in (0, 2)]  # 2 facts, then 1
+    calls = []
+    real = memit_eval.compute_z
+    monkeypatch.setattr(memit_eval, "compute_z", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     args = argparse.Namespace(z_chunk=2, z_dir=tmp_path)
     z = memit_eval._chunked_z(model, tok, facts, hp, args)
-    assert torch.equal(z, torch.cat(halves)) and len(list(tmp_path.glob("z-*.safetensors"))) == 2
-    args.z_chunk = 0  # the batch is its own file: computed anew, under its own name
-    assert memit_eval._chunked_z(model, tok, facts, hp, args).shape == z.shape
-    assert len(list(tmp_path.glob("z-*.safetensors"))) == 3
+    assert torch.equal(z, torch.cat(halves)) and not calls  # read back, in fact order
+    args.z_chunk = 0  # the batch is its own file: computed anew, all three facts, under its own name
+    assert memit_eval._chunked_z(model, tok, facts, hp, args).shape == z.shape == (3, model.config.hidden_size)
+    assert calls == [3] and len(list(tmp_path.glob("z-*.safetensors"))) == 3
