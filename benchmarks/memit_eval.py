@@ -307,6 +307,8 @@ def main():
     if args.mode != "forget" and len(args.facts_list) > 1:
         ap.error(f"{args.mode} takes one --facts count, got {args.facts}")
     args.facts = args.facts_list[0]
+    if args.z_chunk < 0:
+        ap.error(f"--z-chunk must be a number of facts >= 1 (0: the batch), got {args.z_chunk}")
     if args.mode in ("zs", "resolve") and args.z_dir is None:
         ap.error(f"{args.mode} needs --z-dir, the folder of the batches' z")
     for name, given, modes in (("--z-dir", args.z_dir, ("quality", "zs", "resolve")),

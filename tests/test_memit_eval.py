@@ -70,3 +70,16 @@ def test_one_batch_reads_the_z_of_its_chunks(memit_eval, tiny_models, tmp_path, 
     args.z_chunk = 0  # the batch is its own file: computed anew, all three facts, under its own name
     assert memit_eval._chunked_z(model, tok, facts, hp, args).shape == z.shape == (3, model.config.hidden_size)
     assert calls == [3] and len(list(tmp_path.glob("z-*.safetensors"))) == 3
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["zs", "--z-dir", "Z", "--z-chunk", "100"], "--z-chunk is read only by quality, not by zs"),
+    (["quality", "--z-dir", "Z", "--z-chunk", "-5"], "--z-chunk must be a number of facts >= 1"),
+])
+def test_z_chunk_is_refused_where_it_means_nothing(argv, says):
+    """A one-line argparse error before any model is loaded."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memit_eval.py"), *argv],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and says in out.stderr
