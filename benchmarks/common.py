@@ -48,33 +48,55 @@ def load(name: str, n: int) -> list[Fact]:
     return parse_facts(json.dumps(raw[:n]).encode(), f"{FILES[name]}[:{n}]")
 
 
-def load_probed(name: str, n: int, probes: int = 2, start: int = 0) -> list[Fact]:
+def load_probed(name: str, n: int, probes: int = 2, start: int = 0, by: str = "template") -> list[Fact]:
     """Facts `start` to `start + n` of a dataset (`load`) with `probes` same-subject probes per fact
     (`with_subject_probes`, from the first 1,000)."""
-    return with_subject_probes(load(name, start + n)[start:], load(name, 1000), probes)
+    return with_subject_probes(load(name, start + n)[start:], load(name, 1000), probes, by)
 
 
-def with_subject_probes(facts: list[Fact], pool: list[Fact], n: int = 2) -> list[Fact]:
+SAME_RELATION_SHARED = 2  # answers two templates share, at least, for `by="relation"` to call them one relation
+
+
+def with_subject_probes(facts: list[Fact], pool: list[Fact], n: int = 2, by: str = "template") -> list[Fact]:
     """`facts` with `n` same-subject probes each (`subject_locality`, scored as `spec`), for data that has none:
     the prompts of the next facts in `pool` whose template (prompt with its subject cut out) differs from
     the fact's own, with the fact's subject put in, answered by those facts' ground truth (spec compares the
     edited model's predictions on those answer tokens with the unedited model's). The same subject through
-    other relations of the same dataset: a router keyed on the subject alone sends them to the edit's memory."""
+    other relations of the same dataset: a router keyed on the subject alone sends them to the edit's memory.
+
+    by="template" (what every committed spec figure used): any other template counts as another relation,
+    so a rewording of the edited relation ("{} plays" beside "{} professionally plays the sport") can become
+    a probe that the edit rightly changes. by="relation": the data files carry no relation ids, so two
+    templates are taken for one relation when their answers in `pool` (ground truths and new targets) share
+    at least SAME_RELATION_SHARED values (sports with sports, car makers with car makers), and such a
+    template is not made a probe."""
     import dataclasses
 
     from memedit_cli.facts import Probe
+
+    if by not in ("template", "relation"):
+        raise ValueError(f"by must be 'template' or 'relation', got {by!r}")
 
     def template(f):
         return f.prompt.replace(f.subject, "{}", 1) if f.subject in f.prompt else None
 
     templates = [(template(f), f.ground_truth or f.target_new) for f in pool]
+    answers: dict = {}  # template -> the answers its facts in `pool` have (ground truth and new target)
+    for f in pool + facts:
+        answers.setdefault(template(f), set()).update(a for a in (f.ground_truth, f.target_new) if a)
+
+    def same_relation(t, own) -> bool:
+        return by == "relation" and own is not None and \
+            len(answers.get(t, set()) & answers.get(own, set())) >= SAME_RELATION_SHARED
+
     out = []
     for i, f in enumerate(facts):
         own, probes, j = template(f), [], 0
         while len(probes) < n and j < len(templates):
             t, answer = templates[(i + 1 + j) % len(templates)]
             j += 1
-            if t is not None and t != own and all(p.prompt != t.format(f.subject) for p in probes):
+            if t is not None and t != own and not same_relation(t, own) and \
+                    all(p.prompt != t.format(f.subject) for p in probes):
                 probes.append(Probe(t.replace("{}", f.subject), answer))
         out.append(dataclasses.replace(f, subject_locality=tuple(probes)))
     return out

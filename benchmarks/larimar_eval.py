@@ -2,6 +2,7 @@
 
     python benchmarks/larimar_eval.py quality --facts 100 [--data zsre] [--thresholds 0.5,0.6,0.7]
                                               [--start S] [--score-sample M] [--forget] [--show-probes]
+                                              [--probes-by relation]
                                               [--set KEY=VALUE ...]
         apply N facts (from the S-th on) through the repository (one batch, `apply --method larimar`), then for
         each scope threshold (`relation_threshold` under scope=subject, the default; `threshold`
@@ -10,7 +11,8 @@
         locality and same-subject prompts found in scope; --forget then forgets 10 facts and
         scores (`memedit eval` on the repository) the forgotten and the kept ones; --score-sample M
         scores M of the N, evenly spaced (all N are applied); --show-probes lists each same-subject
-        probe found in scope beside the edit whose episode it read
+        probe found in scope beside the edit whose episode it read; --probes-by relation makes the
+        probes only from templates that clearly ask another relation (common.with_subject_probes)
     python benchmarks/larimar_eval.py quality --facts 30 --train-steps 300
         the same for the experimental mode=prefix: first `memedit larimar-train` on the
         sentences of facts 200-999 (prompt and rephrase with the new target)
@@ -89,7 +91,7 @@ def contexts(args):
     without it): what an in-scope prompt reads, without the memory or the scope."""
     from memedit_cli.lm.score import agreement, continuation_tokens, predict, token_scores
 
-    facts = common.load_probed(args.data, args.facts, start=args.start)
+    facts = common.load_probed(args.data, args.facts, start=args.start, by=args.probes_by)
     _, model, tok, _ = common.default_model()
     reph = [(f, q) for f in facts for q in f.rephrase_prompts]
     spec = [(f, p) for f in facts for p in f.subject_locality]
@@ -168,7 +170,7 @@ def share(read: list[int]) -> float:
 
 def quality(args):
     """Apply N facts through the repository (one batch), score Rel/Gen/Loc, then forget 10 and score again."""
-    facts = common.load_probed(args.data, args.facts, start=args.start)
+    facts = common.load_probed(args.data, args.facts, start=args.start, by=args.probes_by)
     scored = common.sample(facts, args.score_sample)  # all applied, these scored
     repo, model, tok, _ = common.default_model()
     work = repo.root
@@ -262,10 +264,15 @@ def main():
     ap.add_argument("--forget", action="store_true", help="quality: then forget 10 facts and score again")
     ap.add_argument("--show-probes", action="store_true",
                     help="quality: list each same-subject probe found in scope and the edit whose episode it read")
+    ap.add_argument("--probes-by", choices=["template", "relation"], default="template",
+                    help="quality, contexts: same-subject probes from any other template (default, as every "
+                         "committed spec figure) or only from templates whose answers share fewer than 2 values "
+                         "with the edit's (common.with_subject_probes: clearly another relation)")
     args = ap.parse_args()
     for name, given, modes in (("--start", args.start, ("quality", "contexts")), ("--context", args.context,
                                ("contexts",)), ("--score-sample", args.score_sample, ("quality",)),
-                               ("--show-probes", args.show_probes, ("quality",))):
+                               ("--show-probes", args.show_probes, ("quality",)),
+                               ("--probes-by", args.probes_by != "template", ("quality", "contexts"))):
         if given and args.mode not in modes:
             ap.error(f"{name} is read only by {' and '.join(modes)}, not by {args.mode}")
     common.set_threads()
