@@ -9,9 +9,11 @@
     python benchmarks/memit_eval.py quality --data counterfact --facts 100 --batch 100 \
         [--layers 2,3,4,5,6] [--lam 700,2093] [--corpus FILE|samples] [--tokens 50000,200000] [--null-space]
         [--set v_num_grad_steps=15 ...] [--sweep update=memit,sequential ...] [--reuse-z]
-        [--z-dir DIR [--z-chunk 100]] [--score-sample N]
+        [--z-dir DIR [--z-chunk 100]] [--score-sample N] [--solves S]
         apply all facts (batches of --batch, one after another), then score all of them (or N evenly spaced);
-        --z-chunk: DIR's z files hold that many facts each (one batch of 1000 from `zs --batch 100`'s files)
+        --z-chunk: DIR's z files hold that many facts each (one batch of 1000 from `zs --batch 100`'s files);
+        --solves S: each batch solved S times toward the same z, each solve on the state the last left (not
+        MEMIT's: an experiment on whether a second solve closes the residual the first left)
     python benchmarks/memit_eval.py zs --data counterfact --facts 1000 --batch 100 --z-dir DIR [--reverse]
         z of every batch on the unedited model, saved in DIR for `quality --z-dir DIR`; a second
         process with --reverse works from the last batch back, each skipping the batches already
@@ -160,6 +162,23 @@ def save_zs(args, model, tok, env):
     print(f"# z of {len(batches)} batches in {args.z_dir}")
 
 
+def edit_batches(build, method, hp, batches: list[list], zs: dict, args) -> list[dict]:
+    """The batches one after another, each computed on the state the earlier ones left (`zs`: batch index ->
+    z, filled in as batches compute theirs); the segments made."""
+    segs = []
+    for i, batch in enumerate(batches):
+        for p in range(args.solves):
+            # one batch starts from the base whatever λ is, so its z is the same: computed once;
+            # --reuse-z: later batches too (the first variant's z, re-solved as forget --resolve does);
+            # --solves: every solve after the first aims at the first one's z
+            same_z = i in zs and (p > 0 or len(batches) == 1 or args.reuse_z or bool(args.z_dir))
+            reuse = {"facts": [f.id for f in batch], "tensors": {"z": zs[i]}} if same_z else None
+            segs.append(build.compute(method, hp, batch, 0, reuse))
+            if i not in zs:
+                zs[i] = load_segment_tensors(build.repo, segs[-1])["z"]
+    return segs
+
+
 def quality(args, repo, model, tok, env):
     facts = common.load(args.data, args.facts)
     method = MEMIT()
@@ -188,16 +207,9 @@ def quality(args, repo, model, tok, env):
         stats_s = time.perf_counter() - t0
         segs, timed = [], {}
 
-        def edit():  # the batches one after another, each computed on the state the earlier ones left
+        def edit():
             t0 = time.perf_counter()
-            for i, batch in enumerate(batches):
-                # one batch starts from the base whatever λ is, so its z is the same: computed once;
-                # --reuse-z: later batches too (the first variant's z, re-solved as forget --resolve does)
-                same_z = i in zs and (len(batches) == 1 or args.reuse_z or bool(args.z_dir))
-                reuse = {"facts": [f.id for f in batch], "tensors": {"z": zs[i]}} if same_z else None
-                segs.append(build.compute(method, hp_l, batch, 0, reuse))
-                if i not in zs:
-                    zs[i] = load_segment_tensors(repo, segs[-1])["z"]
+            segs.extend(edit_batches(build, method, hp_l, batches, zs, args))
             timed["edit_s"] = (time.perf_counter() - t0) / len(facts)
 
         s = score(build.model, build.tok, scored, edit).scores
@@ -209,7 +221,8 @@ def quality(args, repo, model, tok, env):
               f"{Path(corpus).name}:{tokens} | "
               f"{s['rel']:.2f} | {s['gen']:.2f} | {s['loc']:.2f} | {timed['edit_s']:.2f} | {stats_s:.0f} | "
               f"{nbytes / 1024:.1f} KiB | "
-              f"{' '.join(f'{k}={v}' for k, v in extra.items())} |", flush=True)
+              f"{' '.join([f'{k}={v}' for k, v in extra.items()] + [f'solves={args.solves}'] * (args.solves > 1))} |",
+              flush=True)
 
 
 def resolve_timing(args, repo, model, tok, env):
@@ -295,6 +308,9 @@ def main():
     ap.add_argument("--z-chunk", type=int, default=0, metavar="N",
                     help="quality: --z-dir's files hold N facts each (default: --batch), e.g. one batch of 1000 "
                          "solved from the z that `zs --batch 100` saved")
+    ap.add_argument("--solves", type=int, default=1, metavar="S",
+                    help="quality: solve each batch S times toward the same z, each on the state the last left "
+                         "(default 1, MEMIT's one solve)")
     ap.add_argument("--reverse", action="store_true",
                     help="zs: the last batch first (a second process over the same batches meets the first halfway)")
     ap.add_argument("--score-sample", type=int, default=None, metavar="N",
@@ -309,11 +325,14 @@ def main():
     args.facts = args.facts_list[0]
     if args.z_chunk < 0:
         ap.error(f"--z-chunk must be a number of facts >= 1 (0: the batch), got {args.z_chunk}")
+    if args.solves < 1:
+        ap.error(f"--solves must be >= 1, got {args.solves}")
     if args.mode in ("zs", "resolve") and args.z_dir is None:
         ap.error(f"{args.mode} needs --z-dir, the folder of the batches' z")
     for name, given, modes in (("--z-dir", args.z_dir, ("quality", "zs", "resolve")),
                                ("--score-sample", args.score_sample, ("quality", "resolve")),
                                ("--reverse", args.reverse, ("zs",)), ("--z-chunk", args.z_chunk, ("quality",)),
+                               ("--solves", args.solves != 1, ("quality",)),
                                ("--exact", args.exact, ("resolve",))):
         if given and args.mode not in modes:
             ap.error(f"{name} is read only by {' and '.join(modes)}, not by {args.mode}")

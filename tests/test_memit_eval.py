@@ -72,11 +72,47 @@ def test_one_batch_reads_the_z_of_its_chunks(memit_eval, tiny_models, tmp_path, 
     assert calls == [3] and len(list(tmp_path.glob("z-*.safetensors"))) == 3
 
 
+def test_every_solve_after_the_first_aims_at_the_first_ones_z(memit_eval, monkeypatch):
+    """--solves 3: each batch computed three times; its first compute makes z (none given), the two after
+    it re-solve toward that z; the next batch makes its own (no --z-dir: z on the state, as apply does)."""
+    import argparse
+
+    made = {}  # segment -> the z its compute made
+
+    class Build:
+        repo = None
+
+        def __init__(self):
+            self.calls = []
+
+        def compute(self, method, hp, batch, seed, reuse):
+            self.calls.append(([f.id for f in batch], None if reuse is None else reuse["tensors"]["z"]))
+            seg = {"n": len(self.calls)}
+            made[seg["n"]] = torch.full((len(batch), 2), float(len(self.calls))) if reuse is None else None
+            return seg
+
+    monkeypatch.setattr(memit_eval, "load_segment_tensors", lambda repo, seg: {"z": made[seg["n"]]})
+    a, b, c = (argparse.Namespace(id=x) for x in "abc")  # a fact's id is all the loop reads of it
+    build, batches, zs = Build(), [[a, b], [c]], {}
+    args = argparse.Namespace(solves=3, reuse_z=False, z_dir=None)
+    segs = memit_eval.edit_batches(build, None, None, batches, zs, args)
+    assert len(segs) == 6 and [c[0] for c in build.calls] == [["a", "b"]] * 3 + [["c"]] * 3
+    given = [c[1] for c in build.calls]
+    assert given[0] is None and given[1] is given[2] is zs[0] and torch.equal(zs[0], torch.full((2, 2), 1.0))
+    assert given[3] is None and given[4] is given[5] is zs[1] and torch.equal(zs[1], torch.full((1, 2), 4.0))
+    args.solves = 1  # the default: one compute per batch, z made by each (the z saved above are not read)
+    build, zs = Build(), {}
+    assert len(memit_eval.edit_batches(build, None, None, batches, zs, args)) == 2
+    assert [c[1] for c in build.calls] == [None, None]
+
+
 @pytest.mark.parametrize("argv, says", [
     (["zs", "--z-dir", "Z", "--z-chunk", "100"], "--z-chunk is read only by quality, not by zs"),
     (["quality", "--z-dir", "Z", "--z-chunk", "-5"], "--z-chunk must be a number of facts >= 1"),
+    (["quality", "--solves", "0"], "--solves must be >= 1"),
+    (["zs", "--z-dir", "Z", "--solves", "2"], "--solves is read only by quality, not by zs"),
 ])
-def test_z_chunk_is_refused_where_it_means_nothing(argv, says):
+def test_quality_options_are_refused_where_they_mean_nothing(argv, says):
     """A one-line argparse error before any model is loaded."""
     import subprocess
 
