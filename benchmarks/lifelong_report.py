@@ -171,7 +171,13 @@ def report(work: Path, out: Path, pages: tuple = ()) -> None:
              "(`--spec-probes 2`): the prompts of the next facts of the same file whose template differs, with "
              "this fact's subject put in (\"When was UniFirst established?\" for an edit of \"What is the product "
              "made by UniFirst?\"), scored like locality against the unedited model (`benchmarks/common.py`, "
-             "`with_subject_probes`). Runs made before the probes existed show —. Port has no column: neither "
+             "`with_subject_probes`). \"Another template\" is not always another relation: CounterFact words "
+             "one relation several ways (\"{} plays\", \"{} professionally plays the sport\"), and such a "
+             "rewording, which the edit rightly changes, counts against spec here; `with_subject_probes(..., "
+             "by=\"relation\")` leaves out templates whose answers share two or more values with the edit's "
+             "(`benchmarks/larimar_eval.py quality --probes-by relation`, docs/methods/larimar.md), and this table "
+             "keeps the template rule all its rows were scored with. "
+             "Runs made before the probes existed show —. Port has no column: neither "
              "dataset carries portability probes (docs/facts.md says which layouts do).", ""]
     plots = []
     for data in sorted({r["data"] for r in rows}):
