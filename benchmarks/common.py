@@ -67,9 +67,9 @@ def with_subject_probes(facts: list[Fact], pool: list[Fact], n: int = 2, by: str
     by="template" (what every committed spec figure used): any other template counts as another relation,
     so a rewording of the edited relation ("{} plays" beside "{} professionally plays the sport") can become
     a probe that the edit rightly changes. by="relation": the data files carry no relation ids, so two
-    templates are taken for one relation when their answers in `pool` (ground truths and new targets) share
-    at least SAME_RELATION_SHARED values (sports with sports, car makers with car makers), and such a
-    template is not made a probe."""
+    templates are taken for one relation when their answers in `pool` and `facts` (ground truths and new
+    targets) share at least SAME_RELATION_SHARED values (sports with sports, car makers with car makers),
+    and such a template is not made a probe."""
     import dataclasses
 
     from memedit_cli.facts import Probe
@@ -81,7 +81,7 @@ def with_subject_probes(facts: list[Fact], pool: list[Fact], n: int = 2, by: str
         return f.prompt.replace(f.subject, "{}", 1) if f.subject in f.prompt else None
 
     templates = [(template(f), f.ground_truth or f.target_new) for f in pool]
-    answers: dict = {}  # template -> the answers its facts in `pool` have (ground truth and new target)
+    answers: dict = {}  # template -> the answers its facts have (ground truth and new target)
     for f in pool + facts:
         answers.setdefault(template(f), set()).update(a for a in (f.ground_truth, f.target_new) if a)
 
