@@ -167,15 +167,15 @@ def edit_batches(build, method, hp, batches: list[list], zs: dict, args) -> list
     z, filled in as batches compute theirs); the segments made."""
     segs = []
     for i, batch in enumerate(batches):
-        for p in range(args.solves):
-            # one batch starts from the base whatever λ is, so its z is the same: computed once;
-            # --reuse-z: later batches too (the first variant's z, re-solved as forget --resolve does);
-            # --solves: every solve after the first aims at the first one's z
-            same_z = i in zs and (p > 0 or len(batches) == 1 or args.reuse_z or bool(args.z_dir))
-            reuse = {"facts": [f.id for f in batch], "tensors": {"z": zs[i]}} if same_z else None
+        # one batch starts from the base whatever λ is, so its z is the same: computed once;
+        # --reuse-z: later batches too (the first variant's z, re-solved as forget --resolve does)
+        z = zs[i] if i in zs and (len(batches) == 1 or args.reuse_z or bool(args.z_dir)) else None
+        for _ in range(args.solves):  # --solves: every solve after the first aims at the first one's z
+            reuse = {"facts": [f.id for f in batch], "tensors": {"z": z}} if z is not None else None
             segs.append(build.compute(method, hp, batch, 0, reuse))
-            if i not in zs:
-                zs[i] = load_segment_tensors(build.repo, segs[-1])["z"]
+            if z is None:
+                z = load_segment_tensors(build.repo, segs[-1])["z"]
+                zs.setdefault(i, z)
     return segs
 
 

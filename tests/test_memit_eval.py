@@ -88,7 +88,8 @@ def test_every_solve_after_the_first_aims_at_the_first_ones_z(memit_eval, monkey
         def compute(self, method, hp, batch, seed, reuse):
             self.calls.append(([f.id for f in batch], None if reuse is None else reuse["tensors"]["z"]))
             seg = {"n": len(self.calls)}
-            made[seg["n"]] = torch.full((len(batch), 2), float(len(self.calls))) if reuse is None else None
+            made["z made"] = made.get("z made", 0) + (reuse is None)  # each made z a new value: 1, 2, ...
+            made[seg["n"]] = torch.full((len(batch), 2), float(made["z made"])) if reuse is None else None
             return seg
 
     monkeypatch.setattr(memit_eval, "load_segment_tensors", lambda repo, seg: {"z": made[seg["n"]]})
@@ -99,7 +100,13 @@ def test_every_solve_after_the_first_aims_at_the_first_ones_z(memit_eval, monkey
     assert len(segs) == 6 and [c[0] for c in build.calls] == [["a", "b"]] * 3 + [["c"]] * 3
     given = [c[1] for c in build.calls]
     assert given[0] is None and given[1] is given[2] is zs[0] and torch.equal(zs[0], torch.full((2, 2), 1.0))
-    assert given[3] is None and given[4] is given[5] is zs[1] and torch.equal(zs[1], torch.full((1, 2), 4.0))
+    assert given[3] is None and given[4] is given[5] is zs[1] and torch.equal(zs[1], torch.full((1, 2), 2.0))
+    first = dict(zs)
+    build = Build()  # a second variant over the same zs: the later batch computes z on its own state again,
+    memit_eval.edit_batches(build, None, None, batches, zs, args)  # and its further solves aim at that z
+    given = [c[1] for c in build.calls]
+    assert given[3] is None and given[4] is given[5] and torch.equal(given[4], torch.full((1, 2), 4.0))
+    assert zs[1] is first[1]  # what a later variant with --reuse-z reads stays the first variant's z
     args.solves = 1  # the default: one compute per batch, z made by each (the z saved above are not read)
     build, zs = Build(), {}
     assert len(memit_eval.edit_batches(build, None, None, batches, zs, args)) == 2
