@@ -81,13 +81,13 @@ def with_subject_probes(facts: list[Fact], pool: list[Fact], n: int = 2, by: str
         return f.prompt.replace(f.subject, "{}", 1) if f.subject in f.prompt else None
 
     templates = [(template(f), f.ground_truth or f.target_new) for f in pool]
-    answers: dict = {}  # template -> the answers its facts have (ground truth and new target)
-    for f in pool + facts:
-        answers.setdefault(template(f), set()).update(a for a in (f.ground_truth, f.target_new) if a)
+    answers: dict = {}  # by="relation": template -> the answers its facts have (ground truth and new target)
+    for f in pool + facts if by == "relation" else []:
+        if template(f) is not None:  # a prompt without its subject has no template to compare
+            answers.setdefault(template(f), set()).update(a for a in (f.ground_truth, f.target_new) if a)
 
     def same_relation(t, own) -> bool:
-        return by == "relation" and own is not None and \
-            len(answers.get(t, set()) & answers.get(own, set())) >= SAME_RELATION_SHARED
+        return own in answers and len(answers.get(t, set()) & answers[own]) >= SAME_RELATION_SHARED
 
     out = []
     for i, f in enumerate(facts):

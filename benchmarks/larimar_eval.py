@@ -266,8 +266,9 @@ def main():
                     help="quality: list each same-subject probe found in scope and the edit whose episode it read")
     ap.add_argument("--probes-by", choices=["template", "relation"], default="template",
                     help="quality, contexts: same-subject probes from any other template (default, as every "
-                         "committed spec figure) or only from templates whose answers share fewer than 2 values "
-                         "with the edit's (common.with_subject_probes: clearly another relation)")
+                         f"committed spec figure) or only from templates whose answers share fewer than "
+                         f"{common.SAME_RELATION_SHARED} values with the edit's (common.with_subject_probes: "
+                         "clearly another relation)")
     args = ap.parse_args()
     for name, given, modes in (("--start", args.start, ("quality", "contexts")), ("--context", args.context,
                                ("contexts",)), ("--score-sample", args.score_sample, ("quality",)),

@@ -59,3 +59,12 @@ def test_an_unknown_rule_is_refused(common):
     pool = [fact(i, *row) for i, row in enumerate(POOL)]
     with pytest.raises(ValueError, match="'template' or 'relation'"):
         common.with_subject_probes(pool, pool, by="answers")
+
+
+def test_larimar_eval_refuses_probes_by_where_no_probes_are_made():
+    """`--probes-by` shapes only quality's and contexts' probes: elsewhere a one-line error, before any model loads."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "larimar_eval.py"), "speed", "--probes-by",
+                          "relation"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "--probes-by is read only by quality and contexts, not by speed" in out.stderr
